@@ -1,0 +1,1 @@
+//! Obtaining and verifying model directories (work in progress).

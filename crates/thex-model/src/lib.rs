@@ -1,0 +1,3 @@
+//! BERT for thex: Hugging Face model directories, THE-X approximations, plaintext inference.
+
+pub mod fetch;
