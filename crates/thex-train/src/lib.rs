@@ -1,0 +1,3 @@
+//! Training side of thex: GLUE-style datasets, fine-tuning and THE-X conversion stages.
+
+pub mod data;
