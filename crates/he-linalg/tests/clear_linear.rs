@@ -1,0 +1,179 @@
+//! Plaintext-weight matmul on the cleartext backend: exactness, planning, cost.
+
+mod common;
+
+use common::*;
+use he_linalg::{
+    ClearBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, SlotBackend, decrypt_matrix,
+    encrypt_matrix, precision_bits,
+};
+
+fn check(slots: usize, n: usize, d_in: usize, d_out: usize, out_order: ColumnOrder, seed: u64) {
+    let b = ClearBackend::like_ckks(slots, 3).unwrap();
+    let mut r = rng(seed);
+    let x = random_matrix(&mut r, n, d_in, 4.0);
+    let w = random_matrix(&mut r, d_in, d_out, 1.0 / (d_in as f64).sqrt());
+    let bias = random_vec(&mut r, d_out, 1.0);
+    let want = add_bias(&x.matmul(&w).unwrap(), &bias);
+    let lin = Layout::new(slots, n, d_in, ColumnOrder::Contiguous).unwrap();
+    let ex = encrypt_matrix(&b, &x, &lin, 3).unwrap();
+    let mut ks = Vec::new();
+    for method in [LinearMethod::Bsgs, LinearMethod::Diagonal] {
+        let enc = EncodedLinear::new(
+            &b,
+            &w,
+            Some(&bias),
+            &lin,
+            out_order,
+            3,
+            b.default_scale(),
+            method,
+        )
+        .unwrap();
+        b.stats().reset();
+        let y = enc.apply(&b, &ex).unwrap();
+        let counts = b.stats().snapshot();
+        let plan = enc.plan();
+        assert!(plan.matches(&counts), "{plan:?} vs {counts:?}");
+        assert_eq!(plan.rotation_steps, b.stats().used_steps());
+        assert_eq!(b.level(&y.cts()[0]), 2);
+        assert!((b.scale(&y.cts()[0]) / b.default_scale() - 1.0).abs() < 1e-12);
+        let got = decrypt_matrix(&b, &y).unwrap();
+        let bits = precision_bits(&got, &want).unwrap();
+        assert!(bits > 40.0, "{n}x{d_in}x{d_out} {method:?}: {bits} bits");
+        ks.push(counts.key_switches);
+    }
+    assert!(ks[0] <= ks[1], "BSGS {} > diagonal {}", ks[0], ks[1]);
+}
+
+#[test]
+fn square_rectangular_and_odd_shapes() {
+    check(256, 8, 16, 16, ColumnOrder::Contiguous, 1);
+    check(256, 5, 37, 23, ColumnOrder::Contiguous, 2);
+    check(512, 13, 70, 9, ColumnOrder::Contiguous, 3);
+    check(512, 3, 7, 100, ColumnOrder::Contiguous, 4);
+    check(
+        512,
+        7,
+        24,
+        24,
+        ColumnOrder::HeadInterleaved {
+            heads: 3,
+            head_dim: 8,
+        },
+        5,
+    );
+}
+
+#[test]
+fn minilm_projection_key_switches() {
+    // 64 tokens x 384 features at 8192 slots: 3 ciphertexts of 128 columns.
+    let b = ClearBackend::like_ckks(8192, 2).unwrap();
+    let mut r = rng(9);
+    let w = random_matrix(&mut r, 384, 384, 0.05);
+    let lin = Layout::new(8192, 64, 384, ColumnOrder::Contiguous).unwrap();
+    let s = b.default_scale();
+    let bsgs = EncodedLinear::new(
+        &b,
+        &w,
+        None,
+        &lin,
+        ColumnOrder::Contiguous,
+        2,
+        s,
+        LinearMethod::Bsgs,
+    )
+    .unwrap()
+    .plan();
+    let diag = EncodedLinear::new(
+        &b,
+        &w,
+        None,
+        &lin,
+        ColumnOrder::Contiguous,
+        2,
+        s,
+        LinearMethod::Diagonal,
+    )
+    .unwrap()
+    .plan();
+    assert_eq!(diag.key_switches(), 3 * 127);
+    assert_eq!(bsgs.key_switches(), 66);
+    assert!(diag.key_switches() >= 4 * bsgs.key_switches());
+}
+
+#[test]
+fn rejects_mismatched_inputs() {
+    let b = ClearBackend::like_ckks(64, 2).unwrap();
+    let lin = Layout::new(64, 4, 8, ColumnOrder::Contiguous).unwrap();
+    let s = b.default_scale();
+    let w = he_linalg::Matrix::zeros(9, 8);
+    assert!(
+        EncodedLinear::new(
+            &b,
+            &w,
+            None,
+            &lin,
+            ColumnOrder::Contiguous,
+            2,
+            s,
+            LinearMethod::Bsgs
+        )
+        .is_err()
+    );
+    let w = he_linalg::Matrix::zeros(8, 8);
+    assert!(
+        EncodedLinear::new(
+            &b,
+            &w,
+            Some(&[0.0; 3]),
+            &lin,
+            ColumnOrder::Contiguous,
+            2,
+            s,
+            LinearMethod::Bsgs
+        )
+        .is_err()
+    );
+    assert!(
+        EncodedLinear::new(
+            &b,
+            &w,
+            None,
+            &lin,
+            ColumnOrder::Contiguous,
+            0,
+            s,
+            LinearMethod::Bsgs
+        )
+        .is_err()
+    );
+    let enc = EncodedLinear::new(
+        &b,
+        &w,
+        None,
+        &lin,
+        ColumnOrder::Contiguous,
+        2,
+        s,
+        LinearMethod::Bsgs,
+    )
+    .unwrap();
+    let other = Layout::new(
+        64,
+        4,
+        8,
+        ColumnOrder::HeadInterleaved {
+            heads: 2,
+            head_dim: 4,
+        },
+    )
+    .unwrap();
+    let x = encrypt_matrix(&b, &he_linalg::Matrix::zeros(4, 8), &other, 2).unwrap();
+    assert!(enc.apply(&b, &x).is_err());
+    let x = encrypt_matrix(&b, &he_linalg::Matrix::zeros(4, 8), &lin, 1).unwrap();
+    assert!(matches!(
+        enc.apply(&b, &x),
+        Err(he_linalg::Error::NotEnoughLevels { .. })
+    ));
+}

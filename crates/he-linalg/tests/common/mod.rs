@@ -1,0 +1,21 @@
+#![allow(dead_code)]
+
+use he_linalg::Matrix;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+pub fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+pub fn random_matrix(rng: &mut ChaCha20Rng, rows: usize, cols: usize, bound: f64) -> Matrix {
+    Matrix::from_fn(rows, cols, |_, _| rng.gen_range(-bound..bound))
+}
+
+pub fn random_vec(rng: &mut ChaCha20Rng, n: usize, bound: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.gen_range(-bound..bound)).collect()
+}
+
+pub fn add_bias(m: &Matrix, bias: &[f64]) -> Matrix {
+    Matrix::from_fn(m.rows(), m.cols(), |i, j| m.get(i, j) + bias[j])
+}
