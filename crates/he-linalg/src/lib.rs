@@ -18,6 +18,7 @@ mod layout;
 mod linear;
 mod matrix;
 
+pub mod attention;
 pub mod ops;
 pub mod plan;
 

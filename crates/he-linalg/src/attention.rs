@@ -1,0 +1,615 @@
+//! Ciphertext × ciphertext products of attention, for all heads at once.
+//!
+//! Q, K and V use the [`ColumnOrder::HeadInterleaved`] layout: ciphertext `a`, column group `k`
+//! (chunks `k·H .. k·H+H`) holds feature `a·g + k` of every head `h` (chunk `k·H + h`), so a sum
+//! over a head's features is a sum over ciphertexts (free) plus a cyclic rotate-and-sum over the
+//! `g` groups of one ciphertext.
+//!
+//! Attention scores are kept in *diagonal form*: the scores matrix is `rows × (heads·n')` with
+//! logical column `h·n' + r` holding `S_h[t, (t + r) mod n']` (`n'` = padded rows), itself laid
+//! out head-interleaved. With `tokrot(K, r)` the token-rotation of K (two slot rotations and two
+//! complementary token masks),
+//!
+//! `S_h[t, t+r] = Σ_{i ∈ head h} Q[t, i] · tokrot(K, r)[t, i]`,
+//! `(A·V)_h[t, i] = Σ_r S_h[t, t+r] · tokrot(V, r)[t, i]`.
+//!
+//! The token masks, the group selection and the `1/√d` factor are fused into one plaintext
+//! product per term, applied to unrelinearized products (lazy relinearization), so each
+//! operation consumes two levels. Row sums over keys are a rotate-and-sum over the `g` groups,
+//! already broadcast over each head's row.
+
+use std::collections::BTreeSet;
+
+use crate::backend::{SlotBackend, scales_match};
+use crate::error::{Error, Result};
+use crate::layout::{ColumnOrder, Layout, PackedMatrix, check_slots};
+use crate::matrix::Matrix;
+use crate::plan::OpPlan;
+
+/// Heads, padded heads `H` and groups per ciphertext `g` of a head-interleaved layout.
+fn heads_of(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    match l.order() {
+        ColumnOrder::HeadInterleaved { heads, head_dim } => {
+            let (hp, g) = l.head_groups().unwrap_or((1, 1));
+            Ok((heads, head_dim, hp, g))
+        }
+        ColumnOrder::Contiguous => Err(Error::LayoutMismatch {
+            what: "attention needs a head-interleaved layout",
+        }),
+    }
+}
+
+/// Layout of the diagonal-form scores for Q/K laid out by `qk`.
+pub fn scores_layout(qk: &Layout) -> Result<Layout> {
+    let (heads, ..) = heads_of(qk)?;
+    let n = qk.row_stride();
+    qk.with_cols(
+        heads * n,
+        ColumnOrder::HeadInterleaved { heads, head_dim: n },
+    )
+}
+
+/// Converts diagonal-form scores (decrypted, `rows × heads·n'`) into one `rows × rows` matrix per
+/// head.
+pub fn scores_to_heads(scores: &Layout, m: &Matrix) -> Result<Vec<Matrix>> {
+    let (heads, np, ..) = heads_of(scores)?;
+    let n = scores.rows();
+    if m.rows() != n || m.cols() != heads * np {
+        return Err(Error::DimensionMismatch {
+            what: "scores matrix columns",
+            expected: heads * np,
+            got: m.cols(),
+        });
+    }
+    Ok((0..heads)
+        .map(|h| Matrix::from_fn(n, n, |t, u| m.get(t, h * np + (u + np - t) % np)))
+        .collect())
+}
+
+/// Converts per-head `rows × rows` matrices into the diagonal-form scores matrix.
+pub fn heads_to_scores(scores: &Layout, heads_m: &[Matrix]) -> Result<Matrix> {
+    let (heads, np, ..) = heads_of(scores)?;
+    let n = scores.rows();
+    if heads_m.len() != heads {
+        return Err(Error::DimensionMismatch {
+            what: "number of head matrices",
+            expected: heads,
+            got: heads_m.len(),
+        });
+    }
+    let mut out = Matrix::zeros(n, heads * np);
+    for (h, m) in heads_m.iter().enumerate() {
+        if m.rows() != n || m.cols() != n {
+            return Err(Error::DimensionMismatch {
+                what: "head matrix size",
+                expected: n,
+                got: m.rows().max(m.cols()),
+            });
+        }
+        for t in 0..n {
+            for u in 0..n {
+                out.set(t, h * np + (u + np - t) % np, m.get(t, u));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// 0/1 mask (diagonal form) keeping keys `u < valid_keys` of rows `t < valid_keys`: padded
+/// tokens neither attend nor are attended. Multiply it in with [`crate::ops::mul_plain`].
+pub fn key_mask(scores: &Layout, valid_keys: usize) -> Result<Matrix> {
+    let (heads, np, ..) = heads_of(scores)?;
+    Ok(Matrix::from_fn(scores.rows(), heads * np, |t, c| {
+        let u = (t + c % np) % np;
+        if t < valid_keys && u < valid_keys {
+            1.0
+        } else {
+            0.0
+        }
+    }))
+}
+
+/// Slot vector with `value` at chunks `group·H + h` (`h < heads`) and token rows `tokens`.
+fn group_mask(
+    l: &Layout,
+    heads: usize,
+    hp: usize,
+    group: usize,
+    tokens: std::ops::Range<usize>,
+    value: f64,
+) -> Vec<f64> {
+    let np = l.row_stride();
+    let mut v = vec![0.0; l.slots()];
+    for h in 0..heads {
+        let base = (group * hp + h) * np;
+        for t in tokens.clone() {
+            v[base + t] = value;
+        }
+    }
+    v
+}
+
+/// Token ranges of `tokrot(·, r)`: rows using `rot(x, r)` and rows using `rot(x, r - n')`.
+fn token_ranges(n: usize, np: usize, r: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let cut = np - r;
+    (0..n.min(cut), cut.min(n)..n)
+}
+
+fn check_input<B: SlotBackend>(
+    b: &B,
+    x: &PackedMatrix<B::Ct>,
+    layout: &Layout,
+    level: usize,
+    scale: f64,
+    what: &'static str,
+) -> Result<Vec<B::Ct>> {
+    if x.layout() != layout {
+        return Err(Error::LayoutMismatch { what });
+    }
+    x.cts()
+        .iter()
+        .map(|c| {
+            if b.level(c) < level {
+                return Err(Error::NotEnoughLevels {
+                    needed: level,
+                    available: b.level(c),
+                });
+            }
+            if !scales_match(b.scale(c), scale) {
+                return Err(Error::ScaleMismatch {
+                    left: b.scale(c),
+                    right: scale,
+                });
+            }
+            b.drop_to_level(c, level)
+        })
+        .collect()
+}
+
+/// Token-rotation steps `r` (1..n') and `r - n'` (where some row needs it) of K or V.
+fn tokrot_steps(slots: usize, np: usize, need_hi: &[bool]) -> (Vec<usize>, Vec<Option<usize>>) {
+    // steps[0] = 0 (identity); lo r at index r; hi r at the returned index.
+    let mut steps: Vec<usize> = (0..np).collect();
+    let mut hi_idx = vec![None; np];
+    for r in 1..np {
+        if need_hi[r] {
+            hi_idx[r] = Some(steps.len());
+            steps.push(slots - np + r);
+        }
+    }
+    (steps, hi_idx)
+}
+
+/// One term of a score placement: group `k` of the output ciphertext, masks for the lo/hi parts.
+#[derive(Debug)]
+struct ScoreTerm<P> {
+    k: usize,
+    lo: P,
+    hi: Option<P>,
+}
+
+/// Q·Kᵀ for all heads, with fused scaling factor, prepared (masks encoded) for one level and
+/// pair of input scales. The output is in diagonal form ([`scores_layout`]), two levels lower, at
+/// Q's scale.
+#[derive(Debug)]
+pub struct QkScores<P> {
+    layout: Layout,
+    out_layout: Layout,
+    level: usize,
+    scale_q: f64,
+    scale_k: f64,
+    need_hi: Vec<bool>,
+    /// Per output ciphertext: `(m, terms)` where the sum is rotated by `m·H·n'`.
+    groups: Vec<Vec<(usize, Vec<ScoreTerm<P>>)>>,
+}
+
+impl<P> QkScores<P> {
+    /// Prepares `factor · Q·Kᵀ` for Q and K laid out by `layout` at `level` with scales
+    /// `scale_q` and `scale_k`.
+    pub fn new<B: SlotBackend<Pt = P>>(
+        b: &B,
+        layout: &Layout,
+        level: usize,
+        scale_q: f64,
+        scale_k: f64,
+        factor: f64,
+    ) -> Result<Self> {
+        check_slots(b, layout)?;
+        let (heads, head_dim, hp, g) = heads_of(layout)?;
+        if level < 2 || level > b.max_level() {
+            return Err(Error::NotEnoughLevels {
+                needed: 2,
+                available: level.min(b.max_level()),
+            });
+        }
+        let out_layout = scores_layout(layout)?;
+        let (n, np) = (layout.rows(), layout.row_stride());
+        let groups_in = g.min(head_dim);
+        let mask_scale = b.rescale_factor(level) * b.rescale_factor(level - 1) / scale_k;
+        let need_hi: Vec<bool> = (0..np)
+            .map(|r| r > 0 && !token_ranges(n, np, r).1.is_empty())
+            .collect();
+        let mut groups = Vec::with_capacity(out_layout.n_cts());
+        for bo in 0..out_layout.n_cts() {
+            let mut per_m = Vec::new();
+            for m in 0..g {
+                let mut terms = Vec::new();
+                for k in 0..g {
+                    let r = bo * g + k;
+                    let src = (k + m) % g;
+                    if r >= np || src >= groups_in {
+                        continue;
+                    }
+                    let (lo_t, hi_t) = token_ranges(n, np, r);
+                    let lo = b.encode(
+                        &group_mask(layout, heads, hp, src, lo_t, factor),
+                        level,
+                        mask_scale,
+                    )?;
+                    let hi = if need_hi[r] {
+                        Some(b.encode(
+                            &group_mask(layout, heads, hp, src, hi_t, factor),
+                            level,
+                            mask_scale,
+                        )?)
+                    } else {
+                        None
+                    };
+                    terms.push(ScoreTerm { k, lo, hi });
+                }
+                if !terms.is_empty() {
+                    per_m.push((m, terms));
+                }
+            }
+            groups.push(per_m);
+        }
+        Ok(Self {
+            layout: layout.clone(),
+            out_layout,
+            level,
+            scale_q,
+            scale_k,
+            need_hi,
+            groups,
+        })
+    }
+
+    /// Output (scores) layout.
+    pub fn out_layout(&self) -> &Layout {
+        &self.out_layout
+    }
+
+    /// Rotation steps, key switches and depth of [`QkScores::apply`].
+    pub fn plan(&self) -> OpPlan {
+        let slots = self.layout.slots();
+        let np = self.layout.row_stride();
+        let (hp, _) = self.layout.head_groups().unwrap_or((1, 1));
+        let (steps_k, _) = tokrot_steps(slots, np, &self.need_hi);
+        let mut steps: BTreeSet<usize> = steps_k.iter().copied().filter(|&s| s != 0).collect();
+        let k_rots = ((steps_k.len() - 1) * self.layout.n_cts()) as u64;
+        let mut rots = 0u64;
+        let mut relins = 0u64;
+        for per_m in &self.groups {
+            for (m, _) in per_m {
+                relins += 1;
+                if *m != 0 {
+                    rots += 1;
+                    steps.insert(m * hp * np);
+                }
+            }
+        }
+        OpPlan {
+            name: format!("QK^T {}x{}", self.layout.rows(), self.layout.cols()),
+            rotation_steps: steps,
+            rotations: k_rots + rots,
+            hoisted_rotations: k_rots,
+            relinearizations: relins,
+            depth: 2,
+        }
+    }
+
+    /// Computes the scores of all heads.
+    pub fn apply<B: SlotBackend<Pt = P>>(
+        &self,
+        b: &B,
+        q: &PackedMatrix<B::Ct>,
+        k: &PackedMatrix<B::Ct>,
+    ) -> Result<PackedMatrix<B::Ct>> {
+        let qs = check_input(b, q, &self.layout, self.level, self.scale_q, "Q layout")?;
+        let ks = check_input(b, k, &self.layout, self.level, self.scale_k, "K layout")?;
+        let np = self.layout.row_stride();
+        let (hp, g) = self.layout.head_groups().unwrap_or((1, 1));
+        let (steps, hi_idx) = tokrot_steps(b.slots(), np, &self.need_hi);
+        let krot = ks
+            .iter()
+            .map(|c| b.rotate_hoisted(c, &steps))
+            .collect::<Result<Vec<_>>>()?;
+        // Σ_a Q_a ⊙ K_a rotated by step index `idx` (degree 2).
+        let product = |idx: usize| -> Result<B::Ct> {
+            let mut acc = b.mul(&qs[0], &krot[0][idx])?;
+            for (qa, kr) in qs.iter().zip(&krot).skip(1) {
+                let p = b.mul(qa, &kr[idx])?;
+                b.add_assign(&mut acc, &p)?;
+            }
+            Ok(acc)
+        };
+        let mut out = Vec::with_capacity(self.groups.len());
+        for (bo, per_m) in self.groups.iter().enumerate() {
+            let mut lo = Vec::with_capacity(g);
+            let mut hi = Vec::with_capacity(g);
+            for kk in 0..g {
+                let r = bo * g + kk;
+                if r >= np {
+                    break;
+                }
+                lo.push(product(r)?);
+                hi.push(hi_idx[r].map(&product).transpose()?);
+            }
+            let mut acc: Option<B::Ct> = None;
+            for (m, terms) in per_m {
+                let mut x: Option<B::Ct> = None;
+                for t in terms {
+                    let mut parts = vec![(&lo[t.k], &t.lo)];
+                    if let (Some(h), Some(p)) = (&hi[t.k], &t.hi) {
+                        parts.push((h, p));
+                    }
+                    for (ct, pt) in parts {
+                        match x.as_mut() {
+                            None => x = Some(b.mul_plain(ct, pt)?),
+                            Some(s) => b.mul_plain_add(s, ct, pt)?,
+                        }
+                    }
+                }
+                let Some(x) = x else { continue };
+                let x = b.rescale(&b.rescale(&b.relinearize(&x)?)?)?;
+                let x = if *m == 0 {
+                    x
+                } else {
+                    b.rotate(&x, m * hp * np)?
+                };
+                match acc.as_mut() {
+                    None => acc = Some(x),
+                    Some(a) => b.add_assign(a, &x)?,
+                }
+            }
+            out.push(acc.ok_or_else(|| Error::Unsupported("internal: empty scores".into()))?);
+        }
+        PackedMatrix::new(self.out_layout.clone(), out)
+    }
+}
+
+/// Attention weights × V for all heads, prepared for fixed levels and scales. The output has
+/// V's layout and scale, at level `min(level_s - 1, level_v) - 1`.
+#[derive(Debug)]
+pub struct AttentionValues<P> {
+    s_layout: Layout,
+    v_layout: Layout,
+    level_s: usize,
+    scale_s: f64,
+    level_v: usize,
+    scale_v: f64,
+    /// Per output ... per r: `(m, lo mask, hi mask)`.
+    masks: Vec<Vec<(usize, P, Option<P>)>>,
+    need_hi: Vec<bool>,
+    /// Per scores ciphertext: the rotations `m` of it that are used.
+    s_rots: Vec<Vec<usize>>,
+}
+
+impl<P> AttentionValues<P> {
+    /// Prepares `A·V` for scores laid out by `s_layout` (see [`scores_layout`]) at `level_s`
+    /// with scale `scale_s`, and V laid out by `v_layout` at `level_v` with scale `scale_v`.
+    pub fn new<B: SlotBackend<Pt = P>>(
+        b: &B,
+        s_layout: &Layout,
+        v_layout: &Layout,
+        (level_s, scale_s): (usize, f64),
+        (level_v, scale_v): (usize, f64),
+    ) -> Result<Self> {
+        check_slots(b, v_layout)?;
+        let (heads, head_dim, hp, g) = heads_of(v_layout)?;
+        if &scores_layout(v_layout)? != s_layout {
+            return Err(Error::LayoutMismatch {
+                what: "scores layout does not belong to V's layout",
+            });
+        }
+        if level_s > b.max_level() || level_v > b.max_level() {
+            return Err(Error::LevelTooHigh {
+                level: level_s.max(level_v),
+                max: b.max_level(),
+            });
+        }
+        let l1 = (level_s.max(1) - 1).min(level_v);
+        if level_s < 2 || l1 < 1 {
+            return Err(Error::NotEnoughLevels {
+                needed: 2,
+                available: level_s.min(level_v + 1),
+            });
+        }
+        let (n, np) = (v_layout.rows(), v_layout.row_stride());
+        let groups_v = g.min(head_dim);
+        let mask_scale = b.rescale_factor(l1) * b.rescale_factor(l1 + 1) / scale_s;
+        let need_hi: Vec<bool> = (0..np)
+            .map(|r| r > 0 && !token_ranges(n, np, r).1.is_empty())
+            .collect();
+        let mut masks = Vec::with_capacity(np);
+        let mut s_rots = vec![BTreeSet::new(); s_layout.n_cts()];
+        for r in 0..np {
+            let (bo, k) = (r / g, r % g);
+            let (lo_t, hi_t) = token_ranges(n, np, r);
+            let mut terms = Vec::with_capacity(groups_v);
+            for gv in 0..groups_v {
+                let m = (k + g - gv) % g;
+                s_rots[bo].insert(m);
+                let lo = b.encode(
+                    &group_mask(v_layout, heads, hp, gv, lo_t.clone(), 1.0),
+                    l1 + 1,
+                    mask_scale,
+                )?;
+                let hi = if need_hi[r] {
+                    Some(b.encode(
+                        &group_mask(v_layout, heads, hp, gv, hi_t.clone(), 1.0),
+                        l1 + 1,
+                        mask_scale,
+                    )?)
+                } else {
+                    None
+                };
+                terms.push((m, lo, hi));
+            }
+            masks.push(terms);
+        }
+        Ok(Self {
+            s_layout: s_layout.clone(),
+            v_layout: v_layout.clone(),
+            level_s,
+            scale_s,
+            level_v,
+            scale_v,
+            masks,
+            need_hi,
+            s_rots: s_rots
+                .into_iter()
+                .map(|s| s.into_iter().collect())
+                .collect(),
+        })
+    }
+
+    fn l1(&self) -> usize {
+        (self.level_s - 1).min(self.level_v)
+    }
+
+    /// Rotation steps, key switches and depth of [`AttentionValues::apply`].
+    pub fn plan(&self) -> OpPlan {
+        let slots = self.v_layout.slots();
+        let np = self.v_layout.row_stride();
+        let (hp, _) = self.v_layout.head_groups().unwrap_or((1, 1));
+        let (steps_v, _) = tokrot_steps(slots, np, &self.need_hi);
+        let mut steps: BTreeSet<usize> = steps_v.iter().copied().filter(|&s| s != 0).collect();
+        let v_rots = ((steps_v.len() - 1) * self.v_layout.n_cts()) as u64;
+        let mut s_rots = 0u64;
+        for ms in &self.s_rots {
+            for &m in ms {
+                if m != 0 {
+                    s_rots += 1;
+                    steps.insert(m * hp * np);
+                }
+            }
+        }
+        OpPlan {
+            name: format!("AV {}x{}", self.v_layout.rows(), self.v_layout.cols()),
+            rotation_steps: steps,
+            rotations: v_rots + s_rots,
+            hoisted_rotations: v_rots + s_rots,
+            relinearizations: self.v_layout.n_cts() as u64,
+            depth: self.level_s - (self.l1() - 1),
+        }
+    }
+
+    /// Computes `A·V` for all heads.
+    pub fn apply<B: SlotBackend<Pt = P>>(
+        &self,
+        b: &B,
+        s: &PackedMatrix<B::Ct>,
+        v: &PackedMatrix<B::Ct>,
+    ) -> Result<PackedMatrix<B::Ct>> {
+        let l1 = self.l1();
+        let ss = check_input(b, s, &self.s_layout, self.level_s, self.scale_s, "scores")?;
+        let vs = check_input(b, v, &self.v_layout, self.level_v, self.scale_v, "V layout")?;
+        let np = self.v_layout.row_stride();
+        let (hp, g) = self.v_layout.head_groups().unwrap_or((1, 1));
+        // Rotations of each scores ciphertext by m·H·n'.
+        let mut srot = Vec::with_capacity(ss.len());
+        for (ct, ms) in ss.iter().zip(&self.s_rots) {
+            let ct = b.drop_to_level(ct, l1 + 1)?;
+            let steps: Vec<usize> = ms.iter().map(|m| m * hp * np).collect();
+            srot.push(b.rotate_hoisted(&ct, &steps)?);
+        }
+        let (steps, hi_idx) = tokrot_steps(b.slots(), np, &self.need_hi);
+        let vrot = vs
+            .iter()
+            .map(|c| b.rotate_hoisted(&b.drop_to_level(c, l1)?, &steps))
+            .collect::<Result<Vec<_>>>()?;
+        // Broadcast diagonals D_r (lo and hi parts), each rescaled to level l1.
+        let mut acc: Vec<Option<B::Ct>> = vec![None; vs.len()];
+        for (r, terms) in self.masks.iter().enumerate() {
+            let bo = r / g;
+            let mut dlo: Option<B::Ct> = None;
+            let mut dhi: Option<B::Ct> = None;
+            for (m, lo, hi) in terms {
+                let idx = self.s_rots[bo]
+                    .binary_search(m)
+                    .map_err(|_| Error::Unsupported("internal: missing scores rotation".into()))?;
+                let src = &srot[bo][idx];
+                for (d, p) in [(&mut dlo, Some(lo)), (&mut dhi, hi.as_ref())] {
+                    let Some(p) = p else { continue };
+                    match d.as_mut() {
+                        None => *d = Some(b.mul_plain(src, p)?),
+                        Some(x) => b.mul_plain_add(x, src, p)?,
+                    }
+                }
+            }
+            let parts = [(dlo, Some(r)), (dhi, hi_idx[r])];
+            for (d, idx) in parts {
+                let (Some(d), Some(idx)) = (d, idx) else {
+                    continue;
+                };
+                let d = b.rescale(&d)?;
+                for (a, vr) in vrot.iter().enumerate() {
+                    let p = b.mul(&d, &vr[idx])?;
+                    match acc[a].as_mut() {
+                        None => acc[a] = Some(p),
+                        Some(x) => b.add_assign(x, &p)?,
+                    }
+                }
+            }
+        }
+        let out = acc
+            .into_iter()
+            .map(|c| {
+                let c = c.ok_or_else(|| Error::Unsupported("internal: empty output".into()))?;
+                b.rescale(&b.relinearize(&c)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        PackedMatrix::new(self.v_layout.clone(), out)
+    }
+}
+
+/// Rotation steps of [`row_sums`] for a scores layout.
+fn row_sum_steps(s: &Layout) -> Result<Vec<usize>> {
+    heads_of(s)?;
+    let (hp, g) = s.head_groups().unwrap_or((1, 1));
+    let np = s.row_stride();
+    Ok((0..g.trailing_zeros())
+        .map(|j| (1 << j) * hp * np)
+        .collect())
+}
+
+/// Plan of [`row_sums`].
+pub fn row_sums_plan(scores: &Layout) -> Result<OpPlan> {
+    let steps = row_sum_steps(scores)?;
+    Ok(OpPlan {
+        name: format!("row sums {}x{}", scores.rows(), scores.cols()),
+        rotations: steps.len() as u64,
+        rotation_steps: steps.into_iter().collect(),
+        hoisted_rotations: 0,
+        relinearizations: 0,
+        depth: 0,
+    })
+}
+
+/// Row sums of each head's scores (softmax denominators), broadcast over the row: entry
+/// `(t, h·n' + r)` of the result is `Σ_u S_h[t, u]`. Apply [`key_mask`] first so padded keys do
+/// not count. No level is consumed.
+pub fn row_sums<B: SlotBackend>(b: &B, s: &PackedMatrix<B::Ct>) -> Result<PackedMatrix<B::Ct>> {
+    let steps = row_sum_steps(s.layout())?;
+    let lvl = s.cts().iter().map(|c| b.level(c)).min().unwrap_or(0);
+    let mut acc = b.drop_to_level(&s.cts()[0], lvl)?;
+    for c in &s.cts()[1..] {
+        b.add_assign(&mut acc, &b.drop_to_level(c, lvl)?)?;
+    }
+    for st in steps {
+        let r = b.rotate(&acc, st)?;
+        b.add_assign(&mut acc, &r)?;
+    }
+    PackedMatrix::new(s.layout().clone(), vec![acc; s.layout().n_cts()])
+}

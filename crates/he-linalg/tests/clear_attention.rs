@@ -1,0 +1,191 @@
+//! Attention products on the cleartext backend against dense f64 arithmetic.
+
+mod common;
+
+use common::*;
+use he_linalg::attention::{
+    AttentionValues, QkScores, heads_to_scores, key_mask, row_sums, row_sums_plan, scores_layout,
+    scores_to_heads,
+};
+use he_linalg::{
+    ClearBackend, ColumnOrder, Layout, Matrix, SlotBackend, decrypt_matrix, encrypt_matrix, ops,
+    precision_bits,
+};
+
+struct Case {
+    slots: usize,
+    n: usize,
+    heads: usize,
+    dh: usize,
+    valid: usize,
+}
+
+fn run(c: &Case, seed: u64) {
+    let b = ClearBackend::like_ckks(c.slots, 6).unwrap();
+    let d = c.heads * c.dh;
+    let mut r = rng(seed);
+    let q = random_matrix(&mut r, c.n, d, 4.0);
+    let k = random_matrix(&mut r, c.n, d, 4.0);
+    let v = random_matrix(&mut r, c.n, d, 4.0);
+    let order = ColumnOrder::HeadInterleaved {
+        heads: c.heads,
+        head_dim: c.dh,
+    };
+    let l = Layout::new(c.slots, c.n, d, order).unwrap();
+    let (eq, ek, ev) = (
+        encrypt_matrix(&b, &q, &l, 6).unwrap(),
+        encrypt_matrix(&b, &k, &l, 6).unwrap(),
+        encrypt_matrix(&b, &v, &l, 4).unwrap(),
+    );
+    let s = b.default_scale();
+    let factor = 1.0 / (c.dh as f64).sqrt();
+
+    // Q·Kᵀ per head.
+    let qk = QkScores::new(&b, &l, 6, s, s, factor).unwrap();
+    b.stats().reset();
+    let es = qk.apply(&b, &eq, &ek).unwrap();
+    let plan = qk.plan();
+    assert!(plan.matches(&b.stats().snapshot()), "{plan:?}");
+    assert_eq!(plan.rotation_steps, b.stats().used_steps());
+    assert_eq!(ops::level(&b, &es), 4);
+    assert!((ops::scale(&b, &es) / s - 1.0).abs() < 1e-12);
+    let sl = scores_layout(&l).unwrap();
+    let got = scores_to_heads(&sl, &decrypt_matrix(&b, &es).unwrap()).unwrap();
+    let mut want_heads = Vec::new();
+    for h in 0..c.heads {
+        let qh = q.columns(h * c.dh, c.dh);
+        let kh = k.columns(h * c.dh, c.dh);
+        let want = qh.matmul(&kh.transpose()).unwrap().map(|x| x * factor);
+        let bits = precision_bits(&got[h], &want).unwrap();
+        assert!(bits > 40.0, "head {h}: {bits} bits");
+        want_heads.push(want);
+    }
+
+    // Mask padded keys, then row sums and A·V.
+    let mask = key_mask(&sl, c.valid).unwrap();
+    let mp = ops::encode_multiplier(&b, &mask, &es).unwrap();
+    let masked = ops::mul_plain(&b, &es, &mp).unwrap();
+    let masked_heads: Vec<Matrix> = want_heads
+        .iter()
+        .map(|m| {
+            Matrix::from_fn(c.n, c.n, |t, u| {
+                if t < c.valid && u < c.valid {
+                    m.get(t, u)
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let dm = decrypt_matrix(&b, &masked).unwrap();
+    assert_eq!(
+        precision_bits(&dm, &heads_to_scores(&sl, &masked_heads).unwrap()).unwrap() > 40.0,
+        true
+    );
+
+    b.stats().reset();
+    let sums = row_sums(&b, &masked).unwrap();
+    let plan = row_sums_plan(&sl).unwrap();
+    assert!(plan.matches(&b.stats().snapshot()));
+    assert_eq!(plan.rotation_steps, b.stats().used_steps());
+    let sums_heads = scores_to_heads(&sl, &decrypt_matrix(&b, &sums).unwrap()).unwrap();
+    for h in 0..c.heads {
+        for t in 0..c.valid {
+            let want: f64 = (0..c.n).map(|u| masked_heads[h].get(t, u)).sum();
+            for u in 0..c.n {
+                assert!((sums_heads[h].get(t, u) - want).abs() < 1e-9 * (1.0 + want.abs()));
+            }
+        }
+    }
+
+    let lvl_s = ops::level(&b, &masked);
+    let av = AttentionValues::new(&b, &sl, &l, (lvl_s, ops::scale(&b, &masked)), (4, s)).unwrap();
+    b.stats().reset();
+    let eo = av.apply(&b, &masked, &ev).unwrap();
+    let plan = av.plan();
+    assert!(plan.matches(&b.stats().snapshot()), "{plan:?}");
+    assert_eq!(plan.rotation_steps, b.stats().used_steps());
+    assert_eq!(ops::level(&b, &eo), lvl_s - plan.depth);
+    assert!((ops::scale(&b, &eo) / s - 1.0).abs() < 1e-12);
+    let got = decrypt_matrix(&b, &eo).unwrap();
+    let mut want = Matrix::zeros(c.n, d);
+    for h in 0..c.heads {
+        let o = masked_heads[h].matmul(&v.columns(h * c.dh, c.dh)).unwrap();
+        for t in 0..c.n {
+            for i in 0..c.dh {
+                want.set(t, h * c.dh + i, o.get(t, i));
+            }
+        }
+    }
+    let bits = precision_bits(&got, &want).unwrap();
+    assert!(bits > 40.0, "AV: {bits} bits");
+}
+
+#[test]
+fn attention_small_shapes() {
+    let cases = [
+        Case {
+            slots: 256,
+            n: 8,
+            heads: 2,
+            dh: 4,
+            valid: 8,
+        },
+        Case {
+            slots: 512,
+            n: 5,
+            heads: 3,
+            dh: 6,
+            valid: 4,
+        },
+        Case {
+            slots: 1024,
+            n: 16,
+            heads: 4,
+            dh: 16,
+            valid: 13,
+        },
+        Case {
+            slots: 128,
+            n: 16,
+            heads: 1,
+            dh: 8,
+            valid: 16,
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        run(c, i as u64);
+    }
+}
+
+#[test]
+fn attention_minilm_shape() {
+    run(
+        &Case {
+            slots: 8192,
+            n: 64,
+            heads: 12,
+            dh: 32,
+            valid: 50,
+        },
+        7,
+    );
+}
+
+#[test]
+fn attention_rejects_contiguous_layout() {
+    let b = ClearBackend::like_ckks(256, 4).unwrap();
+    let l = Layout::new(256, 8, 8, ColumnOrder::Contiguous).unwrap();
+    assert!(QkScores::new(&b, &l, 4, 1.0, 1.0, 1.0).is_err());
+    let l = Layout::new(
+        256,
+        8,
+        8,
+        ColumnOrder::HeadInterleaved {
+            heads: 2,
+            head_dim: 4,
+        },
+    )
+    .unwrap();
+    assert!(QkScores::new(&b, &l, 1, 1.0, 1.0, 1.0).is_err());
+}
