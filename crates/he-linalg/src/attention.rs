@@ -433,7 +433,7 @@ impl<P> AttentionValues<P> {
             .collect();
         let mut masks = Vec::with_capacity(np);
         let mut s_rots = vec![BTreeSet::new(); s_layout.n_cts()];
-        for r in 0..np {
+        for (r, &hi_needed) in need_hi.iter().enumerate() {
             let (bo, k) = (r / g, r % g);
             let (lo_t, hi_t) = token_ranges(n, np, r);
             let mut terms = Vec::with_capacity(groups_v);
@@ -445,7 +445,7 @@ impl<P> AttentionValues<P> {
                     l1 + 1,
                     mask_scale,
                 )?;
-                let hi = if need_hi[r] {
+                let hi = if hi_needed {
                     Some(b.encode(
                         &group_mask(v_layout, heads, hp, gv, hi_t.clone(), 1.0),
                         l1 + 1,
