@@ -21,6 +21,7 @@ mod matrix;
 pub mod attention;
 pub mod ops;
 pub mod plan;
+pub mod poly;
 
 pub use backend::{OpCounts, OpStats, SCALE_TOLERANCE, SlotBackend, SlotClient, scales_match};
 pub use clear::{ClearBackend, ClearCt, ClearPt};
