@@ -49,7 +49,11 @@ impl Modulus {
     /// Reduces a 64-bit value.
     #[inline(always)]
     pub fn reduce(&self, x: u64) -> u64 {
-        if x < self.q { x } else { self.reduce_u128(x as u128) }
+        if x < self.q {
+            x
+        } else {
+            self.reduce_u128(x as u128)
+        }
     }
 
     /// Reduces a signed value into `[0, q)`.
@@ -142,13 +146,13 @@ pub fn is_prime(n: u64) -> bool {
         return false;
     }
     for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
     let m = Modulus::new_any(n);
     let (mut d, mut s) = (n - 1, 0);
-    while d % 2 == 0 {
+    while d.is_multiple_of(2) {
         d /= 2;
         s += 1;
     }
@@ -231,7 +235,13 @@ mod tests {
     #[test]
     fn barrett_matches_u128_remainder() {
         let mut s = 0x1234_5678_9abc_def0u64;
-        for q in [3u64, 65537, (1 << 40) + 0x2_8001, (1 << 50) - 27, (1 << 61) - 1] {
+        for q in [
+            3u64,
+            65537,
+            (1 << 40) + 0x2_8001,
+            (1 << 50) - 27,
+            (1 << 61) - 1,
+        ] {
             let m = Modulus::new(q);
             for _ in 0..2000 {
                 s ^= s << 13;
@@ -242,18 +252,35 @@ mod tests {
                 let (a, b) = (s % q, s.rotate_left(21) % q);
                 assert_eq!(m.mul(a, b) as u128, a as u128 * b as u128 % q as u128);
                 let ws = m.shoup(b);
-                assert_eq!(m.mul_shoup(s, b, ws) as u128, s as u128 * b as u128 % q as u128);
+                assert_eq!(
+                    m.mul_shoup(s, b, ws) as u128,
+                    s as u128 * b as u128 % q as u128
+                );
             }
         }
     }
 
     #[test]
     fn primality() {
-        let primes = [2u64, 3, 65537, 1_000_000_007, (1 << 61) - 1, 4_611_686_018_427_387_847];
+        let primes = [
+            2u64,
+            3,
+            65537,
+            1_000_000_007,
+            (1 << 61) - 1,
+            4_611_686_018_427_387_847,
+        ];
         for p in primes {
             assert!(is_prime(p), "{p}");
         }
-        let composites = [1u64, 4, 561, 1_000_000_007 * 3, 3_215_031_751, (1 << 61) + 1];
+        let composites = [
+            1u64,
+            4,
+            561,
+            1_000_000_007 * 3,
+            3_215_031_751,
+            (1 << 61) + 1,
+        ];
         for c in composites {
             assert!(!is_prime(c), "{c}");
         }

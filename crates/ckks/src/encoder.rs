@@ -214,7 +214,7 @@ impl Encoder {
         for (i, v) in vals.iter().enumerate() {
             for (k, x) in [(i * gap, v.re), (n / 2 + i * gap, v.im)] {
                 let y = (x * scale).round();
-                if !(y.abs() < limit) {
+                if y.is_nan() || y.abs() >= limit {
                     return Err(Error::EncodingOverflow {
                         value: x,
                         log2_scale: scale.log2(),
@@ -336,7 +336,9 @@ mod tests {
         let params = Parameters::preset(Preset::N13L2);
         let enc = Encoder::new(&params);
         for len in [1usize, 3, 8, 100, 4096] {
-            let vals: Vec<f64> = (0..len).map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0).collect();
+            let vals: Vec<f64> = (0..len)
+                .map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0)
+                .collect();
             for level in [0, 2] {
                 let pt = enc.encode(&vals, level, 2f64.powi(40)).unwrap();
                 assert_eq!(pt.slots(), len.next_power_of_two());
@@ -370,13 +372,19 @@ mod tests {
         let enc = Encoder::new(&params);
         assert!(matches!(
             enc.encode(&vec![0.0; 4097], 0, 1e9),
-            Err(Error::TooManyValues { len: 4097, max: 4096 })
+            Err(Error::TooManyValues {
+                len: 4097,
+                max: 4096
+            })
         ));
         assert!(matches!(
             enc.encode(&[1.0], 3, 1e9),
             Err(Error::LevelOutOfRange { level: 3, max: 2 })
         ));
-        assert!(matches!(enc.encode(&[1.0], 0, f64::NAN), Err(Error::InvalidScale { .. })));
+        assert!(matches!(
+            enc.encode(&[1.0], 0, f64::NAN),
+            Err(Error::InvalidScale { .. })
+        ));
         assert!(matches!(
             enc.encode(&[1e30], 0, 2f64.powi(110)),
             Err(Error::EncodingOverflow { .. })

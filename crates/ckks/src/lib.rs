@@ -1,13 +1,24 @@
 //! Pure-Rust RNS-CKKS homomorphic encryption on `tfhe-ntt`.
-#![forbid(unsafe_code)]
+//!
+//! Client side: [`KeyGenerator`], [`SecretKey`], [`Decryptor`] (decryption and seeded symmetric
+//! encryption). Server side: [`Evaluator`] with [`RelinKey`] and [`GaloisKeys`], which never
+//! touch the secret key. Shared: [`Parameters`], [`Encoder`], [`Encryptor`] (public key).
 
 pub mod arith;
+pub mod encoder;
+mod encrypt;
 mod error;
+mod eval;
+mod keys;
+mod ks;
 pub mod params;
 pub mod poly;
-
-pub use error::{DeserializeError, Error, Result};
-pub use params::{Parameters, ParametersLiteral, Preset, SecretDistribution};
-pub mod encoder;
 pub mod precision;
+pub mod rng;
+
 pub use encoder::{Complex64, Encoder, Plaintext};
+pub use encrypt::{Ciphertext, Decryptor, Encryptor, SeededCiphertext};
+pub use error::{DeserializeError, Error, Result};
+pub use eval::{Evaluator, SCALE_TOLERANCE};
+pub use keys::{GaloisKeys, KeyGenerator, PublicKey, RelinKey, SecretKey};
+pub use params::{Parameters, ParametersLiteral, Preset, SecretDistribution};

@@ -238,6 +238,8 @@ impl Parameters {
             lit.dnum
         };
         let alpha = q_count.div_ceil(dnum);
+        // Normalize so that no digit is empty.
+        let dnum = q_count.div_ceil(alpha);
 
         // Prime generation: q_0 and the special primes are the largest primes below 2^bits;
         // the scaling primes q_1..q_L alternate just above/below 2^bits to keep scales stable.
@@ -245,8 +247,17 @@ impl Parameters {
         let mut all = vec![0u64; q_count + p_count];
         // Group requests by (bits, below-only) so each group is searched once.
         let mut groups: Vec<(u32, bool, Vec<usize>)> = Vec::new();
-        let requests = lit.log_q.iter().enumerate().map(|(i, &b)| (b, i == 0 || b >= 50, i));
-        let requests = requests.chain(lit.log_p.iter().enumerate().map(|(j, &b)| (b, true, q_count + j)));
+        let requests = lit
+            .log_q
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, i == 0 || b >= 50, i));
+        let requests = requests.chain(
+            lit.log_p
+                .iter()
+                .enumerate()
+                .map(|(j, &b)| (b, true, q_count + j)),
+        );
         for (bits, below, slot) in requests {
             match groups.iter_mut().find(|g| g.0 == bits && g.1 == below) {
                 Some(g) => g.2.push(slot),
@@ -298,7 +309,13 @@ impl Parameters {
 
         let bits = lit.log_n;
         let bitrev = (0..n as u32)
-            .map(|i| if bits == 0 { 0 } else { i.reverse_bits() >> (32 - bits) })
+            .map(|i| {
+                if bits == 0 {
+                    0
+                } else {
+                    i.reverse_bits() >> (32 - bits)
+                }
+            })
             .collect();
 
         let mut literal = lit.clone();
@@ -407,7 +424,11 @@ mod tests {
         let mut lit = Preset::N14L7.literal();
         lit.log_q.push(40);
         match Parameters::new(&lit) {
-            Err(Error::Insecure { max: 438, log_n: 14, log_qp }) => assert!(log_qp > 438.0),
+            Err(Error::Insecure {
+                max: 438,
+                log_n: 14,
+                log_qp,
+            }) => assert!(log_qp > 438.0),
             other => panic!("expected Insecure, got {other:?}"),
         }
         assert!(Parameters::new_insecure(&lit).is_ok());
@@ -418,7 +439,10 @@ mod tests {
         ));
         let mut sparse = Preset::N14L7.literal();
         sparse.secret = SecretDistribution::FixedHammingWeight(64);
-        assert!(matches!(Parameters::new(&sparse), Err(Error::InvalidParameter { .. })));
+        assert!(matches!(
+            Parameters::new(&sparse),
+            Err(Error::InvalidParameter { .. })
+        ));
     }
 
     #[test]
@@ -426,7 +450,10 @@ mod tests {
         let base = Preset::N13L2.literal();
         let mut l = base.clone();
         l.log_p.clear();
-        assert!(matches!(Parameters::new(&l), Err(Error::EmptyModulusChain { q: 3, p: 0 })));
+        assert!(matches!(
+            Parameters::new(&l),
+            Err(Error::EmptyModulusChain { q: 3, p: 0 })
+        ));
         let mut l = base.clone();
         l.log_q[1] = 70;
         assert!(matches!(
@@ -435,7 +462,10 @@ mod tests {
         ));
         let mut l = base.clone();
         l.dnum = 9;
-        assert!(matches!(Parameters::new(&l), Err(Error::InvalidParameter { name: "dnum", .. })));
+        assert!(matches!(
+            Parameters::new(&l),
+            Err(Error::InvalidParameter { name: "dnum", .. })
+        ));
         let mut l = base;
         l.log_n = 16;
         l.log_q = vec![20; 40];

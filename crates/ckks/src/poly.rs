@@ -57,7 +57,9 @@ where
             .for_each(|(k, l)| f(k, l));
     }
     #[cfg(not(feature = "parallel"))]
-    data.chunks_exact_mut(n).enumerate().for_each(|(k, l)| f(k, l));
+    data.chunks_exact_mut(n)
+        .enumerate()
+        .for_each(|(k, l)| f(k, l));
 }
 
 /// Like [`for_limbs`] with a second, read-only operand split the same way.
@@ -78,20 +80,6 @@ where
         .zip(other.chunks_exact(n))
         .enumerate()
         .for_each(|(k, (l, o))| f(k, l, o));
-}
-
-/// Maps `0..count` to values, in parallel with the `parallel` feature (order preserved).
-pub(crate) fn par_map<T: Send, G>(count: usize, f: G) -> Vec<T>
-where
-    G: Fn(usize) -> T + Send + Sync,
-{
-    #[cfg(feature = "parallel")]
-    {
-        use rayon::prelude::*;
-        (0..count).into_par_iter().map(f).collect()
-    }
-    #[cfg(not(feature = "parallel"))]
-    (0..count).map(f).collect()
 }
 
 impl<F: Form> Poly<F> {
@@ -273,7 +261,10 @@ impl Poly<Ntt> {
     }
 
     pub(crate) fn mul_assign_ctx(&mut self, ctx: &Context, other: &Self) {
-        assert!(self.nq <= other.nq && self.np == other.np, "polynomial basis mismatch");
+        assert!(
+            self.nq <= other.nq && self.np == other.np,
+            "polynomial basis mismatch"
+        );
         let nq = self.nq;
         let n = self.n;
         // `other` may carry more q-limbs (a plaintext at a higher level): use its prefix.
@@ -331,9 +322,9 @@ mod tests {
         let n = a.len();
         let mut r = vec![0u128; n];
         let qq = q as u128;
-        for i in 0..n {
-            for j in 0..n {
-                let p = a[i] as u128 * b[j] as u128 % qq;
+        for (i, &ai) in a.iter().enumerate() {
+            for (j, &bj) in b.iter().enumerate() {
+                let p = ai as u128 * bj as u128 % qq;
                 let k = i + j;
                 if k < n {
                     r[k] = (r[k] + p) % qq;
@@ -352,12 +343,18 @@ mod tests {
             let n = params.n();
             let mut s = 99u64 + log_n as u64;
             let mut rnd = |m: u64| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (s >> 11) % m
             };
             let mut a = Poly::<Coeff>::zero(&params, 3, true);
             let mut b = Poly::<Coeff>::zero(&params, 3, true);
-            let moduli: Vec<u64> = params.q_moduli().into_iter().chain(params.p_moduli()).collect();
+            let moduli: Vec<u64> = params
+                .q_moduli()
+                .into_iter()
+                .chain(params.p_moduli())
+                .collect();
             for (k, &q) in moduli.iter().enumerate() {
                 for x in a.limb_mut(k) {
                     *x = rnd(q);
@@ -379,8 +376,8 @@ mod tests {
             an.mul_assign(&params, &bn);
             assert_eq!(an, acc);
             let prod = an.into_coeff(&params);
-            for k in 0..moduli.len() {
-                assert_eq!(prod.limb(k), &expect[k][..], "limb {k}, n {n}");
+            for (k, e) in expect.iter().enumerate() {
+                assert_eq!(prod.limb(k), &e[..], "limb {k}, n {n}");
             }
             assert_eq!(a0.clone().into_ntt(&params).into_coeff(&params), a0);
         }

@@ -18,7 +18,11 @@ pub fn precision_stats(want: &[f64], got: &[f64]) -> PrecisionStats {
     let mut sum = 0f64;
     for (a, b) in want.iter().zip(got) {
         let e = (a - b).abs();
-        max_err = if e.is_nan() { f64::INFINITY } else { max_err.max(e) };
+        max_err = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            max_err.max(e)
+        };
         sum += e;
     }
     let mean = sum / want.len().max(1) as f64;

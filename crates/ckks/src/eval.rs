@@ -1,0 +1,616 @@
+//! Homomorphic operations. Every operation exists in place (`op_assign`) and allocating (`op`).
+//!
+//! Scales are tracked exactly as `f64`: a product has the product of the scales, a rescale divides
+//! by the dropped prime. Additions require equal levels and scales (relative difference below
+//! 1e-10); align explicitly with [`Evaluator::drop_to_level_assign`] or [`Ciphertext::set_scale`].
+
+use crate::encoder::Plaintext;
+use crate::encrypt::Ciphertext;
+use crate::error::{Error, Result};
+use crate::keys::{GaloisKey, GaloisKeys, RelinKey};
+use crate::ks;
+use crate::params::{Context, Parameters};
+use crate::poly::{Ntt, Poly, for_limbs};
+
+/// Largest relative difference between two scales treated as equal.
+pub const SCALE_TOLERANCE: f64 = 1e-10;
+
+/// Performs homomorphic operations under one parameter set (holds no secret).
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    params: Parameters,
+}
+
+fn scales_match(a: f64, b: f64) -> bool {
+    (a - b).abs() <= SCALE_TOLERANCE * a.abs().max(b.abs())
+}
+
+fn check_scale(a: f64, b: f64) -> Result<()> {
+    if scales_match(a, b) {
+        Ok(())
+    } else {
+        Err(Error::ScaleMismatch {
+            left: a.log2(),
+            right: b.log2(),
+        })
+    }
+}
+
+fn check_slots(a: usize, b: usize) -> Result<()> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(Error::SlotsMismatch { left: a, right: b })
+    }
+}
+
+fn check_degree(ct: &Ciphertext, expected: usize) -> Result<()> {
+    if ct.degree() == expected {
+        Ok(())
+    } else {
+        Err(Error::DegreeMismatch {
+            degree: ct.degree(),
+            expected,
+        })
+    }
+}
+
+/// The first `nq` limbs of a plaintext at a level >= the ciphertext's.
+fn pt_at(pt: &Plaintext, nq: usize) -> Result<std::borrow::Cow<'_, Poly<Ntt>>> {
+    if pt.poly.nq < nq {
+        return Err(Error::LevelMismatch {
+            left: nq - 1,
+            right: pt.level(),
+        });
+    }
+    if pt.poly.nq == nq {
+        return Ok(std::borrow::Cow::Borrowed(&pt.poly));
+    }
+    let mut p = pt.poly.clone();
+    p.truncate_q(nq);
+    Ok(std::borrow::Cow::Owned(p))
+}
+
+/// Divides an NTT-form polynomial by its last prime with rounding and drops that prime.
+fn rescale_poly(ctx: &Context, p: &mut Poly<Ntt>) {
+    let n = ctx.n;
+    let l = p.nq - 1;
+    let ql = ctx.moduli[l].value();
+    let mut last = p.limb(l).to_vec();
+    ctx.plans[l].inv(&mut last);
+    ctx.plans[l].normalize(&mut last);
+    let half = ql / 2;
+    for_limbs(&mut p.data[..l * n], n, |i, limb| {
+        let m = &ctx.moduli[i];
+        let ql_mod = m.reduce(ql);
+        let inv = m.inv(ql_mod).expect("distinct primes");
+        let inv_s = m.shoup(inv);
+        let mut buf: Vec<u64> = last
+            .iter()
+            .map(|&t| {
+                let r = m.reduce(t);
+                if t > half { m.sub(r, ql_mod) } else { r }
+            })
+            .collect();
+        ctx.plans[i].fwd(&mut buf);
+        for (x, &y) in limb.iter_mut().zip(&buf) {
+            *x = m.mul_shoup(m.sub(*x, y), inv, inv_s);
+        }
+    });
+    p.truncate_q(l);
+}
+
+impl Evaluator {
+    /// An evaluator for `params`.
+    pub fn new(params: &Parameters) -> Self {
+        Self {
+            params: params.clone(),
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Parameters {
+        &self.params
+    }
+
+    fn ctx(&self) -> &Context {
+        &self.params.ctx
+    }
+
+    fn check_cc(&self, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
+        if a.level() != b.level() {
+            return Err(Error::LevelMismatch {
+                left: a.level(),
+                right: b.level(),
+            });
+        }
+        check_scale(a.scale, b.scale)?;
+        check_slots(a.slots, b.slots)
+    }
+
+    // ----- addition, subtraction, negation -----
+
+    /// `a += b`.
+    pub fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.check_cc(a, b)?;
+        let ctx = self.ctx();
+        for (i, pb) in b.polys.iter().enumerate() {
+            if i < a.polys.len() {
+                a.polys[i].add_assign_ctx(ctx, pb);
+            } else {
+                a.polys.push(pb.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// `a + b`.
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `a -= b`.
+    pub fn sub_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.check_cc(a, b)?;
+        let ctx = self.ctx();
+        for (i, pb) in b.polys.iter().enumerate() {
+            if i < a.polys.len() {
+                a.polys[i].sub_assign_ctx(ctx, pb);
+            } else {
+                let mut p = pb.clone();
+                p.neg_assign_ctx(ctx);
+                a.polys.push(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// `a - b`.
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = a.clone();
+        self.sub_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `ct = -ct`.
+    pub fn negate_assign(&self, ct: &mut Ciphertext) {
+        for p in &mut ct.polys {
+            p.neg_assign_ctx(self.ctx());
+        }
+    }
+
+    /// `-ct`.
+    pub fn negate(&self, ct: &Ciphertext) -> Ciphertext {
+        let mut out = ct.clone();
+        self.negate_assign(&mut out);
+        out
+    }
+
+    /// `ct += pt` (the plaintext may be at a higher level; its lower primes are used).
+    pub fn add_plain_assign(&self, ct: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        check_scale(ct.scale, pt.scale)?;
+        check_slots(ct.slots, pt.slots)?;
+        let p = pt_at(pt, ct.level() + 1)?;
+        ct.polys[0].add_assign_ctx(self.ctx(), &p);
+        Ok(())
+    }
+
+    /// `ct + pt`.
+    pub fn add_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.add_plain_assign(&mut out, pt)?;
+        Ok(out)
+    }
+
+    /// `ct -= pt`.
+    pub fn sub_plain_assign(&self, ct: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        check_scale(ct.scale, pt.scale)?;
+        check_slots(ct.slots, pt.slots)?;
+        let p = pt_at(pt, ct.level() + 1)?;
+        ct.polys[0].sub_assign_ctx(self.ctx(), &p);
+        Ok(())
+    }
+
+    /// `ct - pt`.
+    pub fn sub_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.sub_plain_assign(&mut out, pt)?;
+        Ok(out)
+    }
+
+    /// Adds the real constant `c` to every slot.
+    pub fn add_const_assign(&self, ct: &mut Ciphertext, c: f64) -> Result<()> {
+        let v = (c * ct.scale).round();
+        if v.is_nan() || v.abs() >= 2f64.powi(126) {
+            return Err(Error::EncodingOverflow {
+                value: c,
+                log2_scale: ct.scale.log2(),
+            });
+        }
+        let v = v as i128;
+        let ctx = self.ctx();
+        // A constant polynomial evaluates to the same value at every NTT point.
+        for_limbs(&mut ct.polys[0].data, ctx.n, |i, limb| {
+            let m = &ctx.moduli[i];
+            let r = m.reduce_i128(v);
+            for x in limb.iter_mut() {
+                *x = m.add(*x, r);
+            }
+        });
+        Ok(())
+    }
+
+    /// `ct + c` in every slot.
+    pub fn add_const(&self, ct: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.add_const_assign(&mut out, c)?;
+        Ok(out)
+    }
+
+    // ----- multiplication -----
+
+    /// `a *= b` without relinearization (result has degree 2; scales multiply).
+    pub fn multiply_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
+        *a = self.multiply(a, b)?;
+        Ok(())
+    }
+
+    /// `a * b` without relinearization (degree 2).
+    pub fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        check_degree(a, 1)?;
+        check_degree(b, 1)?;
+        if a.level() != b.level() {
+            return Err(Error::LevelMismatch {
+                left: a.level(),
+                right: b.level(),
+            });
+        }
+        check_slots(a.slots, b.slots)?;
+        let ctx = self.ctx();
+        let nq = a.level() + 1;
+        let (a0, a1, b0, b1) = (&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]);
+        let mut d0 = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
+        let mut d1 = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
+        let mut d2 = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
+        d0.mul_acc_ctx(ctx, a0, b0);
+        d1.mul_acc_ctx(ctx, a0, b1);
+        d1.mul_acc_ctx(ctx, a1, b0);
+        d2.mul_acc_ctx(ctx, a1, b1);
+        Ok(Ciphertext {
+            polys: vec![d0, d1, d2],
+            scale: a.scale * b.scale,
+            slots: a.slots,
+        })
+    }
+
+    fn check_key(&self, p: &Parameters) -> Result<()> {
+        self.params.check_same(p)
+    }
+
+    /// Relinearizes a degree-2 ciphertext in place.
+    pub fn relinearize_assign(&self, ct: &mut Ciphertext, rlk: &RelinKey) -> Result<()> {
+        self.check_key(&rlk.params)?;
+        check_degree(ct, 2)?;
+        let ctx = self.ctx();
+        let c2 = ct.polys.pop().expect("degree 2");
+        let (k0, k1) = ks::key_switch(ctx, &c2, &rlk.key);
+        ct.polys[0].add_assign_ctx(ctx, &k0);
+        ct.polys[1].add_assign_ctx(ctx, &k1);
+        Ok(())
+    }
+
+    /// Relinearized copy of a degree-2 ciphertext.
+    pub fn relinearize(&self, ct: &Ciphertext, rlk: &RelinKey) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.relinearize_assign(&mut out, rlk)?;
+        Ok(out)
+    }
+
+    /// `a *= b` followed by relinearization.
+    pub fn multiply_relin_assign(
+        &self,
+        a: &mut Ciphertext,
+        b: &Ciphertext,
+        rlk: &RelinKey,
+    ) -> Result<()> {
+        *a = self.multiply_relin(a, b, rlk)?;
+        Ok(())
+    }
+
+    /// `a * b`, relinearized.
+    pub fn multiply_relin(
+        &self,
+        a: &Ciphertext,
+        b: &Ciphertext,
+        rlk: &RelinKey,
+    ) -> Result<Ciphertext> {
+        self.check_key(&rlk.params)?;
+        let mut out = self.multiply(a, b)?;
+        self.relinearize_assign(&mut out, rlk)?;
+        Ok(out)
+    }
+
+    /// `ct *= pt` (scales multiply; the plaintext may be at a higher level).
+    pub fn multiply_plain_assign(&self, ct: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        check_slots(ct.slots, pt.slots)?;
+        if pt.level() < ct.level() {
+            return Err(Error::LevelMismatch {
+                left: ct.level(),
+                right: pt.level(),
+            });
+        }
+        let ctx = self.ctx();
+        for p in &mut ct.polys {
+            let mut out = Poly::<Ntt>::zero_ctx(ctx, p.nq, 0);
+            out.mul_acc_ctx(ctx, p, &pt.poly);
+            *p = out;
+        }
+        ct.scale *= pt.scale;
+        Ok(())
+    }
+
+    /// `ct * pt`.
+    pub fn multiply_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.multiply_plain_assign(&mut out, pt)?;
+        Ok(out)
+    }
+
+    fn mul_big_int(&self, ct: &mut Ciphertext, v: i128) {
+        let ctx = self.ctx();
+        let nq = ct.level() + 1;
+        let scalars: Vec<u64> = (0..nq).map(|i| ctx.moduli[i].reduce_i128(v)).collect();
+        for p in &mut ct.polys {
+            p.mul_scalar_rns_ctx(ctx, &scalars);
+        }
+    }
+
+    /// Multiplies every slot by the real constant `c`, encoded as `round(c q_l)` so that the next
+    /// rescale restores the current scale exactly (the scale is multiplied by `q_l`).
+    pub fn multiply_const_assign(&self, ct: &mut Ciphertext, c: f64) -> Result<()> {
+        let ql = self.ctx().moduli[ct.level()].value() as f64;
+        let v = (c * ql).round();
+        if v.is_nan() || v.abs() >= 2f64.powi(126) {
+            return Err(Error::EncodingOverflow {
+                value: c,
+                log2_scale: ql.log2(),
+            });
+        }
+        self.mul_big_int(ct, v as i128);
+        ct.scale *= ql;
+        Ok(())
+    }
+
+    /// `ct * c` (see [`Evaluator::multiply_const_assign`]).
+    pub fn multiply_const(&self, ct: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.multiply_const_assign(&mut out, c)?;
+        Ok(out)
+    }
+
+    /// Multiplies every slot by the integer `k` (exact; the scale is unchanged).
+    pub fn multiply_int_assign(&self, ct: &mut Ciphertext, k: i64) {
+        self.mul_big_int(ct, k as i128);
+    }
+
+    /// `ct * k` for an integer `k`.
+    pub fn multiply_int(&self, ct: &Ciphertext, k: i64) -> Ciphertext {
+        let mut out = ct.clone();
+        self.multiply_int_assign(&mut out, k);
+        out
+    }
+
+    // ----- levels -----
+
+    /// Divides by the last prime `q_l` (scale /= q_l) and drops it.
+    pub fn rescale_assign(&self, ct: &mut Ciphertext) -> Result<()> {
+        let level = ct.level();
+        if level == 0 {
+            return Err(Error::LevelExhausted { level, drop: 1 });
+        }
+        let ctx = self.ctx();
+        let ql = ctx.moduli[level].value() as f64;
+        for p in &mut ct.polys {
+            rescale_poly(ctx, p);
+        }
+        ct.scale /= ql;
+        Ok(())
+    }
+
+    /// Rescaled copy.
+    pub fn rescale(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.rescale_assign(&mut out)?;
+        Ok(out)
+    }
+
+    /// Drops `levels` primes without changing the message or the scale.
+    pub fn drop_level_assign(&self, ct: &mut Ciphertext, levels: usize) -> Result<()> {
+        let level = ct.level();
+        if levels > level {
+            return Err(Error::LevelExhausted {
+                level,
+                drop: levels,
+            });
+        }
+        for p in &mut ct.polys {
+            p.truncate_q(level + 1 - levels);
+        }
+        Ok(())
+    }
+
+    /// Copy with `levels` primes dropped.
+    pub fn drop_level(&self, ct: &Ciphertext, levels: usize) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.drop_level_assign(&mut out, levels)?;
+        Ok(out)
+    }
+
+    /// Drops primes until the ciphertext is at `level`.
+    pub fn drop_to_level_assign(&self, ct: &mut Ciphertext, level: usize) -> Result<()> {
+        let cur = ct.level();
+        if level > cur {
+            return Err(Error::LevelMismatch {
+                left: cur,
+                right: level,
+            });
+        }
+        self.drop_level_assign(ct, cur - level)
+    }
+
+    // ----- rotations -----
+
+    fn apply_key(&self, ct: &Ciphertext, gk: &GaloisKey) -> Ciphertext {
+        let ctx = self.ctx();
+        let mut c0 = ks::apply_galois(ctx, &ct.polys[0], &gk.perm);
+        let c1 = ks::apply_galois(ctx, &ct.polys[1], &gk.perm);
+        let (k0, k1) = ks::key_switch(ctx, &c1, &gk.key);
+        c0.add_assign_ctx(ctx, &k0);
+        Ciphertext {
+            polys: vec![c0, k1],
+            scale: ct.scale,
+            slots: ct.slots,
+        }
+    }
+
+    /// The key realizing a rotation by `r` (already reduced modulo the slot count), if present.
+    fn direct_key<'k>(&self, gks: &'k GaloisKeys, r: i64, slots: usize) -> Option<&'k GaloisKey> {
+        [r, r - slots as i64]
+            .into_iter()
+            .find_map(|s| gks.keys.get(&self.params.galois_element(s)))
+    }
+
+    /// Steps (each with a key) whose composition rotates by `r`, or `None`.
+    fn rotation_plan(&self, gks: &GaloisKeys, r: i64, slots: usize) -> Option<Vec<i64>> {
+        if self.direct_key(gks, r, slots).is_some() {
+            return Some(vec![r]);
+        }
+        for (target, sign) in [(r, 1i64), (slots as i64 - r, -1)] {
+            let steps: Vec<i64> = (0..63)
+                .filter(|b| target >> b & 1 == 1)
+                .map(|b| sign * (1i64 << b))
+                .collect();
+            if steps
+                .iter()
+                .all(|&s| gks.keys.contains_key(&self.params.galois_element(s)))
+            {
+                return Some(steps);
+            }
+        }
+        None
+    }
+
+    /// Rotates the slots left by `step` (negative = right). Uses the key for `step` if present,
+    /// otherwise composes keys for powers of two.
+    pub fn rotate(&self, ct: &Ciphertext, step: i64, gks: &GaloisKeys) -> Result<Ciphertext> {
+        self.check_key(&gks.params)?;
+        check_degree(ct, 1)?;
+        let r = step.rem_euclid(ct.slots as i64);
+        if r == 0 {
+            return Ok(ct.clone());
+        }
+        let plan = self
+            .rotation_plan(gks, r, ct.slots)
+            .ok_or(Error::MissingRotationKey { step })?;
+        let mut out = ct.clone();
+        for s in plan {
+            let key = &gks.keys[&self.params.galois_element(s)];
+            out = self.apply_key(&out, key);
+        }
+        Ok(out)
+    }
+
+    /// In-place [`Evaluator::rotate`].
+    pub fn rotate_assign(&self, ct: &mut Ciphertext, step: i64, gks: &GaloisKeys) -> Result<()> {
+        *ct = self.rotate(ct, step, gks)?;
+        Ok(())
+    }
+
+    /// Rotations by many steps sharing one decomposition of `c1` (hoisting). Steps without a
+    /// direct key fall back to composed rotations.
+    pub fn rotate_hoisted(
+        &self,
+        ct: &Ciphertext,
+        steps: &[i64],
+        gks: &GaloisKeys,
+    ) -> Result<Vec<Ciphertext>> {
+        self.check_key(&gks.params)?;
+        check_degree(ct, 1)?;
+        let ctx = self.ctx();
+        let mut digits = None;
+        steps
+            .iter()
+            .map(|&step| {
+                let r = step.rem_euclid(ct.slots as i64);
+                if r == 0 {
+                    return Ok(ct.clone());
+                }
+                let Some(key) = self.direct_key(gks, r, ct.slots) else {
+                    return self.rotate(ct, step, gks);
+                };
+                let d = digits.get_or_insert_with(|| ks::decompose(ctx, &ct.polys[1]));
+                let (k0, k1) = ks::key_switch_decomposed(ctx, d, &key.perm, &key.key);
+                let mut c0 = ks::apply_galois(ctx, &ct.polys[0], &key.perm);
+                c0.add_assign_ctx(ctx, &k0);
+                Ok(Ciphertext {
+                    polys: vec![c0, k1],
+                    scale: ct.scale,
+                    slots: ct.slots,
+                })
+            })
+            .collect()
+    }
+
+    /// Complex conjugation of every slot.
+    pub fn conjugate(&self, ct: &Ciphertext, gks: &GaloisKeys) -> Result<Ciphertext> {
+        self.check_key(&gks.params)?;
+        check_degree(ct, 1)?;
+        let key = gks
+            .keys
+            .get(&self.params.conjugation_element())
+            .ok_or(Error::MissingConjugationKey)?;
+        Ok(self.apply_key(ct, key))
+    }
+
+    /// In-place [`Evaluator::conjugate`].
+    pub fn conjugate_assign(&self, ct: &mut Ciphertext, gks: &GaloisKeys) -> Result<()> {
+        *ct = self.conjugate(ct, gks)?;
+        Ok(())
+    }
+
+    /// Replaces slot `i` by the sum of slots `i .. i + span` (cyclically); `span` a power of two.
+    pub fn rotate_and_sum_assign(
+        &self,
+        ct: &mut Ciphertext,
+        span: usize,
+        gks: &GaloisKeys,
+    ) -> Result<()> {
+        if !span.is_power_of_two() || span > ct.slots {
+            return Err(Error::InvalidSpan {
+                span,
+                slots: ct.slots,
+            });
+        }
+        let mut s = 1;
+        while s < span {
+            let r = self.rotate(ct, s as i64, gks)?;
+            self.add_assign(ct, &r)?;
+            s *= 2;
+        }
+        Ok(())
+    }
+
+    /// Copy with [`Evaluator::rotate_and_sum_assign`] applied.
+    pub fn rotate_and_sum(
+        &self,
+        ct: &Ciphertext,
+        span: usize,
+        gks: &GaloisKeys,
+    ) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.rotate_and_sum_assign(&mut out, span, gks)?;
+        Ok(out)
+    }
+}
