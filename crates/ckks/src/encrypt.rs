@@ -5,7 +5,8 @@ use rand_core::{RngCore, SeedableRng};
 use crate::encoder::Plaintext;
 use crate::error::{Error, Result};
 use crate::keys::{PublicKey, SecretKey};
-use crate::params::Parameters;
+use crate::ks::mod_down;
+use crate::params::{Context, Parameters};
 use crate::poly::{Ntt, Poly};
 use crate::rng::{self, Prng};
 
@@ -60,7 +61,14 @@ impl SeededCiphertext {
     }
     /// Regenerates `c1` and returns the full ciphertext.
     pub fn expand(&self, params: &Parameters) -> Ciphertext {
-        let c1 = rng::uniform_poly(&mut Prng::from_seed(self.seed), &params.ctx, self.c0.nq, 0);
+        let ctx = &params.ctx;
+        let a = rng::uniform_poly(
+            &mut Prng::from_seed(self.seed),
+            ctx,
+            self.c0.nq,
+            ctx.p_count,
+        );
+        let c1 = mod_down(ctx, a);
         Ciphertext {
             polys: vec![self.c0.clone(), c1],
             scale: self.scale,
@@ -69,8 +77,34 @@ impl SeededCiphertext {
     }
 }
 
+/// A small polynomial in NTT form over `nq` q-limbs and all special primes.
 fn small_ntt(params: &Parameters, coeffs: &[i64], nq: usize) -> Poly<Ntt> {
-    Poly::from_signed(params, coeffs, nq, false).into_ntt_ctx(&params.ctx)
+    Poly::from_signed(params, coeffs, nq, true).into_ntt_ctx(&params.ctx)
+}
+
+/// The plaintext's first `nq` limbs multiplied by P, over Q_l * P (zero on the P limbs).
+fn scaled_by_p(ctx: &Context, pt: &Poly<Ntt>, nq: usize) -> Poly<Ntt> {
+    let mut out = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
+    let n = ctx.n;
+    for i in 0..nq {
+        let m = &ctx.moduli[i];
+        let p = ctx.moduli[ctx.q_count..]
+            .iter()
+            .fold(1u64, |acc, pm| m.mul(acc, m.reduce(pm.value())));
+        let ps = m.shoup(p);
+        for (o, &x) in out.data[i * n..(i + 1) * n].iter_mut().zip(pt.limb(i)) {
+            *o = m.mul_shoup(x, p, ps);
+        }
+    }
+    out
+}
+
+/// The first `nq` q-limbs and all P limbs of a full-basis polynomial.
+fn restrict(p: &Poly<Ntt>, ctx: &Context, nq: usize) -> Poly<Ntt> {
+    let n = ctx.n;
+    let mut data = p.data[..nq * n].to_vec();
+    data.extend_from_slice(&p.data[p.nq * n..]);
+    Poly::from_data(data, n, nq, p.np)
 }
 
 /// Public-key encryptor.
@@ -95,7 +129,7 @@ impl Encryptor {
         }
     }
 
-    /// Encrypts a plaintext at its level: `(b u + e0 + m, a u + e1)`.
+    /// Encrypts a plaintext at its level: `(b u + e0 + P m, a u + e1)` over Q_l * P, divided by P.
     pub fn encrypt(&mut self, pt: &Plaintext) -> Result<Ciphertext> {
         let params = &self.pk.params;
         let ctx = &params.ctx;
@@ -110,17 +144,15 @@ impl Encryptor {
         let u = small_ntt(params, &rng::ternary(&mut self.rng, ctx.n), nq);
         let e0 = small_ntt(params, &rng::gaussian(&mut self.rng, ctx.n, sigma), nq);
         let e1 = small_ntt(params, &rng::gaussian(&mut self.rng, ctx.n, sigma), nq);
-        let mut b = self.pk.b.clone();
-        b.truncate_q(nq);
-        let mut a = self.pk.a.clone();
-        a.truncate_q(nq);
+        let b = restrict(&self.pk.b, ctx, nq);
+        let a = restrict(&self.pk.a, ctx, nq);
         let mut c0 = e0;
         c0.mul_acc_ctx(ctx, &b, &u);
-        c0.add_assign_ctx(ctx, &pt.poly);
+        c0.add_assign_ctx(ctx, &scaled_by_p(ctx, &pt.poly, nq));
         let mut c1 = e1;
         c1.mul_acc_ctx(ctx, &a, &u);
         Ok(Ciphertext {
-            polys: vec![c0, c1],
+            polys: vec![mod_down(ctx, c0), mod_down(ctx, c1)],
             scale: pt.scale,
             slots: pt.slots,
         })
@@ -149,7 +181,8 @@ impl<'a> Decryptor<'a> {
         }
     }
 
-    /// Symmetric encryption `(-a s + e + m, a)` with `a` derived from a fresh 32-byte seed.
+    /// Symmetric encryption `(-a s + e + P m, a)` over Q_l * P, divided by P, with `a` derived
+    /// from a fresh 32-byte seed (so `c1` is regenerated from the seed).
     pub fn encrypt_seeded(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
         let params = &self.sk.params;
         let ctx = &params.ctx;
@@ -162,18 +195,17 @@ impl<'a> Decryptor<'a> {
         }
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
-        let a = rng::uniform_poly(&mut Prng::from_seed(seed), ctx, nq, 0);
+        let a = rng::uniform_poly(&mut Prng::from_seed(seed), ctx, nq, ctx.p_count);
         let sigma = params.literal().error_std;
         let mut c0 = small_ntt(params, &rng::gaussian(&mut self.rng, ctx.n, sigma), nq);
-        c0.add_assign_ctx(ctx, &pt.poly);
-        let mut s = self.sk.ntt.clone();
-        s.truncate_q(nq);
-        let mut as_ = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
+        c0.add_assign_ctx(ctx, &scaled_by_p(ctx, &pt.poly, nq));
+        let mut s = restrict(&self.sk.ntt, ctx, nq);
+        let mut as_ = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
         as_.mul_acc_ctx(ctx, &a, &s);
         zeroize::Zeroize::zeroize(&mut s.data);
         c0.sub_assign_ctx(ctx, &as_);
         Ok(SeededCiphertext {
-            c0,
+            c0: mod_down(ctx, c0),
             seed,
             scale: pt.scale,
             slots: pt.slots,

@@ -51,7 +51,8 @@ impl SecretKey {
     }
 }
 
-/// Public encryption key `(b, a) = (-a s + e, a)` over the full modulus Q.
+/// Public encryption key `(b, a) = (-a s + e, a)` over Q * P (encryption divides by P, so fresh
+/// ciphertexts carry only rounding noise).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublicKey {
     pub(crate) params: Parameters,
@@ -207,8 +208,8 @@ impl KeyGenerator {
         self.params.check_same(&sk.params)?;
         let ctx = self.params.ctx.clone();
         let seed = self.seed();
-        let a = rng::uniform_poly(&mut Prng::from_seed(seed), &ctx, ctx.q_count, 0);
-        let b = public_b(&ctx, &a, sk, self.error_ntt(ctx.q_count, 0));
+        let a = rng::uniform_poly(&mut Prng::from_seed(seed), &ctx, ctx.q_count, ctx.p_count);
+        let b = public_b(&ctx, &a, sk, self.error_ntt(ctx.q_count, ctx.p_count));
         Ok(PublicKey {
             params: self.params.clone(),
             b,
