@@ -81,7 +81,10 @@ pub enum Error {
     Unsupported(String),
     /// An error of the CKKS layer.
     #[error("ckks: {0}")]
-    Ckks(String),
+    Ckks(#[from] ckks::Error),
+    /// A client-side operation was called on a backend without a secret key.
+    #[error("this backend holds no secret key (server side)")]
+    NoSecretKey,
 }
 
 /// Result alias of the crate.

@@ -12,6 +12,7 @@
 //! - [`bench`]: the BERT-shaped benchmark behind `thex bench linalg`.
 
 mod backend;
+mod ckks_backend;
 mod clear;
 mod error;
 mod layout;
@@ -24,6 +25,7 @@ pub mod plan;
 pub mod poly;
 
 pub use backend::{OpCounts, OpStats, SCALE_TOLERANCE, SlotBackend, SlotClient, scales_match};
+pub use ckks_backend::CkksBackend;
 pub use clear::{ClearBackend, ClearCt, ClearPt};
 pub use error::{Error, Result};
 pub use layout::{ColumnOrder, Layout, PackedMatrix, PlainMatrix, decrypt_matrix, encrypt_matrix};

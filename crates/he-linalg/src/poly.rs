@@ -6,9 +6,9 @@
 //! / BSGS). Each part is evaluated straight at the level and scale where it is consumed, so
 //! every addition meets exactly matching scales; products are relinearized lazily (sums of
 //! unrelinearized products are relinearized once, when they become a multiplicand or the
-//! result). A Chebyshev interval `[a, b]` other than `[-1, 1]` is first mapped to `[-1, 1]` by
-//! one constant product (one extra level); fold that map into the preceding linear layer with
-//! [`Polynomial::normalized`] to save it. (Doing it by reinterpreting the scale would be free,
+//! result), and always before rescaling. A Chebyshev interval `[a, b]` other than `[-1, 1]` is
+//! first mapped to `[-1, 1]` by one constant product (one extra level); fold that map into the
+//! preceding linear layer with [`Polynomial::normalized`] to save it. (Doing it by reinterpreting the scale would be free,
 //! but the scale error then squares with every product and overflows the modulus for wide
 //! intervals.)
 
@@ -370,11 +370,14 @@ impl<B: SlotBackend> Evaluator<'_, B> {
         Ok(p)
     }
 
-    /// Evaluates `node` to a ciphertext at exactly `level` and `scale`.
+    /// Evaluates `node` for consumption at `level` and `scale`: the returned ciphertext is one
+    /// level above, at scale `scale · q_{level+1}`, not yet rescaled and possibly of degree 2;
+    /// [`Evaluator::finish`] relinearizes *then* rescales it (rescaling a degree-2 ciphertext
+    /// would multiply its rounding error by the secret's square).
     fn eval(&mut self, node: &Node, level: usize, scale: f64) -> Result<B::Ct> {
         let b = self.b;
-        let q_next = b.rescale_factor(level + 1);
-        match node {
+        let target = scale * b.rescale_factor(level + 1);
+        let mut out = match node {
             Node::Leaf(c) => {
                 let mut terms: Vec<(usize, f64)> = c
                     .iter()
@@ -389,44 +392,50 @@ impl<B: SlotBackend> Evaluator<'_, B> {
                 let mut acc = None;
                 for (i, ci) in terms {
                     let e = b.drop_to_level(&self.elem(i)?, level + 1)?;
-                    let t = b.mul_const(&e, ci, scale * q_next / b.scale(&e))?;
+                    let t = b.mul_const(&e, ci, target / b.scale(&e))?;
                     acc = Some(match acc {
                         None => t,
                         Some(a) => b.add(&a, &t)?,
                     });
                 }
-                let acc = acc.ok_or_else(|| Error::Unsupported("internal: empty leaf".into()))?;
-                let acc = b.rescale(&acc)?;
-                let acc = b.set_scale(&acc, scale)?;
-                if c[0] != 0.0 {
-                    b.add_const(&acc, c[0])
-                } else {
-                    Ok(acc)
-                }
+                acc.ok_or_else(|| Error::Unsupported("internal: empty leaf".into()))?
             }
             Node::Split { k, q, r } => {
                 let g = b.drop_to_level(&self.elem(1 << k)?, level + 1)?;
-                let qs = scale * q_next / b.scale(&g);
+                let qs = target / b.scale(&g);
                 let mut prod = match q.as_ref() {
                     Node::Leaf(c) if c.len() == 1 => b.mul_const(&g, c[0], qs)?,
                     other => {
                         let qc = self.eval(other, level + 1, qs)?;
-                        let qc = b.relinearize(&qc)?;
-                        b.mul(&qc, &g)?
+                        b.mul(&self.finish(&qc, qs)?, &g)?
                     }
                 };
-                prod = b.set_scale(&b.rescale(&prod)?, scale)?;
-                match r.as_deref() {
-                    None => {}
-                    Some(Node::Leaf(c)) if c.len() == 1 => prod = b.add_const(&prod, c[0])?,
-                    Some(r) => {
-                        let rc = self.eval(r, level, scale)?;
-                        b.add_assign(&mut prod, &rc)?;
+                prod = b.set_scale(&prod, target)?;
+                if let Some(r) = r.as_deref() {
+                    if let Node::Leaf(c) = r
+                        && c.len() == 1
+                    {
+                        return b.add_const(&prod, c[0]);
                     }
+                    let rc = self.eval(r, level, scale)?;
+                    b.add_assign(&mut prod, &rc)?;
                 }
-                Ok(prod)
+                return Ok(prod);
             }
+        };
+        out = b.set_scale(&out, target)?;
+        if let Node::Leaf(c) = node
+            && c[0] != 0.0
+        {
+            out = b.add_const(&out, c[0])?;
         }
+        Ok(out)
+    }
+
+    /// Relinearizes, rescales and pins the scale to `scale` (removing float drift).
+    fn finish(&self, ct: &B::Ct, scale: f64) -> Result<B::Ct> {
+        let b = self.b;
+        b.set_scale(&b.rescale(&b.relinearize(ct)?)?, scale)
     }
 }
 
@@ -468,5 +477,5 @@ pub fn eval<B: SlotBackend>(b: &B, ct: &B::Ct, p: &Polynomial) -> Result<B::Ct> 
         basis: BTreeMap::from([(1, x)]),
     };
     let out = ev.eval(&tree, level - depth, scale)?;
-    b.relinearize(&out)
+    ev.finish(&out, scale)
 }

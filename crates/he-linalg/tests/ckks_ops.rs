@@ -1,0 +1,231 @@
+//! Every operation on real CKKS ciphertexts (preset N = 2^14, 7 levels at 2^40, 128-bit secure)
+//! against f64 arithmetic.
+#![allow(clippy::needless_range_loop)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use he_linalg::attention::{
+    AttentionValues, QkScores, key_mask, row_sums, scores_layout, scores_to_heads,
+};
+use he_linalg::poly::{self, Polynomial};
+use he_linalg::{
+    CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, SlotBackend, SlotClient,
+    decrypt_matrix, encrypt_matrix, ops, precision_bits,
+};
+
+const MIN_BITS: f64 = 16.0;
+
+fn backend() -> CkksBackend {
+    CkksBackend::keygen(&ckks::Parameters::preset(ckks::Preset::N14L7)).unwrap()
+}
+
+fn with_keys(b: &mut CkksBackend, steps: BTreeSet<usize>) {
+    b.generate_rotation_keys(&steps).unwrap();
+}
+
+#[test]
+fn linear_square_rectangular_odd() {
+    let mut b = backend();
+    let slots = b.slots();
+    let mut r = rng(11);
+    let shapes = [(16, 32, 32), (5, 37, 23), (13, 20, 70)];
+    let mut encs = Vec::new();
+    let mut steps = BTreeSet::new();
+    for &(n, din, dout) in &shapes {
+        let x = random_matrix(&mut r, n, din, 4.0);
+        let w = random_matrix(&mut r, din, dout, 1.0 / (din as f64).sqrt());
+        let bias = random_vec(&mut r, dout, 1.0);
+        let l = Layout::new(slots, n, din, ColumnOrder::Contiguous).unwrap();
+        for method in [LinearMethod::Bsgs, LinearMethod::Diagonal] {
+            let e = EncodedLinear::new(
+                &b,
+                &w,
+                Some(&bias),
+                &l,
+                ColumnOrder::Contiguous,
+                4,
+                b.default_scale(),
+                method,
+            )
+            .unwrap();
+            steps.extend(e.plan().rotation_steps);
+            encs.push((x.clone(), w.clone(), bias.clone(), l.clone(), e));
+        }
+    }
+    with_keys(&mut b, steps);
+    for (x, w, bias, l, e) in &encs {
+        let ex = encrypt_matrix(&b, x, l, 4).unwrap();
+        let y = e.apply(&b, &ex).unwrap();
+        assert_eq!(ops::level(&b, &y), 3);
+        let got = decrypt_matrix(&b, &y).unwrap();
+        let want = add_bias(&x.matmul(w).unwrap(), bias);
+        let bits = precision_bits(&got, &want).unwrap();
+        println!("{:?} {}x{}: {bits:.1} bits", e.method(), x.rows(), x.cols());
+        assert!(
+            bits >= MIN_BITS,
+            "{:?} {}x{}: {bits:.1} bits",
+            e.method(),
+            x.rows(),
+            x.cols()
+        );
+    }
+}
+
+#[test]
+fn attention_scores_masks_sums_values() {
+    let mut b = backend();
+    let slots = b.slots();
+    let (n, heads, dh, valid) = (13, 3, 8, 11);
+    let d = heads * dh;
+    let mut r = rng(12);
+    let q = random_matrix(&mut r, n, d, 4.0);
+    let k = random_matrix(&mut r, n, d, 4.0);
+    let v = random_matrix(&mut r, n, d, 4.0);
+    let l = Layout::new(
+        slots,
+        n,
+        d,
+        ColumnOrder::HeadInterleaved {
+            heads,
+            head_dim: dh,
+        },
+    )
+    .unwrap();
+    let s = b.default_scale();
+    let factor = 1.0 / (dh as f64).sqrt();
+    let qk = QkScores::new(&b, &l, 4, s, s, factor).unwrap();
+    let sl = scores_layout(&l).unwrap();
+    // Scores come out at level 2; the mask takes one level; A·V runs at level 1 -> 0.
+    let av = AttentionValues::new(&b, &sl, &l, (1, s), (1, s)).unwrap_err();
+    assert!(matches!(av, he_linalg::Error::NotEnoughLevels { .. }));
+    let av = AttentionValues::new(&b, &sl, &l, (2, s), (2, s)).unwrap();
+    let mut steps = qk.plan().rotation_steps;
+    steps.extend(av.plan().rotation_steps);
+    steps.extend(
+        he_linalg::attention::row_sums_plan(&sl)
+            .unwrap()
+            .rotation_steps,
+    );
+    with_keys(&mut b, steps);
+
+    let eq = encrypt_matrix(&b, &q, &l, 4).unwrap();
+    let ek = encrypt_matrix(&b, &k, &l, 4).unwrap();
+    let ev = encrypt_matrix(&b, &v, &l, 2).unwrap();
+    let es = qk.apply(&b, &eq, &ek).unwrap();
+    let got = scores_to_heads(&sl, &decrypt_matrix(&b, &es).unwrap()).unwrap();
+    let mut masked_heads = Vec::new();
+    for (h, g) in got.iter().enumerate() {
+        let want = q
+            .columns(h * dh, dh)
+            .matmul(&k.columns(h * dh, dh).transpose())
+            .unwrap()
+            .map(|x| x * factor);
+        let bits = precision_bits(g, &want).unwrap();
+        println!("QK head {h}: {bits:.1} bits");
+        assert!(bits >= MIN_BITS, "QK head {h}: {bits:.1} bits");
+        masked_heads.push(Matrix::from_fn(n, n, |t, u| {
+            if t < valid && u < valid {
+                want.get(t, u)
+            } else {
+                0.0
+            }
+        }));
+    }
+    // Re-encrypt the scores at level 3 to leave room for the mask and A·V (the THE-X client
+    // round trip refreshes levels the same way).
+    let es = encrypt_matrix(&b, &decrypt_matrix(&b, &es).unwrap(), &sl, 3).unwrap();
+    let mask = key_mask(&sl, valid).unwrap();
+    let mp = ops::encode_multiplier(&b, &mask, &es).unwrap();
+    let masked = ops::mul_plain(&b, &es, &mp).unwrap();
+    assert_eq!(ops::level(&b, &masked), 2);
+
+    let sums = scores_to_heads(
+        &sl,
+        &decrypt_matrix(&b, &row_sums(&b, &masked).unwrap()).unwrap(),
+    )
+    .unwrap();
+    for h in 0..heads {
+        let want = Matrix::from_fn(valid, 1, |t, _| {
+            (0..n).map(|u| masked_heads[h].get(t, u)).sum()
+        });
+        let got = Matrix::from_fn(valid, 1, |t, _| sums[h].get(t, 0));
+        let bits = precision_bits(&got, &want).unwrap();
+        println!("row sums head {h}: {bits:.1} bits");
+        assert!(bits >= MIN_BITS, "row sums head {h}: {bits:.1} bits");
+    }
+
+    let eo = av.apply(&b, &masked, &ev).unwrap();
+    assert_eq!(ops::level(&b, &eo), 0);
+    let got = decrypt_matrix(&b, &eo).unwrap();
+    let mut want = Matrix::zeros(n, d);
+    for h in 0..heads {
+        let o = masked_heads[h].matmul(&v.columns(h * dh, dh)).unwrap();
+        for t in 0..n {
+            for i in 0..dh {
+                want.set(t, h * dh + i, o.get(t, i));
+            }
+        }
+    }
+    let bits = precision_bits(&got, &want).unwrap();
+    println!("A·V: {bits:.1} bits");
+    assert!(bits >= MIN_BITS, "A·V: {bits:.1} bits");
+}
+
+#[test]
+fn polynomials_and_elementwise() {
+    let b = backend();
+    let mut r = rng(13);
+    let xs = random_vec(&mut r, b.slots(), 4.0);
+    let ct = b.encrypt(&xs, 4, b.default_scale()).unwrap();
+    let polys = [
+        Polynomial::power(vec![0.5, -1.0, 0.25, 0.125]).unwrap(),
+        Polynomial::fit_chebyshev(f64::tanh, -4.0, 4.0, 7).unwrap(),
+        Polynomial::chebyshev(random_vec(&mut r, 16, 1.0), -1.0, 1.0).unwrap(),
+    ];
+    for (i, p) in polys.iter().enumerate() {
+        let input = if i == 2 {
+            b.encrypt(
+                &xs.iter().map(|x| x / 4.0).collect::<Vec<_>>(),
+                4,
+                b.default_scale(),
+            )
+            .unwrap()
+        } else {
+            ct.clone()
+        };
+        let out = poly::eval(&b, &input, p).unwrap();
+        assert_eq!(b.level(&out), 4 - p.depth());
+        let got = Matrix::new(1, b.slots(), b.decrypt(&out).unwrap()).unwrap();
+        let want = Matrix::from_fn(1, b.slots(), |_, j| {
+            p.eval_f64(if i == 2 { xs[j] / 4.0 } else { xs[j] })
+        });
+        let bits = precision_bits(&got, &want).unwrap();
+        println!("poly {i} (degree {}): {bits:.1} bits", p.degree());
+        assert!(
+            bits >= MIN_BITS,
+            "poly {i} (degree {}): {bits:.1} bits",
+            p.degree()
+        );
+    }
+
+    // Element-wise product, constants and plaintext addends on a packed matrix.
+    let l = Layout::new(b.slots(), 7, 30, ColumnOrder::Contiguous).unwrap();
+    let x = random_matrix(&mut r, 7, 30, 4.0);
+    let y = random_matrix(&mut r, 7, 30, 4.0);
+    let ex = encrypt_matrix(&b, &x, &l, 4).unwrap();
+    let ey = encrypt_matrix(&b, &y, &l, 3).unwrap();
+    let prod = ops::mul(&b, &ex, &ey).unwrap();
+    let prod = ops::mul_const(&b, &prod, -0.75).unwrap();
+    let addend = ops::encode_addend(&b, &x, &prod).unwrap();
+    let out = ops::add_plain(&b, &prod, &addend).unwrap();
+    let out = ops::add_const(&b, &out, 2.0).unwrap();
+    let want = Matrix::from_fn(7, 30, |i, j| {
+        -0.75 * x.get(i, j) * y.get(i, j) + x.get(i, j) + 2.0
+    });
+    let bits = precision_bits(&decrypt_matrix(&b, &out).unwrap(), &want).unwrap();
+    println!("element-wise: {bits:.1} bits");
+    assert!(bits >= MIN_BITS, "element-wise: {bits:.1} bits");
+}
