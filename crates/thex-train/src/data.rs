@@ -81,11 +81,17 @@ impl Dataset {
     /// Reads a TSV dataset (header with `sentence` and `label` columns, quoting off).
     pub fn read_tsv(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let bytes = fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+        let bytes = fs::read(path).map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
-            DataError::NotUtf8 { path: path.into(), line }
+            DataError::NotUtf8 {
+                path: path.into(),
+                line,
+            }
         })?;
         Self::parse(path, &text)
     }
@@ -97,7 +103,10 @@ impl Dataset {
         let columns: Vec<&str> = header.split('\t').map(str::trim).collect();
         let find = |name: &str| columns.iter().position(|c| *c == name);
         let (Some(sentence_col), Some(label_col)) = (find("sentence"), find("label")) else {
-            return Err(DataError::BadHeader { path: path.into(), found: header.into() });
+            return Err(DataError::BadHeader {
+                path: path.into(),
+                found: header.into(),
+            });
         };
         let mut examples = Vec::new();
         for (i, line) in lines.enumerate() {
@@ -120,9 +129,15 @@ impl Dataset {
                 line: line_no,
                 label: label_text.into(),
             })?;
-            examples.push(Example { text: fields[sentence_col].to_string(), label });
+            examples.push(Example {
+                text: fields[sentence_col].to_string(),
+                label,
+            });
         }
-        Ok(Self { path: path.into(), examples })
+        Ok(Self {
+            path: path.into(),
+            examples,
+        })
     }
 
     /// Number of examples.
@@ -146,7 +161,11 @@ impl Dataset {
 
     /// Number of classes: one more than the largest label (0 for an empty dataset).
     pub fn num_labels(&self) -> usize {
-        self.examples.iter().map(|e| e.label as usize + 1).max().unwrap_or(0)
+        self.examples
+            .iter()
+            .map(|e| e.label as usize + 1)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -163,22 +182,40 @@ mod tests {
         let d = parse("sentence\tlabel\nhe said \"hi\t1\n\n'tis \"odd\" . \t0\n").unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d.examples[0].text, "he said \"hi");
-        assert_eq!(d.examples[1], Example { text: "'tis \"odd\" . ".into(), label: 0 });
+        assert_eq!(
+            d.examples[1],
+            Example {
+                text: "'tis \"odd\" . ".into(),
+                label: 0
+            }
+        );
         assert_eq!(d.num_labels(), 2);
     }
 
     #[test]
     fn columns_are_found_by_name() {
         let d = parse("label\tsentence\r\n1\tgood\r\n").unwrap();
-        assert_eq!(d.examples, vec![Example { text: "good".into(), label: 1 }]);
+        assert_eq!(
+            d.examples,
+            vec![Example {
+                text: "good".into(),
+                label: 1
+            }]
+        );
     }
 
     #[test]
     fn errors_name_file_and_line() {
         let err = parse("sentence\tlabel\nok\t1\nbad line\n").unwrap_err();
-        assert_eq!(err.to_string(), "t.tsv:3: expected 2 tab-separated fields, found 1");
+        assert_eq!(
+            err.to_string(),
+            "t.tsv:3: expected 2 tab-separated fields, found 1"
+        );
         let err = parse("sentence\tlabel\nok\t1\nx\tpositive\n").unwrap_err();
-        assert_eq!(err.to_string(), "t.tsv:3: label \"positive\" is not a non-negative integer");
+        assert_eq!(
+            err.to_string(),
+            "t.tsv:3: label \"positive\" is not a non-negative integer"
+        );
         let err = parse("text\ty\n").unwrap_err();
         assert!(matches!(err, DataError::BadHeader { .. }), "{err}");
         let err = parse("").unwrap_err();

@@ -19,13 +19,18 @@ fn shared_data(rel: &str) -> Option<PathBuf> {
 
 #[test]
 fn sst2_dev_has_872_rows_444_positive() {
-    let Some(path) = shared_data("sst2/dev.tsv") else { return };
+    let Some(path) = shared_data("sst2/dev.tsv") else {
+        return;
+    };
     let d = Dataset::read_tsv(path).unwrap();
     assert_eq!(d.len(), 872);
     let counts = d.label_counts();
     assert_eq!(counts.get(&1), Some(&444));
     assert_eq!(counts.get(&0), Some(&428));
-    assert_eq!(d.examples[0].text, "it 's a charming and often affecting journey . ");
+    assert_eq!(
+        d.examples[0].text,
+        "it 's a charming and often affecting journey . "
+    );
     assert!(d.examples.iter().all(|e| !e.text.is_empty()));
 }
 

@@ -1,0 +1,3 @@
+//! One module per top-level subcommand; each only parses arguments and formats output.
+
+pub mod model;
