@@ -30,8 +30,8 @@ pub(crate) fn digit_count(ctx: &Context, nq: usize) -> usize {
 struct BaseConv {
     /// `(qhat_i^{-1} mod q_i, Shoup constant)` per source prime.
     qhat_inv: Vec<(u64, u64)>,
-    /// `qhat_i mod target` for each target (row) and source (column).
-    qhat_mod: Vec<Vec<u64>>,
+    /// `(qhat_i mod target, Shoup constant)` for each target (row) and source (column).
+    qhat_mod: Vec<Vec<(u64, u64)>>,
 }
 
 impl BaseConv {
@@ -61,7 +61,7 @@ impl BaseConv {
                                 prod = d.mul(prod, d.reduce(o.value()));
                             }
                         }
-                        prod
+                        (prod, d.shoup(prod))
                     })
                     .collect()
             })
@@ -81,28 +81,40 @@ impl BaseConv {
     /// `out = sum_i y_i * qhat_i mod target` (target row `t`).
     fn convert(&self, t: usize, target: &Modulus, ys: &[Vec<u64>], out: &mut [u64]) {
         let c = &self.qhat_mod[t];
-        match ys.len() {
-            1 => {
-                let (w, ws) = (c[0], target.shoup(c[0]));
-                for (o, &y) in out.iter_mut().zip(&ys[0]) {
-                    *o = target.mul_shoup(y, w, ws);
-                }
+        let (w0, s0) = c[0];
+        for (o, &y) in out.iter_mut().zip(&ys[0]) {
+            *o = target.mul_shoup(y, w0, s0);
+        }
+        for (y, &(w, ws)) in ys.iter().zip(c).skip(1) {
+            for (o, &v) in out.iter_mut().zip(y) {
+                *o = target.add(*o, target.mul_shoup(v, w, ws));
             }
-            2 => {
-                for ((o, &y0), &y1) in out.iter_mut().zip(&ys[0]).zip(&ys[1]) {
-                    let acc = y0 as u128 * c[0] as u128 + y1 as u128 * c[1] as u128;
-                    *o = target.reduce_u128(acc);
-                }
-            }
-            _ => {
-                for (x, o) in out.iter_mut().enumerate() {
-                    let mut acc = 0u128;
-                    for (y, &ci) in ys.iter().zip(c) {
-                        acc += y[x] as u128 * ci as u128;
-                    }
-                    *o = target.reduce_u128(acc);
-                }
-            }
+        }
+    }
+}
+
+impl BaseConv {
+    /// Exact centered conversion: like [`BaseConv::convert`] but subtracts `u * prod(src)` with
+    /// `u = round(sum_i y_i / q_i)`, giving the representative in `(-prod/2, prod/2]` (floating-point
+    /// estimate of `u`, as in Halevi-Polyakov-Shoup). `u_table[u] = u * prod(src) mod target`.
+    fn convert_centered(
+        &self,
+        t: usize,
+        target: &Modulus,
+        ys: &[Vec<u64>],
+        src_inv: &[f64],
+        u_table: &[u64],
+        out: &mut [u64],
+    ) {
+        self.convert(t, target, ys, out);
+        for (x, o) in out.iter_mut().enumerate() {
+            let v: f64 = ys
+                .iter()
+                .zip(src_inv)
+                .map(|(y, &inv)| y[x] as f64 * inv)
+                .sum();
+            let u = (v.round() as usize).min(u_table.len() - 1);
+            *o = target.sub(*o, u_table[u]);
         }
     }
 }
@@ -247,7 +259,8 @@ pub(crate) fn key_switch_decomposed(
     (mod_down(ctx, acc0), mod_down(ctx, acc1))
 }
 
-/// Divides a Q_l * P polynomial (NTT form) by P with rounding error at most `k`; returns Q_l part.
+/// Divides a Q_l * P polynomial (NTT form) by P, rounding to nearest (centered, so the rounding
+/// error has zero mean); returns the Q_l part.
 pub(crate) fn mod_down(ctx: &Context, mut acc: Poly<Ntt>) -> Poly<Ntt> {
     let nq = acc.nq;
     let n = ctx.n;
@@ -273,11 +286,17 @@ pub(crate) fn mod_down(ctx: &Context, mut acc: Poly<Ntt>) -> Poly<Ntt> {
             m.inv(p).expect("distinct primes")
         })
         .collect();
-    debug_assert_eq!(ys.len(), np);
+    let src_inv: Vec<f64> = p_mod.iter().map(|p| 1.0 / p.value() as f64).collect();
     for_limbs(q_part, n, |i, limb| {
         let m = &q_mod[i];
+        let p_mod_q = p_mod
+            .iter()
+            .fold(1u64, |acc, pm| m.mul(acc, m.reduce(pm.value())));
+        let u_table: Vec<u64> = (0..=np as u64)
+            .map(|u| m.mul(u % m.value(), p_mod_q))
+            .collect();
         let mut buf = vec![0u64; n];
-        conv.convert(i, m, &ys, &mut buf);
+        conv.convert_centered(i, m, &ys, &src_inv, &u_table, &mut buf);
         ctx.plans[i].fwd(&mut buf);
         let (w, ws) = (p_inv[i], m.shoup(p_inv[i]));
         for (x, &y) in limb.iter_mut().zip(&buf) {

@@ -15,6 +15,7 @@ pub mod params;
 pub mod poly;
 pub mod precision;
 pub mod rng;
+pub mod serialize;
 
 pub use encoder::{Complex64, Encoder, Plaintext};
 pub use encrypt::{Ciphertext, Decryptor, Encryptor, SeededCiphertext};

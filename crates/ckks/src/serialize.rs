@@ -1,0 +1,521 @@
+//! Versioned binary serialization. Every object starts with a header: magic `THXC`, format
+//! version, object type and the 64-bit parameter id; readers check all of them, bound every length
+//! by the parameters before allocating, and check every residue is reduced.
+//!
+//! Public keys, relinearization and Galois keys are stored seeded (only `b`; `a` is regenerated
+//! from a 32-byte seed), as are [`SeededCiphertext`]s. Residues are stored as little-endian `u64`.
+//! The format has no MAC: flips of low-order payload bits give another valid object.
+
+use crate::encoder::Plaintext;
+use crate::encrypt::{Ciphertext, SeededCiphertext};
+use crate::error::{DeserializeError as DE, Result};
+use crate::keys::{GaloisKey, GaloisKeys, PublicKey, RelinKey, SecretKey, expand_key_a};
+use crate::ks::{KeySwitchKey, galois_perm};
+use crate::params::{Context, Parameters};
+use crate::poly::{Ntt, Poly};
+use crate::rng::{self, Prng};
+use rand_core::SeedableRng;
+
+/// Magic number `THXC` (little-endian).
+pub const MAGIC: u32 = u32::from_le_bytes(*b"THXC");
+/// Current format version.
+pub const VERSION: u16 = 1;
+
+/// Object type tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+#[non_exhaustive]
+pub enum ObjectType {
+    /// [`Ciphertext`].
+    Ciphertext = 1,
+    /// [`SeededCiphertext`].
+    SeededCiphertext = 2,
+    /// [`Plaintext`].
+    Plaintext = 3,
+    /// [`PublicKey`].
+    PublicKey = 4,
+    /// [`RelinKey`].
+    RelinKey = 5,
+    /// [`GaloisKeys`].
+    GaloisKeys = 6,
+    /// [`SecretKey`] (only through the explicit secret-key calls).
+    SecretKey = 7,
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(params: &Parameters, ty: ObjectType, capacity: usize) -> Self {
+        let mut w = Writer(Vec::with_capacity(capacity + 15));
+        w.u32(MAGIC);
+        w.u16(VERSION);
+        w.u8(ty as u8);
+        w.u64(params.id());
+        w
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    fn poly(&mut self, p: &Poly<Ntt>) {
+        self.u8(p.nq as u8);
+        self.u8(p.np as u8);
+        for &x in &p.data {
+            self.u64(x);
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], DE> {
+        if self.buf.len() - self.pos < n {
+            return Err(DE::Truncated {
+                offset: self.pos,
+                needed: n,
+                available: self.buf.len() - self.pos,
+            });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    fn need(&self, n: usize) -> std::result::Result<(), DE> {
+        if self.remaining() < n {
+            return Err(DE::Truncated {
+                offset: self.pos,
+                needed: n,
+                available: self.remaining(),
+            });
+        }
+        Ok(())
+    }
+    fn u8(&mut self) -> std::result::Result<u8, DE> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> std::result::Result<u16, DE> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> std::result::Result<u32, DE> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> std::result::Result<u64, DE> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn seed(&mut self) -> std::result::Result<[u8; 32], DE> {
+        Ok(self.take(32)?.try_into().expect("32"))
+    }
+    /// A scale: finite, >= 1 and below 2^1000.
+    fn scale(&mut self) -> std::result::Result<f64, DE> {
+        let bits = self.u64()?;
+        let v = f64::from_bits(bits);
+        if !(v.is_finite() && (1.0..2f64.powi(1000)).contains(&v)) {
+            return Err(DE::InvalidValue {
+                field: "scale",
+                value: bits,
+            });
+        }
+        Ok(v)
+    }
+    /// A slot count: a power of two <= N/2.
+    fn slots(&mut self, ctx: &Context) -> std::result::Result<usize, DE> {
+        let v = self.u32()? as u64;
+        if v > (ctx.n / 2) as u64 {
+            return Err(DE::LimitExceeded {
+                field: "slots",
+                value: v,
+                limit: (ctx.n / 2) as u64,
+            });
+        }
+        if !v.is_power_of_two() {
+            return Err(DE::InvalidValue {
+                field: "slots",
+                value: v,
+            });
+        }
+        Ok(v as usize)
+    }
+    fn header(&mut self, params: &Parameters, ty: ObjectType) -> std::result::Result<(), DE> {
+        let magic = self.u32()?;
+        if magic != MAGIC {
+            return Err(DE::BadMagic { found: magic });
+        }
+        let version = self.u16()?;
+        if version != VERSION {
+            return Err(DE::BadVersion {
+                found: version,
+                supported: VERSION,
+            });
+        }
+        let t = self.u8()?;
+        if t != ty as u8 {
+            return Err(DE::WrongType {
+                found: t,
+                expected: ty as u8,
+            });
+        }
+        let id = self.u64()?;
+        if id != params.id() {
+            return Err(DE::ParametersMismatch {
+                found: id,
+                expected: params.id(),
+            });
+        }
+        Ok(())
+    }
+    /// A polynomial whose limb counts must be `nq` in `nq_range` and `np` in `np_allowed`.
+    fn poly(
+        &mut self,
+        ctx: &Context,
+        nq_range: std::ops::RangeInclusive<usize>,
+        np_allowed: &[usize],
+    ) -> std::result::Result<Poly<Ntt>, DE> {
+        let nq = self.u8()? as usize;
+        if nq > *nq_range.end() {
+            return Err(DE::LimitExceeded {
+                field: "q limbs",
+                value: nq as u64,
+                limit: *nq_range.end() as u64,
+            });
+        }
+        if !nq_range.contains(&nq) {
+            return Err(DE::InvalidValue {
+                field: "q limbs",
+                value: nq as u64,
+            });
+        }
+        let np = self.u8()? as usize;
+        if !np_allowed.contains(&np) {
+            return Err(DE::InvalidValue {
+                field: "p limbs",
+                value: np as u64,
+            });
+        }
+        let count = ctx.n * (nq + np);
+        self.need(count * 8)?;
+        let mut data = Vec::with_capacity(count);
+        for k in 0..nq + np {
+            let q = ctx.moduli[ctx.modulus_index(nq, k)].value();
+            for _ in 0..ctx.n {
+                let v = self.u64()?;
+                if v >= q {
+                    return Err(DE::Unreduced {
+                        value: v,
+                        modulus: q,
+                    });
+                }
+                data.push(v);
+            }
+        }
+        Ok(Poly::from_data(data, ctx.n, nq, np))
+    }
+    fn finish(self) -> std::result::Result<(), DE> {
+        match self.remaining() {
+            0 => Ok(()),
+            r => Err(DE::TrailingBytes(r)),
+        }
+    }
+}
+
+fn reader(bytes: &[u8]) -> Reader<'_> {
+    Reader { buf: bytes, pos: 0 }
+}
+
+fn poly_bytes(p: &Poly<Ntt>) -> usize {
+    2 + p.data.len() * 8
+}
+
+impl Ciphertext {
+    /// Serializes under `params` (header, degree, scale, slots, polynomials).
+    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
+        let size = self.polys.iter().map(poly_bytes).sum::<usize>() + 13;
+        let mut w = Writer::new(params, ObjectType::Ciphertext, size);
+        w.u8(self.polys.len() as u8);
+        w.f64(self.scale);
+        w.u32(self.slots as u32);
+        for p in &self.polys {
+            w.poly(p);
+        }
+        w.0
+    }
+
+    /// Reads a ciphertext made under `params`.
+    pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
+        let ctx = &params.ctx;
+        let mut r = reader(bytes);
+        r.header(params, ObjectType::Ciphertext)?;
+        let count = r.u8()?;
+        if !(2..=3).contains(&count) {
+            return Err(DE::InvalidValue {
+                field: "polynomial count",
+                value: count as u64,
+            }
+            .into());
+        }
+        let scale = r.scale()?;
+        let slots = r.slots(ctx)?;
+        let first = r.poly(ctx, 1..=ctx.q_count, &[0])?;
+        let nq = first.nq;
+        let mut polys = vec![first];
+        for _ in 1..count {
+            polys.push(r.poly(ctx, nq..=nq, &[0])?);
+        }
+        r.finish()?;
+        Ok(Self {
+            polys,
+            scale,
+            slots,
+        })
+    }
+}
+
+impl SeededCiphertext {
+    /// Serializes under `params` (about half the size of the full ciphertext).
+    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
+        let mut w = Writer::new(
+            params,
+            ObjectType::SeededCiphertext,
+            poly_bytes(&self.c0) + 44,
+        );
+        w.f64(self.scale);
+        w.u32(self.slots as u32);
+        w.bytes(&self.seed);
+        w.poly(&self.c0);
+        w.0
+    }
+
+    /// Reads a seeded ciphertext made under `params`.
+    pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
+        let ctx = &params.ctx;
+        let mut r = reader(bytes);
+        r.header(params, ObjectType::SeededCiphertext)?;
+        let scale = r.scale()?;
+        let slots = r.slots(ctx)?;
+        let seed = r.seed()?;
+        let c0 = r.poly(ctx, 1..=ctx.q_count, &[0])?;
+        r.finish()?;
+        Ok(Self {
+            c0,
+            seed,
+            scale,
+            slots,
+        })
+    }
+}
+
+impl Plaintext {
+    /// Serializes under `params`.
+    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
+        let mut w = Writer::new(params, ObjectType::Plaintext, poly_bytes(&self.poly) + 12);
+        w.f64(self.scale);
+        w.u32(self.slots as u32);
+        w.poly(&self.poly);
+        w.0
+    }
+
+    /// Reads a plaintext made under `params`.
+    pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
+        let ctx = &params.ctx;
+        let mut r = reader(bytes);
+        r.header(params, ObjectType::Plaintext)?;
+        let scale = r.scale()?;
+        let slots = r.slots(ctx)?;
+        let poly = r.poly(ctx, 1..=ctx.q_count, &[0])?;
+        r.finish()?;
+        Ok(Self { poly, scale, slots })
+    }
+}
+
+impl PublicKey {
+    /// Serializes (seeded: `b` and the seed of `a`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new(
+            &self.params,
+            ObjectType::PublicKey,
+            poly_bytes(&self.b) + 32,
+        );
+        w.bytes(&self.seed);
+        w.poly(&self.b);
+        w.0
+    }
+
+    /// Reads a public key made under `params`.
+    pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
+        let ctx = &params.ctx;
+        let mut r = reader(bytes);
+        r.header(params, ObjectType::PublicKey)?;
+        let seed = r.seed()?;
+        let b = r.poly(ctx, ctx.q_count..=ctx.q_count, &[ctx.p_count])?;
+        r.finish()?;
+        let a = rng::uniform_poly(&mut Prng::from_seed(seed), ctx, ctx.q_count, ctx.p_count);
+        Ok(Self {
+            params: params.clone(),
+            b,
+            a,
+            seed,
+        })
+    }
+}
+
+fn write_ksk(w: &mut Writer, k: &KeySwitchKey) {
+    w.bytes(&k.seed);
+    for b in &k.b {
+        w.poly(b);
+    }
+}
+
+fn ksk_bytes(ctx: &Context) -> usize {
+    32 + ctx.dnum * (2 + 8 * ctx.n * (ctx.q_count + ctx.p_count))
+}
+
+fn read_ksk(r: &mut Reader<'_>, ctx: &Context) -> std::result::Result<KeySwitchKey, DE> {
+    let seed = r.seed()?;
+    let b = (0..ctx.dnum)
+        .map(|_| r.poly(ctx, ctx.q_count..=ctx.q_count, &[ctx.p_count]))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(KeySwitchKey {
+        b,
+        a: expand_key_a(ctx, seed),
+        seed,
+    })
+}
+
+impl RelinKey {
+    /// Serializes (seeded).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new(
+            &self.params,
+            ObjectType::RelinKey,
+            ksk_bytes(&self.params.ctx),
+        );
+        write_ksk(&mut w, &self.key);
+        w.0
+    }
+
+    /// Reads a relinearization key made under `params`.
+    pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
+        let mut r = reader(bytes);
+        r.header(params, ObjectType::RelinKey)?;
+        let key = read_ksk(&mut r, &params.ctx)?;
+        r.finish()?;
+        Ok(Self {
+            params: params.clone(),
+            key,
+        })
+    }
+}
+
+impl GaloisKeys {
+    /// Serializes (seeded).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let ctx = &self.params.ctx;
+        let per = 8 + ksk_bytes(ctx);
+        let mut w = Writer::new(
+            &self.params,
+            ObjectType::GaloisKeys,
+            4 + per * self.keys.len(),
+        );
+        w.u32(self.keys.len() as u32);
+        for (&g, k) in &self.keys {
+            w.u64(g);
+            write_ksk(&mut w, &k.key);
+        }
+        w.0
+    }
+
+    /// Reads Galois keys made under `params`.
+    pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
+        let ctx = &params.ctx;
+        let mut r = reader(bytes);
+        r.header(params, ObjectType::GaloisKeys)?;
+        let count = r.u32()? as u64;
+        // At most N/2 rotations (all distinct Galois elements) plus conjugation.
+        let limit = (ctx.n / 2) as u64;
+        if count > limit {
+            return Err(DE::LimitExceeded {
+                field: "Galois key count",
+                value: count,
+                limit,
+            }
+            .into());
+        }
+        r.need(count as usize * (8 + ksk_bytes(ctx)))?;
+        let mut keys = std::collections::BTreeMap::new();
+        let mut last = 0u64;
+        for _ in 0..count {
+            let g = r.u64()?;
+            if g <= last || g % 2 == 0 || g >= 2 * ctx.n as u64 {
+                return Err(DE::InvalidValue {
+                    field: "Galois element",
+                    value: g,
+                }
+                .into());
+            }
+            last = g;
+            let key = read_ksk(&mut r, ctx)?;
+            keys.insert(
+                g,
+                GaloisKey {
+                    perm: galois_perm(ctx, g),
+                    key,
+                },
+            );
+        }
+        r.finish()?;
+        Ok(Self {
+            params: params.clone(),
+            keys,
+        })
+    }
+}
+
+impl SecretKey {
+    /// Serializes the SECRET key (coefficients in {-1, 0, 1}). Only for storage on the client.
+    pub fn to_bytes_secret(&self) -> Vec<u8> {
+        let mut w = Writer::new(&self.params, ObjectType::SecretKey, self.coeffs.len());
+        for &c in &self.coeffs {
+            w.u8(c as i8 as u8);
+        }
+        w.0
+    }
+
+    /// Reads a secret key written by [`SecretKey::to_bytes_secret`].
+    pub fn from_bytes_secret(params: &Parameters, bytes: &[u8]) -> Result<Self> {
+        let mut r = reader(bytes);
+        r.header(params, ObjectType::SecretKey)?;
+        let raw = r.take(params.n())?;
+        let coeffs = raw
+            .iter()
+            .map(|&b| match b as i8 {
+                c @ -1..=1 => Ok(c as i64),
+                _ => Err(DE::InvalidValue {
+                    field: "secret coefficient",
+                    value: b as u64,
+                }),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        r.finish()?;
+        Ok(SecretKey::from_coeffs(params, coeffs))
+    }
+}
