@@ -166,18 +166,43 @@ fn check_input<B: SlotBackend>(
         .collect()
 }
 
-/// Token-rotation steps `r` (1..n') and `r - n'` (where some row needs it) of K or V.
-fn tokrot_steps(slots: usize, np: usize, need_hi: &[bool]) -> (Vec<usize>, Vec<Option<usize>>) {
-    // steps[0] = 0 (identity); lo r at index r; hi r at the returned index.
-    let mut steps: Vec<usize> = (0..np).collect();
-    let mut hi_idx = vec![None; np];
-    for r in 1..np {
-        if need_hi[r] {
-            hi_idx[r] = Some(steps.len());
-            steps.push(slots - np + r);
+/// Whether row tokens wrap around for token shift `r` (some `t < n` has `t + r >= n'`).
+fn wraps(n: usize, np: usize, r: usize) -> bool {
+    r > 0 && !token_ranges(n, np, r).1.is_empty()
+}
+
+/// Left rotation of a slot vector by `step`.
+fn rotated(v: &[f64], step: usize) -> Vec<f64> {
+    let mut out = v.to_vec();
+    out.rotate_left(step % v.len());
+    out
+}
+
+/// Baby token rotations of K or V: `rot(x, k)` at index `k` for `k < kmax`, then
+/// `rot(x, k - n')` for the `k` whose wrapped part some row needs.
+#[derive(Debug, Clone)]
+struct Baby {
+    steps: Vec<usize>,
+    hi_idx: Vec<Option<usize>>,
+}
+
+impl Baby {
+    fn new(slots: usize, n: usize, np: usize, g: usize) -> Self {
+        let kmax = g.min(np);
+        let mut steps: Vec<usize> = (0..kmax).collect();
+        let mut hi_idx = vec![None; kmax];
+        for (k, idx) in hi_idx.iter_mut().enumerate() {
+            if (0..np.div_ceil(g)).any(|b| b * g + k < np && wraps(n, np, b * g + k)) {
+                *idx = Some(steps.len());
+                steps.push(slots - np + k);
+            }
         }
+        Self { steps, hi_idx }
     }
-    (steps, hi_idx)
+
+    fn nonzero(&self) -> impl Iterator<Item = usize> + '_ {
+        self.steps.iter().copied().filter(|&s| s != 0)
+    }
 }
 
 /// One term of a score placement: group `k` of the output ciphertext, masks for the lo/hi parts.
@@ -188,9 +213,12 @@ struct ScoreTerm<P> {
     hi: Option<P>,
 }
 
-/// Q·Kᵀ for all heads, with fused scaling factor, prepared (masks encoded) for one level and
-/// pair of input scales. The output is in diagonal form ([`scores_layout`]), two levels lower, at
-/// Q's scale.
+/// `factor · Q·Kᵀ` for all heads, prepared (masks encoded) for one level and pair of input
+/// scales. The output is in diagonal form ([`scores_layout`]), two levels lower, at Q's scale.
+///
+/// Token shifts `r = g·b + k` are split baby-step/giant-step: K is rotated by the `k` (and
+/// `k - n'`, hoisted), Q by `-g·b` (hoisted), and the products of output ciphertext `b` are
+/// masked, summed and rotated back once per group offset `m`, together with the placement.
 #[derive(Debug)]
 pub struct QkScores<P> {
     layout: Layout,
@@ -198,8 +226,10 @@ pub struct QkScores<P> {
     level: usize,
     scale_q: f64,
     scale_k: f64,
-    need_hi: Vec<bool>,
-    /// Per output ciphertext: `(m, terms)` where the sum is rotated by `m·H·n'`.
+    baby: Baby,
+    /// Rotation of Q for output ciphertext `b`: `-g·b`.
+    giant: Vec<usize>,
+    /// Per output ciphertext: `(rotation, terms)` per group offset `m`.
     groups: Vec<Vec<(usize, Vec<ScoreTerm<P>>)>>,
 }
 
@@ -223,14 +253,16 @@ impl<P> QkScores<P> {
             });
         }
         let out_layout = scores_layout(layout)?;
+        let slots = layout.slots();
         let (n, np) = (layout.rows(), layout.row_stride());
         let groups_in = g.min(head_dim);
         let mask_scale = b.rescale_factor(level) * b.rescale_factor(level - 1) / scale_k;
-        let need_hi: Vec<bool> = (0..np)
-            .map(|r| r > 0 && !token_ranges(n, np, r).1.is_empty())
+        let giant = (0..out_layout.n_cts())
+            .map(|bo| (slots - (g * bo) % slots) % slots)
             .collect();
         let mut groups = Vec::with_capacity(out_layout.n_cts());
         for bo in 0..out_layout.n_cts() {
+            let back = slots - (g * bo) % slots;
             let mut per_m = Vec::new();
             for m in 0..g {
                 let mut terms = Vec::new();
@@ -241,35 +273,32 @@ impl<P> QkScores<P> {
                         continue;
                     }
                     let (lo_t, hi_t) = token_ranges(n, np, r);
-                    let lo = b.encode(
-                        &group_mask(layout, heads, hp, src, lo_t, factor),
-                        level,
-                        mask_scale,
-                    )?;
-                    let hi = if need_hi[r] {
-                        Some(b.encode(
-                            &group_mask(layout, heads, hp, src, hi_t, factor),
-                            level,
-                            mask_scale,
-                        )?)
+                    let enc = |t| {
+                        let v = group_mask(layout, heads, hp, src, t, factor);
+                        b.encode(&rotated(&v, back), level, mask_scale)
+                    };
+                    let lo = enc(lo_t)?;
+                    let hi = if wraps(n, np, r) {
+                        Some(enc(hi_t)?)
                     } else {
                         None
                     };
                     terms.push(ScoreTerm { k, lo, hi });
                 }
                 if !terms.is_empty() {
-                    per_m.push((m, terms));
+                    per_m.push(((g * bo + m * hp * np) % slots, terms));
                 }
             }
             groups.push(per_m);
         }
         Ok(Self {
+            baby: Baby::new(slots, n, np, g),
             layout: layout.clone(),
             out_layout,
             level,
             scale_q,
             scale_k,
-            need_hi,
+            giant,
             groups,
         })
     }
@@ -281,28 +310,27 @@ impl<P> QkScores<P> {
 
     /// Rotation steps, key switches and depth of [`QkScores::apply`].
     pub fn plan(&self) -> OpPlan {
-        let slots = self.layout.slots();
-        let np = self.layout.row_stride();
-        let (hp, _) = self.layout.head_groups().unwrap_or((1, 1));
-        let (steps_k, _) = tokrot_steps(slots, np, &self.need_hi);
-        let mut steps: BTreeSet<usize> = steps_k.iter().copied().filter(|&s| s != 0).collect();
-        let k_rots = ((steps_k.len() - 1) * self.layout.n_cts()) as u64;
+        let c = self.layout.n_cts() as u64;
+        let mut steps: BTreeSet<usize> = self.baby.nonzero().collect();
+        steps.extend(self.giant.iter().copied().filter(|&s| s != 0));
+        let hoisted = c
+            * (self.baby.nonzero().count() + self.giant.iter().filter(|&&s| s != 0).count()) as u64;
         let mut rots = 0u64;
         let mut relins = 0u64;
         for per_m in &self.groups {
-            for (m, _) in per_m {
+            for (step, _) in per_m {
                 relins += 1;
-                if *m != 0 {
+                if *step != 0 {
                     rots += 1;
-                    steps.insert(m * hp * np);
+                    steps.insert(*step);
                 }
             }
         }
         OpPlan {
             name: format!("QK^T {}x{}", self.layout.rows(), self.layout.cols()),
             rotation_steps: steps,
-            rotations: k_rots + rots,
-            hoisted_rotations: k_rots,
+            rotations: hoisted + rots,
+            hoisted_rotations: hoisted,
             relinearizations: relins,
             depth: 2,
         }
@@ -318,17 +346,23 @@ impl<P> QkScores<P> {
         let qs = check_input(b, q, &self.layout, self.level, self.scale_q, "Q layout")?;
         let ks = check_input(b, k, &self.layout, self.level, self.scale_k, "K layout")?;
         let np = self.layout.row_stride();
-        let (hp, g) = self.layout.head_groups().unwrap_or((1, 1));
-        let (steps, hi_idx) = tokrot_steps(b.slots(), np, &self.need_hi);
-        let krot = ks
+        let (n, g) = (
+            self.layout.rows(),
+            self.layout.head_groups().unwrap_or((1, 1)).1,
+        );
+        let kb = ks
             .iter()
-            .map(|c| b.rotate_hoisted(c, &steps))
+            .map(|c| b.rotate_hoisted(c, &self.baby.steps))
             .collect::<Result<Vec<_>>>()?;
-        // Σ_a Q_a ⊙ K_a rotated by step index `idx` (degree 2).
-        let product = |idx: usize| -> Result<B::Ct> {
-            let mut acc = b.mul(&qs[0], &krot[0][idx])?;
-            for (qa, kr) in qs.iter().zip(&krot).skip(1) {
-                let p = b.mul(qa, &kr[idx])?;
+        let qg = qs
+            .iter()
+            .map(|c| b.rotate_hoisted(c, &self.giant))
+            .collect::<Result<Vec<_>>>()?;
+        // Σ_a rot(Q_a, -g·b) ⊙ K_a rotated by baby index `idx` (degree 2).
+        let product = |bo: usize, idx: usize| -> Result<B::Ct> {
+            let mut acc = b.mul(&qg[0][bo], &kb[0][idx])?;
+            for (qa, kr) in qg.iter().zip(&kb).skip(1) {
+                let p = b.mul(&qa[bo], &kr[idx])?;
                 b.add_assign(&mut acc, &p)?;
             }
             Ok(acc)
@@ -342,11 +376,14 @@ impl<P> QkScores<P> {
                 if r >= np {
                     break;
                 }
-                lo.push(product(r)?);
-                hi.push(hi_idx[r].map(&product).transpose()?);
+                lo.push(product(bo, kk)?);
+                hi.push(match self.baby.hi_idx[kk] {
+                    Some(idx) if wraps(n, np, r) => Some(product(bo, idx)?),
+                    _ => None,
+                });
             }
             let mut acc: Option<B::Ct> = None;
-            for (m, terms) in per_m {
+            for (step, terms) in per_m {
                 let mut x: Option<B::Ct> = None;
                 for t in terms {
                     let mut parts = vec![(&lo[t.k], &t.lo)];
@@ -362,11 +399,7 @@ impl<P> QkScores<P> {
                 }
                 let Some(x) = x else { continue };
                 let x = b.rescale(&b.rescale(&b.relinearize(&x)?)?)?;
-                let x = if *m == 0 {
-                    x
-                } else {
-                    b.rotate(&x, m * hp * np)?
-                };
+                let x = b.rotate(&x, *step)?;
                 match acc.as_mut() {
                     None => acc = Some(x),
                     Some(a) => b.add_assign(a, &x)?,
@@ -380,6 +413,11 @@ impl<P> QkScores<P> {
 
 /// Attention weights × V for all heads, prepared for fixed levels and scales. The output has
 /// V's layout and scale, at level `min(level_s - 1, level_v) - 1`.
+///
+/// For token shift `r = g·b + k`, the scores diagonal is broadcast over the head's features
+/// from hoisted rotations of scores ciphertext `b` (with masks pre-rotated by `-g·b`), V is
+/// rotated by the baby shifts `k` (hoisted), and each output ciphertext's partial sum for `b` is
+/// relinearized and rotated by `g·b` once.
 #[derive(Debug)]
 pub struct AttentionValues<P> {
     s_layout: Layout,
@@ -388,11 +426,11 @@ pub struct AttentionValues<P> {
     scale_s: f64,
     level_v: usize,
     scale_v: f64,
-    /// Per output ... per r: `(m, lo mask, hi mask)`.
+    baby: Baby,
+    /// Per scores ciphertext `b`: rotation steps `m·H·n' - g·b` of it that are used.
+    s_steps: Vec<Vec<usize>>,
+    /// Per token shift `r`: `(index into s_steps[b], lo mask, hi mask)`.
     masks: Vec<Vec<(usize, P, Option<P>)>>,
-    need_hi: Vec<bool>,
-    /// Per scores ciphertext: the rotations `m` of it that are used.
-    s_rots: Vec<Vec<usize>>,
 }
 
 impl<P> AttentionValues<P> {
@@ -425,52 +463,59 @@ impl<P> AttentionValues<P> {
                 available: level_s.min(level_v + 1),
             });
         }
+        let slots = v_layout.slots();
         let (n, np) = (v_layout.rows(), v_layout.row_stride());
         let groups_v = g.min(head_dim);
         let mask_scale = b.rescale_factor(l1) * b.rescale_factor(l1 + 1) / scale_s;
-        let need_hi: Vec<bool> = (0..np)
-            .map(|r| r > 0 && !token_ranges(n, np, r).1.is_empty())
-            .collect();
+        let nb = s_layout.n_cts();
+        let step_of = |bo: usize, m: usize| (m * hp * np + slots - (g * bo) % slots) % slots;
+        let mut used = vec![BTreeSet::new(); nb];
+        for r in 0..np {
+            for gv in 0..groups_v {
+                used[r / g].insert((r % g + g - gv) % g);
+            }
+        }
+        let s_ms: Vec<Vec<usize>> = used.into_iter().map(|s| s.into_iter().collect()).collect();
         let mut masks = Vec::with_capacity(np);
-        let mut s_rots = vec![BTreeSet::new(); s_layout.n_cts()];
-        for (r, &hi_needed) in need_hi.iter().enumerate() {
+        for r in 0..np {
             let (bo, k) = (r / g, r % g);
+            let back = slots - (g * bo) % slots;
             let (lo_t, hi_t) = token_ranges(n, np, r);
             let mut terms = Vec::with_capacity(groups_v);
             for gv in 0..groups_v {
                 let m = (k + g - gv) % g;
-                s_rots[bo].insert(m);
-                let lo = b.encode(
-                    &group_mask(v_layout, heads, hp, gv, lo_t.clone(), 1.0),
-                    l1 + 1,
-                    mask_scale,
-                )?;
-                let hi = if hi_needed {
-                    Some(b.encode(
-                        &group_mask(v_layout, heads, hp, gv, hi_t.clone(), 1.0),
-                        l1 + 1,
-                        mask_scale,
-                    )?)
+                let idx = s_ms[bo]
+                    .binary_search(&m)
+                    .map_err(|_| Error::Unsupported("internal: missing scores rotation".into()))?;
+                let enc = |t| {
+                    let v = group_mask(v_layout, heads, hp, gv, t, 1.0);
+                    b.encode(&rotated(&v, back), l1 + 1, mask_scale)
+                };
+                let lo = enc(lo_t.clone())?;
+                let hi = if wraps(n, np, r) {
+                    Some(enc(hi_t.clone())?)
                 } else {
                     None
                 };
-                terms.push((m, lo, hi));
+                terms.push((idx, lo, hi));
             }
             masks.push(terms);
         }
+        let s_steps = s_ms
+            .iter()
+            .enumerate()
+            .map(|(bo, ms)| ms.iter().map(|&m| step_of(bo, m)).collect())
+            .collect();
         Ok(Self {
+            baby: Baby::new(slots, n, np, g),
             s_layout: s_layout.clone(),
             v_layout: v_layout.clone(),
             level_s,
             scale_s,
             level_v,
             scale_v,
+            s_steps,
             masks,
-            need_hi,
-            s_rots: s_rots
-                .into_iter()
-                .map(|s| s.into_iter().collect())
-                .collect(),
         })
     }
 
@@ -478,29 +523,32 @@ impl<P> AttentionValues<P> {
         (self.level_s - 1).min(self.level_v)
     }
 
+    /// Rotation by `g·b` of output partial sums, per scores ciphertext `b`.
+    fn back_steps(&self) -> Vec<usize> {
+        let slots = self.v_layout.slots();
+        let (_, g) = self.v_layout.head_groups().unwrap_or((1, 1));
+        (0..self.s_layout.n_cts())
+            .map(|bo| (g * bo) % slots)
+            .collect()
+    }
+
     /// Rotation steps, key switches and depth of [`AttentionValues::apply`].
     pub fn plan(&self) -> OpPlan {
-        let slots = self.v_layout.slots();
-        let np = self.v_layout.row_stride();
-        let (hp, _) = self.v_layout.head_groups().unwrap_or((1, 1));
-        let (steps_v, _) = tokrot_steps(slots, np, &self.need_hi);
-        let mut steps: BTreeSet<usize> = steps_v.iter().copied().filter(|&s| s != 0).collect();
-        let v_rots = ((steps_v.len() - 1) * self.v_layout.n_cts()) as u64;
-        let mut s_rots = 0u64;
-        for ms in &self.s_rots {
-            for &m in ms {
-                if m != 0 {
-                    s_rots += 1;
-                    steps.insert(m * hp * np);
-                }
-            }
+        let c = self.v_layout.n_cts() as u64;
+        let mut steps: BTreeSet<usize> = self.baby.nonzero().collect();
+        let mut hoisted = c * self.baby.nonzero().count() as u64;
+        for st in self.s_steps.iter().flatten().filter(|&&s| s != 0) {
+            hoisted += 1;
+            steps.insert(*st);
         }
+        let back: Vec<usize> = self.back_steps().into_iter().filter(|&s| s != 0).collect();
+        steps.extend(back.iter().copied());
         OpPlan {
             name: format!("AV {}x{}", self.v_layout.rows(), self.v_layout.cols()),
             rotation_steps: steps,
-            rotations: v_rots + s_rots,
-            hoisted_rotations: v_rots + s_rots,
-            relinearizations: self.v_layout.n_cts() as u64,
+            rotations: hoisted + c * back.len() as u64,
+            hoisted_rotations: hoisted,
+            relinearizations: c * self.s_layout.n_cts() as u64,
             depth: self.level_s - (self.l1() - 1),
         }
     }
@@ -515,60 +563,73 @@ impl<P> AttentionValues<P> {
         let l1 = self.l1();
         let ss = check_input(b, s, &self.s_layout, self.level_s, self.scale_s, "scores")?;
         let vs = check_input(b, v, &self.v_layout, self.level_v, self.scale_v, "V layout")?;
-        let np = self.v_layout.row_stride();
-        let (hp, g) = self.v_layout.head_groups().unwrap_or((1, 1));
-        // Rotations of each scores ciphertext by m·H·n'.
+        let (n, np) = (self.v_layout.rows(), self.v_layout.row_stride());
+        let (_, g) = self.v_layout.head_groups().unwrap_or((1, 1));
         let mut srot = Vec::with_capacity(ss.len());
-        for (ct, ms) in ss.iter().zip(&self.s_rots) {
-            let ct = b.drop_to_level(ct, l1 + 1)?;
-            let steps: Vec<usize> = ms.iter().map(|m| m * hp * np).collect();
-            srot.push(b.rotate_hoisted(&ct, &steps)?);
+        for (ct, steps) in ss.iter().zip(&self.s_steps) {
+            srot.push(b.rotate_hoisted(&b.drop_to_level(ct, l1 + 1)?, steps)?);
         }
-        let (steps, hi_idx) = tokrot_steps(b.slots(), np, &self.need_hi);
-        let vrot = vs
+        let vb = vs
             .iter()
-            .map(|c| b.rotate_hoisted(&b.drop_to_level(c, l1)?, &steps))
+            .map(|c| b.rotate_hoisted(&b.drop_to_level(c, l1)?, &self.baby.steps))
             .collect::<Result<Vec<_>>>()?;
-        // Broadcast diagonals D_r (lo and hi parts), each rescaled to level l1.
         let mut acc: Vec<Option<B::Ct>> = vec![None; vs.len()];
-        for (r, terms) in self.masks.iter().enumerate() {
-            let bo = r / g;
-            let mut dlo: Option<B::Ct> = None;
-            let mut dhi: Option<B::Ct> = None;
-            for (m, lo, hi) in terms {
-                let idx = self.s_rots[bo]
-                    .binary_search(m)
-                    .map_err(|_| Error::Unsupported("internal: missing scores rotation".into()))?;
-                let src = &srot[bo][idx];
-                for (d, p) in [(&mut dlo, Some(lo)), (&mut dhi, hi.as_ref())] {
-                    let Some(p) = p else { continue };
-                    match d.as_mut() {
-                        None => *d = Some(b.mul_plain(src, p)?),
-                        Some(x) => b.mul_plain_add(x, src, p)?,
+        for (bo, back) in self.back_steps().into_iter().enumerate() {
+            // Broadcast diagonals for the shifts of this scores ciphertext (rescaled to l1).
+            let mut diags = Vec::with_capacity(g);
+            for kk in 0..g {
+                let r = bo * g + kk;
+                if r >= np {
+                    break;
+                }
+                let mut dlo: Option<B::Ct> = None;
+                let mut dhi: Option<B::Ct> = None;
+                for (idx, lo, hi) in &self.masks[r] {
+                    let src = &srot[bo][*idx];
+                    for (d, p) in [(&mut dlo, Some(lo)), (&mut dhi, hi.as_ref())] {
+                        let Some(p) = p else { continue };
+                        match d.as_mut() {
+                            None => *d = Some(b.mul_plain(src, p)?),
+                            Some(x) => b.mul_plain_add(x, src, p)?,
+                        }
                     }
                 }
-            }
-            let parts = [(dlo, Some(r)), (dhi, hi_idx[r])];
-            for (d, idx) in parts {
-                let (Some(d), Some(idx)) = (d, idx) else {
-                    continue;
+                let dlo = dlo.map(|d| b.rescale(&d)).transpose()?;
+                let dhi = match (dhi, self.baby.hi_idx[kk]) {
+                    (Some(d), Some(idx)) if wraps(n, np, r) => Some((b.rescale(&d)?, idx)),
+                    _ => None,
                 };
-                let d = b.rescale(&d)?;
-                for (a, vr) in vrot.iter().enumerate() {
-                    let p = b.mul(&d, &vr[idx])?;
-                    match acc[a].as_mut() {
-                        None => acc[a] = Some(p),
-                        Some(x) => b.add_assign(x, &p)?,
+                diags.push((kk, dlo, dhi));
+            }
+            for (a, va) in vb.iter().enumerate() {
+                let mut part: Option<B::Ct> = None;
+                for (kk, dlo, dhi) in &diags {
+                    let mut terms = Vec::with_capacity(2);
+                    if let Some(d) = dlo {
+                        terms.push((d, &va[*kk]));
                     }
+                    if let Some((d, idx)) = dhi {
+                        terms.push((d, &va[*idx]));
+                    }
+                    for (d, vr) in terms {
+                        let p = b.mul(d, vr)?;
+                        match part.as_mut() {
+                            None => part = Some(p),
+                            Some(x) => b.add_assign(x, &p)?,
+                        }
+                    }
+                }
+                let Some(part) = part else { continue };
+                let part = b.rotate(&b.rescale(&b.relinearize(&part)?)?, back)?;
+                match acc[a].as_mut() {
+                    None => acc[a] = Some(part),
+                    Some(x) => b.add_assign(x, &part)?,
                 }
             }
         }
         let out = acc
             .into_iter()
-            .map(|c| {
-                let c = c.ok_or_else(|| Error::Unsupported("internal: empty output".into()))?;
-                b.rescale(&b.relinearize(&c)?)
-            })
+            .map(|c| c.ok_or_else(|| Error::Unsupported("internal: empty output".into())))
             .collect::<Result<Vec<_>>>()?;
         PackedMatrix::new(self.v_layout.clone(), out)
     }

@@ -20,6 +20,7 @@ mod linear;
 mod matrix;
 
 pub mod attention;
+pub mod bench;
 pub mod ops;
 pub mod plan;
 pub mod poly;
