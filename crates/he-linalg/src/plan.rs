@@ -24,6 +24,24 @@ pub struct OpPlan {
 }
 
 impl OpPlan {
+    /// An operation without key switches (plaintext masks, additions) consuming `depth` levels.
+    pub fn plaintext(name: &str, depth: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            depth,
+            ..Self::default()
+        }
+    }
+    /// The same operation applied to `times` ciphertexts independently (e.g. a polynomial on
+    /// every ciphertext of a packed matrix): counts multiply, steps and depth stay.
+    pub fn repeated(mut self, times: usize) -> Self {
+        let t = times as u64;
+        self.rotations *= t;
+        self.hoisted_rotations *= t;
+        self.relinearizations *= t;
+        self.name = format!("{} x{times}", self.name);
+        self
+    }
     /// Key switches: rotations plus relinearizations.
     pub fn key_switches(&self) -> u64 {
         self.rotations + self.relinearizations

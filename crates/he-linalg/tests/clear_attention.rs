@@ -187,3 +187,23 @@ fn attention_rejects_contiguous_layout() {
     .unwrap();
     assert!(QkScores::new(&b, &l, 1, 1.0, 1.0, 1.0).is_err());
 }
+
+#[test]
+fn bert_shaped_attention_plans() {
+    // Exact key-switch counts documented in docs/packing.md.
+    for (n, d, heads, qk_ks, av_ks) in [(64, 384, 12, 215, 183), (128, 128, 2, 387, 267)] {
+        let b = ClearBackend::like_ckks(8192, 3).unwrap();
+        let s = b.default_scale();
+        let hi = ColumnOrder::HeadInterleaved {
+            heads,
+            head_dim: d / heads,
+        };
+        let l = Layout::new(8192, n, d, hi).unwrap();
+        let sl = scores_layout(&l).unwrap();
+        let qk = QkScores::new(&b, &l, 2, s, s, 1.0).unwrap().plan();
+        let av = AttentionValues::new(&b, &sl, &l, (2, s), (1, s))
+            .unwrap()
+            .plan();
+        assert_eq!((qk.key_switches(), av.key_switches()), (qk_ks, av_ks));
+    }
+}
