@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::keys::{GaloisKey, GaloisKeys, RelinKey};
 use crate::ks;
 use crate::params::{Context, Parameters};
-use crate::poly::{Ntt, Poly, for_limbs};
+use crate::poly::{Ntt, Poly, for_limbs, with_scratch};
 
 /// Largest relative difference between two scales treated as equal.
 pub const SCALE_TOLERANCE: f64 = 1e-10;
@@ -85,17 +85,21 @@ fn rescale_poly(ctx: &Context, p: &mut Poly<Ntt>) {
         let ql_mod = m.reduce(ql);
         let inv = m.inv(ql_mod).expect("distinct primes");
         let inv_s = m.shoup(inv);
-        let mut buf: Vec<u64> = last
-            .iter()
-            .map(|&t| {
-                let r = m.reduce(t);
-                if t > half { m.sub(r, ql_mod) } else { r }
-            })
-            .collect();
-        ctx.plans[i].fwd(&mut buf);
-        for (x, &y) in limb.iter_mut().zip(&buf) {
-            *x = m.mul_shoup(m.sub(*x, y), inv, inv_s);
-        }
+        with_scratch(n, |buf| {
+            let q = m.value();
+            if !crate::simd::centered_reduce(buf, &last, q, ql, ql_mod) {
+                for (b, &t) in buf.iter_mut().zip(&last) {
+                    let r = m.reduce(t);
+                    *b = if t > half { m.sub(r, ql_mod) } else { r };
+                }
+            }
+            ctx.plans[i].fwd(buf);
+            if !crate::simd::sub_mul_shoup(limb, buf, inv, q) {
+                for (x, &y) in limb.iter_mut().zip(buf.iter()) {
+                    *x = m.mul_shoup(m.sub(*x, y), inv, inv_s);
+                }
+            }
+        })
     });
     p.truncate_q(l);
 }

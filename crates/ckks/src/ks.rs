@@ -3,7 +3,7 @@
 
 use crate::arith::Modulus;
 use crate::params::Context;
-use crate::poly::{Coeff, Ntt, Poly, for_limbs};
+use crate::poly::{Coeff, Ntt, Poly, for_limbs, with_scratch};
 
 /// A key-switching key: one `(b_j, a_j)` pair per digit, over all q primes and all special primes,
 /// with `b_j = -a_j s + e_j + P [j-th digit indicator] s'`.
@@ -32,6 +32,8 @@ struct BaseConv {
     qhat_inv: Vec<(u64, u64)>,
     /// `(qhat_i mod target, Shoup constant)` for each target (row) and source (column).
     qhat_mod: Vec<Vec<(u64, u64)>>,
+    /// All source primes are below 2^50 (the IFMA kernel's input bound).
+    small_src: bool,
 }
 
 impl BaseConv {
@@ -66,7 +68,12 @@ impl BaseConv {
                     .collect()
             })
             .collect();
-        Self { qhat_inv, qhat_mod }
+        let small_src = src.iter().all(|m| m.value() < 1 << 50);
+        Self {
+            qhat_inv,
+            qhat_mod,
+            small_src,
+        }
     }
 
     /// `y_i = x_i * qhat_i^{-1} mod q_i` for each source limb.
@@ -81,6 +88,16 @@ impl BaseConv {
     /// `out = sum_i y_i * qhat_i mod target` (target row `t`).
     fn convert(&self, t: usize, target: &Modulus, ys: &[Vec<u64>], out: &mut [u64]) {
         let c = &self.qhat_mod[t];
+        let tv = target.value();
+        if self.small_src
+            && ys
+                .iter()
+                .zip(c)
+                .enumerate()
+                .all(|(i, (y, &(w, _)))| crate::simd::mul_shoup_acc(out, y, w, tv, i == 0))
+        {
+            return;
+        }
         let (w0, s0) = c[0];
         for (o, &y) in out.iter_mut().zip(&ys[0]) {
             *o = target.mul_shoup(y, w0, s0);
@@ -107,6 +124,11 @@ impl BaseConv {
         out: &mut [u64],
     ) {
         self.convert(t, target, ys, out);
+        let pq = u_table.get(1).copied().unwrap_or(0);
+        if self.small_src && crate::simd::sub_rounded_multiple(out, ys, src_inv, pq, target.value())
+        {
+            return;
+        }
         for (x, o) in out.iter_mut().enumerate() {
             let v: f64 = ys
                 .iter()
@@ -210,12 +232,13 @@ pub(crate) fn key_switch(
         let ext = DigitExt::new(ctx, j, c, &coeff);
         let (b, a) = (&key.b[j], &key.a[j]);
         for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
-            let mut buf = vec![0u64; n];
-            ext.limb(ctx, k, &mut buf);
-            let kl = key_limb(ctx, nq, k);
-            let plan = &ctx.plans[ctx.modulus_index(nq, k)];
-            plan.mul_accumulate(x0, &buf, b.limb(kl));
-            plan.mul_accumulate(x1, &buf, a.limb(kl));
+            with_scratch(n, |buf| {
+                ext.limb(ctx, k, buf);
+                let kl = key_limb(ctx, nq, k);
+                let plan = &ctx.plans[ctx.modulus_index(nq, k)];
+                plan.mul_accumulate(x0, buf, b.limb(kl));
+                plan.mul_accumulate(x1, buf, a.limb(kl));
+            })
         });
     }
     (mod_down(ctx, acc0), mod_down(ctx, acc1))
@@ -247,14 +270,15 @@ pub(crate) fn key_switch_decomposed(
     let mut acc0 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     let mut acc1 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
-        let mut buf = vec![0u64; n];
-        let kl = key_limb(ctx, nq, k);
-        let plan = &ctx.plans[ctx.modulus_index(nq, k)];
-        for (j, d) in digits.iter().enumerate() {
-            permute(d.limb(k), perm, &mut buf);
-            plan.mul_accumulate(x0, &buf, key.b[j].limb(kl));
-            plan.mul_accumulate(x1, &buf, key.a[j].limb(kl));
-        }
+        with_scratch(n, |buf| {
+            let kl = key_limb(ctx, nq, k);
+            let plan = &ctx.plans[ctx.modulus_index(nq, k)];
+            for (j, d) in digits.iter().enumerate() {
+                permute(d.limb(k), perm, buf);
+                plan.mul_accumulate(x0, buf, key.b[j].limb(kl));
+                plan.mul_accumulate(x1, buf, key.a[j].limb(kl));
+            }
+        })
     });
     (mod_down(ctx, acc0), mod_down(ctx, acc1))
 }
@@ -295,13 +319,16 @@ pub(crate) fn mod_down(ctx: &Context, mut acc: Poly<Ntt>) -> Poly<Ntt> {
         let u_table: Vec<u64> = (0..=np as u64)
             .map(|u| m.mul(u % m.value(), p_mod_q))
             .collect();
-        let mut buf = vec![0u64; n];
-        conv.convert_centered(i, m, &ys, &src_inv, &u_table, &mut buf);
-        ctx.plans[i].fwd(&mut buf);
-        let (w, ws) = (p_inv[i], m.shoup(p_inv[i]));
-        for (x, &y) in limb.iter_mut().zip(&buf) {
-            *x = m.mul_shoup(m.sub(*x, y), w, ws);
-        }
+        with_scratch(n, |buf| {
+            conv.convert_centered(i, m, &ys, &src_inv, &u_table, buf);
+            ctx.plans[i].fwd(buf);
+            if !crate::simd::sub_mul_shoup(limb, buf, p_inv[i], m.value()) {
+                let (w, ws) = (p_inv[i], m.shoup(p_inv[i]));
+                for (x, &y) in limb.iter_mut().zip(buf.iter()) {
+                    *x = m.mul_shoup(m.sub(*x, y), w, ws);
+                }
+            }
+        })
     });
     acc.truncate_q(nq);
     acc

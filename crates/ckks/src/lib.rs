@@ -16,6 +16,8 @@ pub mod poly;
 pub mod precision;
 pub mod rng;
 pub mod serialize;
+#[allow(unsafe_code)] // pulp::simd_type! dispatch only; see the module docs.
+mod simd;
 
 pub use encoder::{Complex64, Encoder, Plaintext};
 pub use encrypt::{Ciphertext, Decryptor, Encryptor, SeededCiphertext};

@@ -82,6 +82,22 @@ where
         .for_each(|(k, (l, o))| f(k, l, o));
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a per-thread scratch buffer of `n` words (contents unspecified). `f` must not
+/// re-enter `with_scratch` (kernels using it do not call into rayon).
+pub(crate) fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [u64]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut v = s.borrow_mut();
+        if v.len() < n {
+            v.resize(n, 0);
+        }
+        f(&mut v[..n])
+    })
+}
+
 impl<F: Form> Poly<F> {
     pub(crate) fn zero_ctx(ctx: &Context, nq: usize, np: usize) -> Self {
         debug_assert!(nq <= ctx.q_count && np <= ctx.p_count && (np == 0 || np == ctx.p_count));

@@ -1,0 +1,345 @@
+//! SIMD kernel: `out (+)= y * w mod t` with AVX-512 IFMA (52-bit Shoup multiplication), used by
+//! the RNS basis conversions. Falls back to the caller's scalar code when IFMA is unavailable.
+//!
+//! `pulp::simd_type!` expands to `unsafe` target-feature dispatch code (runtime CPU detection
+//! guards it); the kernel body itself uses only pulp's safe intrinsic wrappers.
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use std::arch::x86_64::__m512i;
+
+    pulp::simd_type! {
+        struct Ifma {
+            pub sse: "sse",
+            pub sse2: "sse2",
+            pub fxsr: "fxsr",
+            pub sse3: "sse3",
+            pub ssse3: "ssse3",
+            pub sse4_1: "sse4.1",
+            pub sse4_2: "sse4.2",
+            pub popcnt: "popcnt",
+            pub avx: "avx",
+            pub avx2: "avx2",
+            pub bmi1: "bmi1",
+            pub bmi2: "bmi2",
+            pub fma: "fma",
+            pub lzcnt: "lzcnt",
+            pub avx512f: "avx512f",
+            pub avx512bw: "avx512bw",
+            pub avx512cd: "avx512cd",
+            pub avx512dq: "avx512dq",
+            pub avx512vl: "avx512vl",
+            pub avx512ifma: "avx512ifma",
+        }
+    }
+
+    /// See [`super::mul_shoup_acc`].
+    pub fn mul_shoup_acc(out: &mut [u64], y: &[u64], w: u64, t: u64, first: bool) -> bool {
+        if t >= 1 << 50 {
+            return false;
+        }
+        let Some(simd) = Ifma::try_new() else {
+            return false;
+        };
+        let w52 = (((w as u128) << 52) / t as u128) as u64;
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                let f = simd.avx512f;
+                let m = simd.avx512ifma;
+                let zero = f._mm512_set1_epi64(0);
+                let vw = f._mm512_set1_epi64(w as i64);
+                let vw52 = f._mm512_set1_epi64(w52 as i64);
+                let vt = f._mm512_set1_epi64(t as i64);
+                let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+                let (out8, out_rest) = pulp::as_arrays_mut::<8, u64>(out);
+                let (y8, y_rest) = pulp::as_arrays::<8, u64>(y);
+                for (o, yv) in out8.iter_mut().zip(y8) {
+                    let yv: __m512i = pulp::cast(*yv);
+                    let q = m._mm512_madd52hi_epu64(zero, yv, vw52);
+                    let r = f._mm512_sub_epi64(
+                        m._mm512_madd52lo_epu64(zero, yv, vw),
+                        m._mm512_madd52lo_epu64(zero, q, vt),
+                    );
+                    let r = f._mm512_and_si512(r, mask);
+                    let mut r = f._mm512_min_epu64(r, f._mm512_sub_epi64(r, vt));
+                    if !first {
+                        let ov: __m512i = pulp::cast(*o);
+                        let s = f._mm512_add_epi64(ov, r);
+                        r = f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt));
+                    }
+                    *o = pulp::cast(r);
+                }
+                for (o, &yv) in out_rest.iter_mut().zip(y_rest) {
+                    let r = ((yv as u128 * w as u128) % t as u128) as u64;
+                    *o = if first { r } else { (*o + r) % t };
+                }
+            },
+        );
+        true
+    }
+    /// See [`super::centered_reduce`].
+    pub fn centered_reduce(out: &mut [u64], src: &[u64], q: u64, ql: u64, ql_mod: u64) -> bool {
+        if ql >= 2 * q || q >= 1 << 62 {
+            return false;
+        }
+        let Some(simd) = Ifma::try_new() else {
+            return false;
+        };
+        let half = ql / 2;
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                let f = simd.avx512f;
+                let vq = f._mm512_set1_epi64(q as i64);
+                let vhalf = f._mm512_set1_epi64(half as i64);
+                let vqlm = f._mm512_set1_epi64(ql_mod as i64);
+                let (o8, o_rest) = pulp::as_arrays_mut::<8, u64>(out);
+                let (s8, s_rest) = pulp::as_arrays::<8, u64>(src);
+                for (o, s) in o8.iter_mut().zip(s8) {
+                    let t: __m512i = pulp::cast(*s);
+                    let r = f._mm512_min_epu64(t, f._mm512_sub_epi64(t, vq));
+                    let r2 = f._mm512_sub_epi64(r, vqlm);
+                    let r2 = f._mm512_min_epu64(r2, f._mm512_add_epi64(r2, vq));
+                    let neg = f._mm512_cmpgt_epu64_mask(t, vhalf);
+                    *o = pulp::cast(f._mm512_mask_blend_epi64(neg, r, r2));
+                }
+                for (o, &t) in o_rest.iter_mut().zip(s_rest) {
+                    let r = if t >= q { t - q } else { t };
+                    *o = if t > half { (r + q - ql_mod) % q } else { r };
+                }
+            },
+        );
+        true
+    }
+
+    /// See [`super::sub_mul_shoup`].
+    pub fn sub_mul_shoup(x: &mut [u64], y: &[u64], w: u64, t: u64) -> bool {
+        if t >= 1 << 50 {
+            return false;
+        }
+        let Some(simd) = Ifma::try_new() else {
+            return false;
+        };
+        let w52 = (((w as u128) << 52) / t as u128) as u64;
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                let f = simd.avx512f;
+                let m = simd.avx512ifma;
+                let zero = f._mm512_set1_epi64(0);
+                let vw = f._mm512_set1_epi64(w as i64);
+                let vw52 = f._mm512_set1_epi64(w52 as i64);
+                let vt = f._mm512_set1_epi64(t as i64);
+                let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+                let (x8, x_rest) = pulp::as_arrays_mut::<8, u64>(x);
+                let (y8, y_rest) = pulp::as_arrays::<8, u64>(y);
+                for (o, yv) in x8.iter_mut().zip(y8) {
+                    let xv: __m512i = pulp::cast(*o);
+                    let yv: __m512i = pulp::cast(*yv);
+                    // z = x + t - y in [1, 2t) < 2^51.
+                    let z = f._mm512_sub_epi64(f._mm512_add_epi64(xv, vt), yv);
+                    let q = m._mm512_madd52hi_epu64(zero, z, vw52);
+                    let r = f._mm512_sub_epi64(
+                        m._mm512_madd52lo_epu64(zero, z, vw),
+                        m._mm512_madd52lo_epu64(zero, q, vt),
+                    );
+                    let r = f._mm512_and_si512(r, mask);
+                    *o = pulp::cast(f._mm512_min_epu64(r, f._mm512_sub_epi64(r, vt)));
+                }
+                for (o, &yv) in x_rest.iter_mut().zip(y_rest) {
+                    *o = ((*o + t - yv) as u128 * w as u128 % t as u128) as u64;
+                }
+            },
+        );
+        true
+    }
+
+    /// See [`super::sub_rounded_multiple`].
+    pub fn sub_rounded_multiple(
+        out: &mut [u64],
+        ys: &[Vec<u64>],
+        inv: &[f64],
+        pq: u64,
+        t: u64,
+    ) -> bool {
+        if t >= 1 << 50 || ys.len() > 3 || ys.is_empty() {
+            return false;
+        }
+        let Some(simd) = Ifma::try_new() else {
+            return false;
+        };
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                let f = simd.avx512f;
+                let dq = simd.avx512dq;
+                let m = simd.avx512ifma;
+                let zero = f._mm512_set1_epi64(0);
+                let vt = f._mm512_set1_epi64(t as i64);
+                let vpq = f._mm512_set1_epi64(pq as i64);
+                let n = out.len() / 8 * 8;
+                for base in (0..n).step_by(8) {
+                    let mut v = f._mm512_set1_pd(0.0);
+                    for (y, &iv) in ys.iter().zip(inv) {
+                        let yv: [u64; 8] = y[base..base + 8].try_into().expect("8 lanes");
+                        let yd = dq._mm512_cvtepu64_pd(pulp::cast(yv));
+                        v = f._mm512_fmadd_pd(yd, f._mm512_set1_pd(iv), v);
+                    }
+                    // Round to nearest (default rounding mode), u <= len(ys).
+                    let u = dq._mm512_cvtpd_epu64(v);
+                    let mut c = m._mm512_madd52lo_epu64(zero, u, vpq);
+                    for _ in 0..ys.len() {
+                        c = f._mm512_min_epu64(c, f._mm512_sub_epi64(c, vt));
+                    }
+                    let o: [u64; 8] = out[base..base + 8].try_into().expect("8 lanes");
+                    let r = f._mm512_sub_epi64(pulp::cast(o), c);
+                    let r = f._mm512_min_epu64(r, f._mm512_add_epi64(r, vt));
+                    out[base..base + 8].copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(r));
+                }
+                for x in n..out.len() {
+                    let v: f64 = ys.iter().zip(inv).map(|(y, &iv)| y[x] as f64 * iv).sum();
+                    let c = (v.round() as u128 * pq as u128 % t as u128) as u64;
+                    out[x] = if out[x] >= c {
+                        out[x] - c
+                    } else {
+                        out[x] + t - c
+                    };
+                }
+            },
+        );
+        true
+    }
+}
+
+/// `out = [src centered modulo ql] mod q`: each `src < ql` is lifted to `(-ql/2, ql/2]` and
+/// reduced modulo `q` (`ql_mod = ql mod q`). Requires `ql < 2q`. Returns `false` when no kernel
+/// applies.
+#[inline]
+pub(crate) fn centered_reduce(out: &mut [u64], src: &[u64], q: u64, ql: u64, ql_mod: u64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::centered_reduce(out, src, q, ql, ql_mod)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, src, q, ql, ql_mod);
+        false
+    }
+}
+
+/// `x = (x - y) * w mod t` with AVX-512 IFMA; inputs reduced modulo `t`. Returns `false` (doing
+/// nothing) when no IFMA kernel applies.
+#[inline]
+pub(crate) fn sub_mul_shoup(x: &mut [u64], y: &[u64], w: u64, t: u64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::sub_mul_shoup(x, y, w, t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, y, w, t);
+        false
+    }
+}
+
+/// `out = out - round(sum_j ys_j * inv_j) * pq mod t` (the exact-conversion correction of a
+/// centered ModDown), with AVX-512 IFMA/DQ. Requires 1..=3 terms, `ys < 2^52`, `pq < t`.
+/// Returns `false` (doing nothing) when no kernel applies.
+#[inline]
+pub(crate) fn sub_rounded_multiple(
+    out: &mut [u64],
+    ys: &[Vec<u64>],
+    inv: &[f64],
+    pq: u64,
+    t: u64,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::sub_rounded_multiple(out, ys, inv, pq, t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, ys, inv, pq, t);
+        false
+    }
+}
+
+/// `out = y * w mod t` (if `first`) or `out = out + y * w mod t`, vectorized with AVX-512 IFMA.
+/// Requires `y < 2^52`, `w < t` and `out < t`. Returns `false` (doing nothing) when no IFMA
+/// kernel applies (other CPU, other target, or `t >= 2^50`).
+#[inline]
+pub(crate) fn mul_shoup_acc(out: &mut [u64], y: &[u64], w: u64, t: u64, first: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::mul_shoup_acc(out, y, w, t, first)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, y, w, t, first);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ifma_kernel_matches_scalar() {
+        let t = (1u64 << 49) + 0x1_0001; // any modulus below 2^50 (primality not needed)
+        let y: Vec<u64> = (0..37u64)
+            .map(|i| (i * 0x1234_5678_9abc) % (1 << 50))
+            .collect();
+        let w = 0x3_1415_9265_3589 % t;
+        let mut out: Vec<u64> = (0..37u64).map(|i| (i * 977) % t).collect();
+        let before = out.clone();
+        if super::mul_shoup_acc(&mut out, &y, w, t, false) {
+            for i in 0..y.len() {
+                let want = (before[i] as u128 + y[i] as u128 * w as u128) % t as u128;
+                assert_eq!(out[i] as u128, want, "lane {i}");
+            }
+        }
+        let mut x = before.clone();
+        if super::sub_mul_shoup(&mut x, &out, w, t) {
+            for i in 0..x.len() {
+                let d = (before[i] as u128 + t as u128 - out[i] as u128) % t as u128;
+                assert_eq!(x[i] as u128, d * w as u128 % t as u128, "lane {i}");
+            }
+        }
+        // Centered correction: out - round(sum y_j / p_j) * pq mod t.
+        let ps = [(1u64 << 49) - 111, (1u64 << 48) + 77];
+        let ys: Vec<Vec<u64>> = ps
+            .iter()
+            .map(|&p| (0..37u64).map(|i| (i * 0x9e37_79b9_7f4a) % p).collect())
+            .collect();
+        let inv: Vec<f64> = ps.iter().map(|&p| 1.0 / p as f64).collect();
+        let pq = 0x2_7182_8182_8459 % t;
+        let mut o = before.clone();
+        if super::sub_rounded_multiple(&mut o, &ys, &inv, pq, t) {
+            for i in 0..o.len() {
+                let v: f64 = ys.iter().zip(&inv).map(|(y, iv)| y[i] as f64 * iv).sum();
+                let c = v.round() as u128 * pq as u128 % t as u128;
+                let want = (before[i] as u128 + t as u128 - c) % t as u128;
+                assert_eq!(o[i] as u128, want, "lane {i}");
+            }
+        }
+        let (q, ql) = ((1u64 << 40) + 0x3_0001, (1u64 << 40) + 0x7_0001);
+        let src: Vec<u64> = (0..37u64).map(|i| (i * 0x0001_2345_6789) % ql).collect();
+        let mut c = vec![0u64; 37];
+        if super::centered_reduce(&mut c, &src, q, ql, ql % q) {
+            for i in 0..37 {
+                let v = if src[i] > ql / 2 {
+                    src[i] as i128 - ql as i128
+                } else {
+                    src[i] as i128
+                };
+                assert_eq!(c[i] as i128, v.rem_euclid(q as i128), "lane {i}");
+            }
+        }
+        let mut out2 = vec![0u64; 37];
+        if super::mul_shoup_acc(&mut out2, &y, w, t, true) {
+            for i in 0..y.len() {
+                assert_eq!(out2[i] as u128, y[i] as u128 * w as u128 % t as u128);
+            }
+        }
+    }
+}
