@@ -20,6 +20,8 @@
 
 use std::collections::BTreeSet;
 
+use rayon::prelude::*;
+
 use crate::backend::{SlotBackend, scales_match};
 use crate::error::{Error, Result};
 use crate::layout::{ColumnOrder, Layout, PackedMatrix, check_slots};
@@ -342,7 +344,10 @@ impl<P> QkScores<P> {
         b: &B,
         q: &PackedMatrix<B::Ct>,
         k: &PackedMatrix<B::Ct>,
-    ) -> Result<PackedMatrix<B::Ct>> {
+    ) -> Result<PackedMatrix<B::Ct>>
+    where
+        P: Send + Sync,
+    {
         let qs = check_input(b, q, &self.layout, self.level, self.scale_q, "Q layout")?;
         let ks = check_input(b, k, &self.layout, self.level, self.scale_k, "K layout")?;
         let np = self.layout.row_stride();
@@ -351,11 +356,11 @@ impl<P> QkScores<P> {
             self.layout.head_groups().unwrap_or((1, 1)).1,
         );
         let kb = ks
-            .iter()
+            .par_iter()
             .map(|c| b.rotate_hoisted(c, &self.baby.steps))
             .collect::<Result<Vec<_>>>()?;
         let qg = qs
-            .iter()
+            .par_iter()
             .map(|c| b.rotate_hoisted(c, &self.giant))
             .collect::<Result<Vec<_>>>()?;
         // Σ_a rot(Q_a, -g·b) ⊙ K_a rotated by baby index `idx` (degree 2).
@@ -367,46 +372,50 @@ impl<P> QkScores<P> {
             }
             Ok(acc)
         };
-        let mut out = Vec::with_capacity(self.groups.len());
-        for (bo, per_m) in self.groups.iter().enumerate() {
-            let mut lo = Vec::with_capacity(g);
-            let mut hi = Vec::with_capacity(g);
-            for kk in 0..g {
-                let r = bo * g + kk;
-                if r >= np {
-                    break;
-                }
-                lo.push(product(bo, kk)?);
-                hi.push(match self.baby.hi_idx[kk] {
-                    Some(idx) if wraps(n, np, r) => Some(product(bo, idx)?),
-                    _ => None,
-                });
-            }
-            let mut acc: Option<B::Ct> = None;
-            for (step, terms) in per_m {
-                let mut x: Option<B::Ct> = None;
-                for t in terms {
-                    let mut parts = vec![(&lo[t.k], &t.lo)];
-                    if let (Some(h), Some(p)) = (&hi[t.k], &t.hi) {
-                        parts.push((h, p));
+        let out = self
+            .groups
+            .par_iter()
+            .enumerate()
+            .map(|(bo, per_m)| {
+                let mut lo = Vec::with_capacity(g);
+                let mut hi = Vec::with_capacity(g);
+                for kk in 0..g {
+                    let r = bo * g + kk;
+                    if r >= np {
+                        break;
                     }
-                    for (ct, pt) in parts {
-                        match x.as_mut() {
-                            None => x = Some(b.mul_plain(ct, pt)?),
-                            Some(s) => b.mul_plain_add(s, ct, pt)?,
+                    lo.push(product(bo, kk)?);
+                    hi.push(match self.baby.hi_idx[kk] {
+                        Some(idx) if wraps(n, np, r) => Some(product(bo, idx)?),
+                        _ => None,
+                    });
+                }
+                let mut acc: Option<B::Ct> = None;
+                for (step, terms) in per_m {
+                    let mut x: Option<B::Ct> = None;
+                    for t in terms {
+                        let mut parts = vec![(&lo[t.k], &t.lo)];
+                        if let (Some(h), Some(p)) = (&hi[t.k], &t.hi) {
+                            parts.push((h, p));
+                        }
+                        for (ct, pt) in parts {
+                            match x.as_mut() {
+                                None => x = Some(b.mul_plain(ct, pt)?),
+                                Some(s) => b.mul_plain_add(s, ct, pt)?,
+                            }
                         }
                     }
+                    let Some(x) = x else { continue };
+                    let x = b.rescale(&b.rescale(&b.relinearize(&x)?)?)?;
+                    let x = b.rotate(&x, *step)?;
+                    match acc.as_mut() {
+                        None => acc = Some(x),
+                        Some(a) => b.add_assign(a, &x)?,
+                    }
                 }
-                let Some(x) = x else { continue };
-                let x = b.rescale(&b.rescale(&b.relinearize(&x)?)?)?;
-                let x = b.rotate(&x, *step)?;
-                match acc.as_mut() {
-                    None => acc = Some(x),
-                    Some(a) => b.add_assign(a, &x)?,
-                }
-            }
-            out.push(acc.ok_or_else(|| Error::Unsupported("internal: empty scores".into()))?);
-        }
+                acc.ok_or_else(|| Error::Unsupported("internal: empty scores".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
         PackedMatrix::new(self.out_layout.clone(), out)
     }
 }
@@ -559,71 +568,88 @@ impl<P> AttentionValues<P> {
         b: &B,
         s: &PackedMatrix<B::Ct>,
         v: &PackedMatrix<B::Ct>,
-    ) -> Result<PackedMatrix<B::Ct>> {
+    ) -> Result<PackedMatrix<B::Ct>>
+    where
+        P: Send + Sync,
+    {
         let l1 = self.l1();
         let ss = check_input(b, s, &self.s_layout, self.level_s, self.scale_s, "scores")?;
         let vs = check_input(b, v, &self.v_layout, self.level_v, self.scale_v, "V layout")?;
         let (n, np) = (self.v_layout.rows(), self.v_layout.row_stride());
         let (_, g) = self.v_layout.head_groups().unwrap_or((1, 1));
-        let mut srot = Vec::with_capacity(ss.len());
-        for (ct, steps) in ss.iter().zip(&self.s_steps) {
-            srot.push(b.rotate_hoisted(&b.drop_to_level(ct, l1 + 1)?, steps)?);
-        }
+        let srot = ss
+            .par_iter()
+            .zip(&self.s_steps)
+            .map(|(ct, steps)| b.rotate_hoisted(&b.drop_to_level(ct, l1 + 1)?, steps))
+            .collect::<Result<Vec<_>>>()?;
         let vb = vs
-            .iter()
+            .par_iter()
             .map(|c| b.rotate_hoisted(&b.drop_to_level(c, l1)?, &self.baby.steps))
             .collect::<Result<Vec<_>>>()?;
+        // Partial outputs of every scores ciphertext (in parallel), then their sum.
+        let partials = self
+            .back_steps()
+            .into_par_iter()
+            .enumerate()
+            .map(|(bo, back)| -> Result<Vec<Option<B::Ct>>> {
+                // Broadcast diagonals for the shifts of this scores ciphertext (rescaled to l1).
+                let mut diags = Vec::with_capacity(g);
+                for kk in 0..g {
+                    let r = bo * g + kk;
+                    if r >= np {
+                        break;
+                    }
+                    let mut dlo: Option<B::Ct> = None;
+                    let mut dhi: Option<B::Ct> = None;
+                    for (idx, lo, hi) in &self.masks[r] {
+                        let src = &srot[bo][*idx];
+                        for (d, p) in [(&mut dlo, Some(lo)), (&mut dhi, hi.as_ref())] {
+                            let Some(p) = p else { continue };
+                            match d.as_mut() {
+                                None => *d = Some(b.mul_plain(src, p)?),
+                                Some(x) => b.mul_plain_add(x, src, p)?,
+                            }
+                        }
+                    }
+                    let dlo = dlo.map(|d| b.rescale(&d)).transpose()?;
+                    let dhi = match (dhi, self.baby.hi_idx[kk]) {
+                        (Some(d), Some(idx)) if wraps(n, np, r) => Some((b.rescale(&d)?, idx)),
+                        _ => None,
+                    };
+                    diags.push((kk, dlo, dhi));
+                }
+                vb.iter()
+                    .map(|va| {
+                        let mut part: Option<B::Ct> = None;
+                        for (kk, dlo, dhi) in &diags {
+                            let mut terms = Vec::with_capacity(2);
+                            if let Some(d) = dlo {
+                                terms.push((d, &va[*kk]));
+                            }
+                            if let Some((d, idx)) = dhi {
+                                terms.push((d, &va[*idx]));
+                            }
+                            for (d, vr) in terms {
+                                let p = b.mul(d, vr)?;
+                                match part.as_mut() {
+                                    None => part = Some(p),
+                                    Some(x) => b.add_assign(x, &p)?,
+                                }
+                            }
+                        }
+                        part.map(|p| b.rotate(&b.rescale(&b.relinearize(&p)?)?, back))
+                            .transpose()
+                    })
+                    .collect()
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut acc: Vec<Option<B::Ct>> = vec![None; vs.len()];
-        for (bo, back) in self.back_steps().into_iter().enumerate() {
-            // Broadcast diagonals for the shifts of this scores ciphertext (rescaled to l1).
-            let mut diags = Vec::with_capacity(g);
-            for kk in 0..g {
-                let r = bo * g + kk;
-                if r >= np {
-                    break;
-                }
-                let mut dlo: Option<B::Ct> = None;
-                let mut dhi: Option<B::Ct> = None;
-                for (idx, lo, hi) in &self.masks[r] {
-                    let src = &srot[bo][*idx];
-                    for (d, p) in [(&mut dlo, Some(lo)), (&mut dhi, hi.as_ref())] {
-                        let Some(p) = p else { continue };
-                        match d.as_mut() {
-                            None => *d = Some(b.mul_plain(src, p)?),
-                            Some(x) => b.mul_plain_add(x, src, p)?,
-                        }
-                    }
-                }
-                let dlo = dlo.map(|d| b.rescale(&d)).transpose()?;
-                let dhi = match (dhi, self.baby.hi_idx[kk]) {
-                    (Some(d), Some(idx)) if wraps(n, np, r) => Some((b.rescale(&d)?, idx)),
-                    _ => None,
-                };
-                diags.push((kk, dlo, dhi));
-            }
-            for (a, va) in vb.iter().enumerate() {
-                let mut part: Option<B::Ct> = None;
-                for (kk, dlo, dhi) in &diags {
-                    let mut terms = Vec::with_capacity(2);
-                    if let Some(d) = dlo {
-                        terms.push((d, &va[*kk]));
-                    }
-                    if let Some((d, idx)) = dhi {
-                        terms.push((d, &va[*idx]));
-                    }
-                    for (d, vr) in terms {
-                        let p = b.mul(d, vr)?;
-                        match part.as_mut() {
-                            None => part = Some(p),
-                            Some(x) => b.add_assign(x, &p)?,
-                        }
-                    }
-                }
-                let Some(part) = part else { continue };
-                let part = b.rotate(&b.rescale(&b.relinearize(&part)?)?, back)?;
-                match acc[a].as_mut() {
-                    None => acc[a] = Some(part),
-                    Some(x) => b.add_assign(x, &part)?,
+        for part in partials {
+            for (slot, p) in acc.iter_mut().zip(part) {
+                let Some(p) = p else { continue };
+                match slot.as_mut() {
+                    None => *slot = Some(p),
+                    Some(x) => b.add_assign(x, &p)?,
                 }
             }
         }

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{SlotBackend, scales_match};
@@ -309,7 +310,10 @@ impl<P> EncodedLinear<P> {
         &self,
         b: &B,
         x: &PackedMatrix<B::Ct>,
-    ) -> Result<PackedMatrix<B::Ct>> {
+    ) -> Result<PackedMatrix<B::Ct>>
+    where
+        P: Send + Sync,
+    {
         if x.layout() != &self.in_layout {
             return Err(Error::LayoutMismatch {
                 what: "linear input layout",
@@ -317,59 +321,66 @@ impl<P> EncodedLinear<P> {
         }
         let stride = self.in_layout.row_stride();
         let slots = b.slots();
-        let mut rotated: Vec<Vec<B::Ct>> = Vec::with_capacity(x.cts().len());
-        for (a, ct) in x.cts().iter().enumerate() {
-            if b.level(ct) < self.level {
-                return Err(Error::NotEnoughLevels {
-                    needed: self.level,
-                    available: b.level(ct),
-                });
-            }
-            if !scales_match(b.scale(ct), self.scale) {
-                return Err(Error::ScaleMismatch {
-                    left: b.scale(ct),
-                    right: self.scale,
-                });
-            }
-            let ct = b.drop_to_level(ct, self.level)?;
-            let steps: Vec<usize> = self.baby[a].iter().map(|k| (k * stride) % slots).collect();
-            rotated.push(match self.method {
-                LinearMethod::Bsgs => b.rotate_hoisted(&ct, &steps)?,
-                LinearMethod::Diagonal => steps
-                    .iter()
-                    .map(|&s| b.rotate(&ct, s))
-                    .collect::<Result<Vec<_>>>()?,
-            });
-        }
-        let mut out = Vec::with_capacity(self.blocks.len());
-        for (bo, groups) in self.blocks.iter().enumerate() {
-            let mut acc: Option<B::Ct> = None;
-            for (k2, terms) in groups {
-                let mut inner: Option<B::Ct> = None;
-                for t in terms {
-                    let src = &rotated[t.input][t.baby];
-                    match inner.as_mut() {
-                        None => inner = Some(b.mul_plain(src, &t.pt)?),
-                        Some(s) => b.mul_plain_add(s, src, &t.pt)?,
+        // Baby rotations of every input ciphertext (in parallel over inputs).
+        let rotated: Vec<Vec<B::Ct>> = x
+            .cts()
+            .par_iter()
+            .enumerate()
+            .map(|(a, ct)| {
+                if b.level(ct) < self.level {
+                    return Err(Error::NotEnoughLevels {
+                        needed: self.level,
+                        available: b.level(ct),
+                    });
+                }
+                if !scales_match(b.scale(ct), self.scale) {
+                    return Err(Error::ScaleMismatch {
+                        left: b.scale(ct),
+                        right: self.scale,
+                    });
+                }
+                let ct = b.drop_to_level(ct, self.level)?;
+                let steps: Vec<usize> = self.baby[a].iter().map(|k| (k * stride) % slots).collect();
+                match self.method {
+                    LinearMethod::Bsgs => b.rotate_hoisted(&ct, &steps),
+                    LinearMethod::Diagonal => steps.iter().map(|&s| b.rotate(&ct, s)).collect(),
+                }
+            })
+            .collect::<Result<_>>()?;
+        // Output ciphertexts (in parallel).
+        let out = self
+            .blocks
+            .par_iter()
+            .enumerate()
+            .map(|(bo, groups)| {
+                let mut acc: Option<B::Ct> = None;
+                for (k2, terms) in groups {
+                    let mut inner: Option<B::Ct> = None;
+                    for t in terms {
+                        let src = &rotated[t.input][t.baby];
+                        match inner.as_mut() {
+                            None => inner = Some(b.mul_plain(src, &t.pt)?),
+                            Some(s) => b.mul_plain_add(s, src, &t.pt)?,
+                        }
+                    }
+                    let Some(mut inner) = inner else { continue };
+                    let s = (self.giant * k2 * stride) % slots;
+                    if s != 0 {
+                        inner = b.rotate(&inner, s)?;
+                    }
+                    match acc.as_mut() {
+                        None => acc = Some(inner),
+                        Some(a) => b.add_assign(a, &inner)?,
                     }
                 }
-                let Some(mut inner) = inner else { continue };
-                let s = (self.giant * k2 * stride) % slots;
-                if s != 0 {
-                    inner = b.rotate(&inner, s)?;
+                let acc = acc.ok_or_else(|| Error::Unsupported("internal: empty output".into()))?;
+                let mut y = b.rescale(&acc)?;
+                if let Some(bias) = &self.bias {
+                    y = b.add_plain(&y, &bias[bo])?;
                 }
-                match acc.as_mut() {
-                    None => acc = Some(inner),
-                    Some(a) => b.add_assign(a, &inner)?,
-                }
-            }
-            let acc = acc.ok_or_else(|| Error::Unsupported("internal: empty output".into()))?;
-            let mut y = b.rescale(&acc)?;
-            if let Some(bias) = &self.bias {
-                y = b.add_plain(&y, &bias[bo])?;
-            }
-            out.push(y);
-        }
+                Ok(y)
+            })
+            .collect::<Result<Vec<_>>>()?;
         PackedMatrix::new(self.out_layout.clone(), out)
     }
 }
