@@ -68,6 +68,28 @@ pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(centred.broadcast_div(&(var + eps)?.sqrt()?)?)
 }
 
+/// Least-squares fit of THE-X's affine LayerNorm replacement: per channel `c`, the `gamma'_c`,
+/// `beta'_c` minimising `sum (gamma'_c * x_c + beta'_c - y_c)^2` over all rows, where `inputs`
+/// are what the original LayerNorm received and `targets` what it returned (both `[.., h]`,
+/// e.g. from [`crate::LayerTrace`]). This is the closed-form optimum of the per-LN MSE
+/// distillation for fixed inputs; returns `(gamma', beta')`, each `[h]`.
+pub fn fit_affine(inputs: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let h = inputs.dim(D::Minus1)?;
+    let x = inputs.reshape(((), h))?.to_dtype(candle_core::DType::F64)?;
+    let y = targets
+        .reshape(((), h))?
+        .to_dtype(candle_core::DType::F64)?;
+    let xc = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    let yc = y.broadcast_sub(&y.mean_keepdim(0)?)?;
+    let cov = (&xc * &yc)?.mean(0)?;
+    // A channel with constant input gets gamma' = 0 and beta' = mean target.
+    let var = xc.sqr()?.mean(0)?.clamp(1e-30, f64::MAX)?;
+    let gamma = (cov / var)?;
+    let beta = (y.mean(0)? - (&gamma * x.mean(0)?)?)?;
+    let f32 = candle_core::DType::F32;
+    Ok((gamma.to_dtype(f32)?, beta.to_dtype(f32)?))
+}
+
 /// Applies an activation element-wise.
 pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
@@ -157,4 +179,61 @@ pub fn thex_softmax(
     let reciprocal = t.forward(&sum)?;
     let out = e.broadcast_mul(&reciprocal)?;
     Ok((out, ThexSoftmaxTrace { e, sum, reciprocal }))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn fit_affine_recovers_an_affine_map_and_beats_the_original_gamma_beta_on_layer_norm() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 1.0, (64, 5, 6), &dev).unwrap() * 3.0).unwrap();
+        let g = Tensor::new(&[1.0f32, -2.0, 0.5, 3.0, 0.0, 1.5], &dev).unwrap();
+        let b = Tensor::new(&[0.1f32, 0.2, -0.3, 0.0, 4.0, -1.0], &dev).unwrap();
+        let y = x.broadcast_mul(&g).unwrap().broadcast_add(&b).unwrap();
+        let (g2, b2) = fit_affine(&x, &y).unwrap();
+        let err = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(err(&g, &g2) < 1e-4 && err(&b, &b2) < 1e-4);
+
+        // Distilling a real LayerNorm: the fit has lower MSE than reusing gamma, beta.
+        let ln = Norm {
+            weight: g.clone(),
+            bias: b.clone(),
+            kind: LayerNormKind::Exact,
+            eps: 1e-12,
+        };
+        let x = Tensor::randn(2f32, 0.5, (256, 6), &dev).unwrap();
+        let y = ln.forward(&x).unwrap();
+        let (g2, b2) = fit_affine(&x, &y).unwrap();
+        let mse = |gg: &Tensor, bb: &Tensor| {
+            let p = x.broadcast_mul(gg).unwrap().broadcast_add(bb).unwrap();
+            (p - &y)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(
+            mse(&g2, &b2) < mse(&g, &b),
+            "{} vs {}",
+            mse(&g2, &b2),
+            mse(&g, &b)
+        );
+        assert_eq!(g2.dtype(), DType::F32);
+    }
 }

@@ -24,7 +24,7 @@ pub use batch::{Batch, length_buckets};
 pub use bert::{LayerTrace, ModelOutput, ThexModel, Trace};
 pub use config::{Activation, BertConfig};
 pub use error::{ModelError, Result};
-pub use layers::{ReciprocalMlp, exact_softmax, thex_softmax};
+pub use layers::{ReciprocalMlp, ThexSoftmaxTrace, exact_softmax, fit_affine, thex_softmax};
 pub use model_dir::{LoadOptions, LoadedModel, SaveOptions, load_model_dir, save_model_dir};
 pub use pipeline::{EncodeOutput, Prediction, encode, predict};
 pub use tokenizer::BertTokenizer;
