@@ -226,22 +226,65 @@ pub(crate) fn key_switch(
     let nq = c.nq;
     let n = ctx.n;
     let coeff = c.clone().into_coeff_ctx(ctx);
+    let exts: Vec<DigitExt<'_>> = (0..digit_count(ctx, nq))
+        .map(|j| DigitExt::new(ctx, j, c, &coeff))
+        .collect();
     let mut acc0 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     let mut acc1 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
-    for j in 0..digit_count(ctx, nq) {
-        let ext = DigitExt::new(ctx, j, c, &coeff);
-        let (b, a) = (&key.b[j], &key.a[j]);
-        for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
-            with_scratch(n, |buf| {
-                ext.limb(ctx, k, buf);
-                let kl = key_limb(ctx, nq, k);
-                let plan = &ctx.plans[ctx.modulus_index(nq, k)];
-                plan.mul_accumulate(x0, buf, b.limb(kl));
-                plan.mul_accumulate(x1, buf, a.limb(kl));
-            })
-        });
-    }
+    // Limb-outer: each target limb extends every digit and accumulates lazily.
+    for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
+        inner_product_limb(ctx, nq, k, key, exts.len(), x0, x1, |j, buf| {
+            exts[j].limb(ctx, k, buf)
+        })
+    });
     (mod_down(ctx, acc0), mod_down(ctx, acc1))
+}
+
+/// `(x0, x1) = sum_j digit_j * (b_j, a_j)` on limb `k`, where `fill(j, buf)` writes limb `k` of
+/// the j-th extended digit. Uses lazy IFMA accumulation when available.
+#[allow(clippy::too_many_arguments)]
+fn inner_product_limb(
+    ctx: &Context,
+    nq: usize,
+    k: usize,
+    key: &KeySwitchKey,
+    digits: usize,
+    x0: &mut [u64],
+    x1: &mut [u64],
+    fill: impl Fn(usize, &mut [u64]),
+) {
+    let n = ctx.n;
+    let kl = key_limb(ctx, nq, k);
+    let mi = ctx.modulus_index(nq, k);
+    let t = ctx.moduli[mi].value();
+    let lazy = t < 1 << 50 && digits <= 15;
+    with_scratch(5 * n, |s| {
+        let (buf, acc) = s.split_at_mut(n);
+        acc.fill(0);
+        let (lo0, rest) = acc.split_at_mut(n);
+        let (hi0, rest) = rest.split_at_mut(n);
+        let (lo1, hi1) = rest.split_at_mut(n);
+        let plan = &ctx.plans[mi];
+        let mut used_lazy = lazy;
+        for j in 0..digits {
+            fill(j, buf);
+            let (b, a) = (key.b[j].limb(kl), key.a[j].limb(kl));
+            if used_lazy
+                && crate::simd::mul_acc_lazy(lo0, hi0, buf, b)
+                && crate::simd::mul_acc_lazy(lo1, hi1, buf, a)
+            {
+                continue;
+            }
+            used_lazy = false;
+            plan.mul_accumulate(x0, buf, b);
+            plan.mul_accumulate(x1, buf, a);
+        }
+        if used_lazy {
+            let ok = crate::simd::reduce_lazy(x0, lo0, hi0, t)
+                && crate::simd::reduce_lazy(x1, lo1, hi1, t);
+            debug_assert!(ok, "IFMA available for accumulation but not for reduction");
+        }
+    })
 }
 
 /// The extended digits of `c` (NTT form over Q_l * P), shared by hoisted rotations.
@@ -270,14 +313,8 @@ pub(crate) fn key_switch_decomposed(
     let mut acc0 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     let mut acc1 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
-        with_scratch(n, |buf| {
-            let kl = key_limb(ctx, nq, k);
-            let plan = &ctx.plans[ctx.modulus_index(nq, k)];
-            for (j, d) in digits.iter().enumerate() {
-                permute(d.limb(k), perm, buf);
-                plan.mul_accumulate(x0, buf, key.b[j].limb(kl));
-                plan.mul_accumulate(x1, buf, key.a[j].limb(kl));
-            }
+        inner_product_limb(ctx, nq, k, key, digits.len(), x0, x1, |j, buf| {
+            permute(digits[j].limb(k), perm, buf)
         })
     });
     (mod_down(ctx, acc0), mod_down(ctx, acc1))

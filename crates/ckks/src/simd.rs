@@ -78,6 +78,84 @@ mod imp {
         );
         true
     }
+    /// See [`super::mul_acc_lazy`].
+    pub fn mul_acc_lazy(lo: &mut [u64], hi: &mut [u64], a: &[u64], b: &[u64]) -> bool {
+        let Some(simd) = Ifma::try_new() else {
+            return false;
+        };
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                let m = simd.avx512ifma;
+                let (lo8, _) = pulp::as_arrays_mut::<8, u64>(lo);
+                let (hi8, _) = pulp::as_arrays_mut::<8, u64>(hi);
+                let (a8, _) = pulp::as_arrays::<8, u64>(a);
+                let (b8, _) = pulp::as_arrays::<8, u64>(b);
+                for (((l, h), x), y) in lo8.iter_mut().zip(hi8).zip(a8).zip(b8) {
+                    let (x, y): (__m512i, __m512i) = (pulp::cast(*x), pulp::cast(*y));
+                    *l = pulp::cast(m._mm512_madd52lo_epu64(pulp::cast(*l), x, y));
+                    *h = pulp::cast(m._mm512_madd52hi_epu64(pulp::cast(*h), x, y));
+                }
+            },
+        );
+        true
+    }
+
+    /// See [`super::reduce_lazy`].
+    pub fn reduce_lazy(out: &mut [u64], lo: &[u64], hi: &[u64], t: u64) -> bool {
+        if t >= 1 << 50 {
+            return false;
+        }
+        let Some(simd) = Ifma::try_new() else {
+            return false;
+        };
+        let c = ((1u128 << 52) % t as u128) as u64;
+        let c52 = (((c as u128) << 52) / t as u128) as u64;
+        let one52 = ((1u128 << 52) / t as u128) as u64;
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                let f = simd.avx512f;
+                let m = simd.avx512ifma;
+                let zero = f._mm512_set1_epi64(0);
+                let vt = f._mm512_set1_epi64(t as i64);
+                let vc = f._mm512_set1_epi64(c as i64);
+                let vc52 = f._mm512_set1_epi64(c52 as i64);
+                let vone52 = f._mm512_set1_epi64(one52 as i64);
+                let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+                let (o8, _) = pulp::as_arrays_mut::<8, u64>(out);
+                let (lo8, _) = pulp::as_arrays::<8, u64>(lo);
+                let (hi8, _) = pulp::as_arrays::<8, u64>(hi);
+                for ((o, l), h) in o8.iter_mut().zip(lo8).zip(hi8) {
+                    let (l, h): (__m512i, __m512i) = (pulp::cast(*l), pulp::cast(*h));
+                    // value = H 2^52 + L with H = hi + (lo >> 52) < 2^52 and L < 2^52.
+                    let big_h = f._mm512_add_epi64(h, f._mm512_srli_epi64::<52>(l));
+                    let big_l = f._mm512_and_si512(l, mask);
+                    // H * (2^52 mod t) mod t (Shoup).
+                    let q = m._mm512_madd52hi_epu64(zero, big_h, vc52);
+                    let r1 = f._mm512_and_si512(
+                        f._mm512_sub_epi64(
+                            m._mm512_madd52lo_epu64(zero, big_h, vc),
+                            m._mm512_madd52lo_epu64(zero, q, vt),
+                        ),
+                        mask,
+                    );
+                    let r1 = f._mm512_min_epu64(r1, f._mm512_sub_epi64(r1, vt));
+                    // L mod t (Shoup with w = 1).
+                    let q = m._mm512_madd52hi_epu64(zero, big_l, vone52);
+                    let r2 = f._mm512_and_si512(
+                        f._mm512_sub_epi64(big_l, m._mm512_madd52lo_epu64(zero, q, vt)),
+                        mask,
+                    );
+                    let r2 = f._mm512_min_epu64(r2, f._mm512_sub_epi64(r2, vt));
+                    let s = f._mm512_add_epi64(r1, r2);
+                    *o = pulp::cast(f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt)));
+                }
+            },
+        );
+        true
+    }
+
     /// See [`super::centered_reduce`].
     pub fn centered_reduce(out: &mut [u64], src: &[u64], q: u64, ql: u64, ql_mod: u64) -> bool {
         if ql >= 2 * q || q >= 1 << 62 {
@@ -212,6 +290,37 @@ mod imp {
     }
 }
 
+/// `lo += lo52(a * b)`, `hi += hi52(a * b)` lane-wise (lazy inner products of values below 2^50;
+/// up to 15 terms before [`reduce_lazy`]). Lengths must be multiples of 8. Returns `false` (doing
+/// nothing) without IFMA.
+#[inline]
+pub(crate) fn mul_acc_lazy(lo: &mut [u64], hi: &mut [u64], a: &[u64], b: &[u64]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::mul_acc_lazy(lo, hi, a, b)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (lo, hi, a, b);
+        false
+    }
+}
+
+/// `out = (hi * 2^52 + lo) mod t` for accumulators from [`mul_acc_lazy`]. Returns `false`
+/// (doing nothing) without IFMA or for `t >= 2^50`.
+#[inline]
+pub(crate) fn reduce_lazy(out: &mut [u64], lo: &[u64], hi: &[u64], t: u64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::reduce_lazy(out, lo, hi, t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, lo, hi, t);
+        false
+    }
+}
+
 /// `out = [src centered modulo ql] mod q`: each `src < ql` is lifted to `(-ql/2, ql/2]` and
 /// reduced modulo `q` (`ql_mod = ql mod q`). Requires `ql < 2q`. Returns `false` when no kernel
 /// applies.
@@ -333,6 +442,28 @@ mod tests {
                     src[i] as i128
                 };
                 assert_eq!(c[i] as i128, v.rem_euclid(q as i128), "lane {i}");
+            }
+        }
+        // Lazy inner product of 15 terms.
+        let t = (1u64 << 50) - 27;
+        let xs: Vec<Vec<u64>> = (0..15u64)
+            .map(|j| {
+                (0..32u64)
+                    .map(|i| (i * 0x3_1415_9265 + j * 0x2_7182_8182) % t)
+                    .collect()
+            })
+            .collect();
+        let (mut lo, mut hi, mut red) = (vec![0u64; 32], vec![0u64; 32], vec![0u64; 32]);
+        let mut ok = true;
+        for j in 0..15 {
+            ok &= super::mul_acc_lazy(&mut lo, &mut hi, &xs[j], &xs[(j + 1) % 15]);
+        }
+        if ok && super::reduce_lazy(&mut red, &lo, &hi, t) {
+            for i in 0..32 {
+                let want = (0..15).fold(0u128, |acc, j| {
+                    (acc + xs[j][i] as u128 * xs[(j + 1) % 15][i] as u128) % t as u128
+                });
+                assert_eq!(red[i] as u128, want, "lane {i}");
             }
         }
         let mut out2 = vec![0u64; 37];
