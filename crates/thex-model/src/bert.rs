@@ -20,6 +20,17 @@ pub const CLASSIFIER_PREFIX: &str = "classifier";
 /// Tensor-name prefix of the (client-side) embeddings.
 pub const EMBEDDINGS_PREFIX: &str = "embeddings";
 
+/// Tensor-name prefixes of the two LayerNorms of encoder layer `layer`: the attention one
+/// (input/output in [`LayerTrace::attention_norm_input`] / [`LayerTrace::attention_output`])
+/// and the output one ([`LayerTrace::output_norm_input`] / [`LayerTrace::output`]). Each holds
+/// `weight` and `bias` (gamma/beta, or gamma'/beta' when affine).
+pub fn layer_norm_prefixes(layer: usize) -> [String; 2] {
+    [
+        format!("encoder.layer.{layer}.attention.output.LayerNorm"),
+        format!("encoder.layer.{layer}.output.LayerNorm"),
+    ]
+}
+
 /// Token, position and token-type embeddings followed by the (always exact) LayerNorm: the
 /// part the client computes in plaintext.
 #[derive(Debug, Clone)]
@@ -196,7 +207,7 @@ impl EncoderLayer {
         })
     }
 
-    /// The two LayerNorms (attention, output) of this layer.
+    /// The two LayerNorms (attention, output) of this layer; names in [`layer_norm_prefixes`].
     pub fn norms(&self) -> [&Norm; 2] {
         [&self.attn_norm, &self.out_norm]
     }

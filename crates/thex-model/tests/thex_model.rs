@@ -632,6 +632,14 @@ fn trace_is_consistent_with_the_forward_pass() {
     );
     // Affine LN: gamma' * x + beta'.
     let [ln, _] = model.layers()[0].norms();
+    let [name, _] = thex_model::layer_norm_prefixes(0);
+    let by_name = &model
+        .params()
+        .iter()
+        .find(|(n, _)| *n == format!("{name}.weight"))
+        .unwrap()
+        .1;
+    eq(ln.weight(), by_name);
     eq(
         &l0.attention_output,
         &l0.attention_norm_input
