@@ -1,4 +1,4 @@
-//! `cargo run --release -p ckks-bench --example compare -- [THREADS] [--json] [--ours-only] [--repeats R]`
+//! `cargo run --release -p ckks-bench --example compare -- [THREADS] [--json] [--ours-only] [--repeats R] [--rounds K] [--log-n 14|15]`
 fn main() {
     let mut opts = ckks_bench::CompareOptions::default();
     let mut json = false;
@@ -8,6 +8,7 @@ fn main() {
             "--json" => json = true,
             "--ours-only" => opts.ours_only = true,
             "--repeats" => opts.repeats = args.next().and_then(|v| v.parse().ok()).unwrap_or(10),
+            "--rounds" => opts.rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(3),
             "--log-n" => opts.log_n = vec![args.next().and_then(|v| v.parse().ok()).unwrap_or(14)],
             t => opts.threads = t.parse().unwrap_or(1),
         }

@@ -65,6 +65,9 @@ pub struct CompareOptions {
     pub script: PathBuf,
     /// Skip TenSEAL (report only our numbers).
     pub ours_only: bool,
+    /// Interleaved rounds (ours, then TenSEAL); medians and ratios are taken over rounds, so a
+    /// load change on a shared machine affects both sides of a ratio alike.
+    pub rounds: usize,
 }
 
 impl Default for CompareOptions {
@@ -77,6 +80,7 @@ impl Default for CompareOptions {
             script: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../../scripts/tenseal_bench.py"),
             ours_only: false,
+            rounds: 3,
         }
     }
 }
@@ -136,19 +140,31 @@ fn median_ms(
     Ok(t[t.len() / 2])
 }
 
-/// Runs our `mul_relin_rescale` and `rotate` (by one) at one ring degree.
-pub fn run_ours(log_n: u32, threads: usize, repeats: usize) -> Result<Vec<OpRow>, BenchError> {
-    let preset = match log_n {
-        14 => Preset::N14L7,
-        15 => Preset::N15L18,
-        other => return Err(BenchError::UnsupportedRing(other)),
-    };
-    let params = Parameters::preset(preset);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| BenchError::Pool(e.to_string()))?;
-    pool.install(|| {
+/// Our side of the benchmark at one ring degree: keys and inputs made once, timed per round.
+struct Ours {
+    params: Parameters,
+    pool: rayon::ThreadPool,
+    rlk: ckks::RelinKey,
+    gks: ckks::GaloisKeys,
+    ev: Evaluator,
+    ca: ckks::Ciphertext,
+    cb: ckks::Ciphertext,
+    mul_bits: f64,
+    rot_bits: f64,
+}
+
+impl Ours {
+    fn new(log_n: u32, threads: usize) -> Result<Self, BenchError> {
+        let preset = match log_n {
+            14 => Preset::N14L7,
+            15 => Preset::N15L18,
+            other => return Err(BenchError::UnsupportedRing(other)),
+        };
+        let params = Parameters::preset(preset);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| BenchError::Pool(e.to_string()))?;
         let mut kg = KeyGenerator::new(&params);
         let sk = kg.secret_key();
         let pk = kg.public_key(&sk)?;
@@ -166,33 +182,66 @@ pub fn run_ours(log_n: u32, threads: usize, repeats: usize) -> Result<Vec<OpRow>
         };
         let a: Vec<f64> = (0..slots).map(|_| rnd()).collect();
         let b: Vec<f64> = (0..slots).map(|_| rnd()).collect();
-        let top = params.max_level();
-        let scale = params.default_scale();
+        let (top, scale) = (params.max_level(), params.default_scale());
         let mut encryptor = Encryptor::new(&pk);
         let ca = encryptor.encrypt(&enc.encode(&a, top, scale)?)?;
         let cb = encryptor.encrypt(&enc.encode(&b, top, scale)?)?;
         let dec = ckks::Decryptor::new(&sk);
-
-        let mut out = ev.rescale(&ev.multiply_relin(&ca, &cb, &rlk)?)?;
+        let prod = ev.rescale(&ev.multiply_relin(&ca, &cb, &rlk)?)?;
         let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
-        let mul_bits = precision_stats(&want, &enc.decode(&dec.decrypt(&out)?)).min_bits;
-        let mul_ms = median_ms(repeats, || {
-            out = ev.multiply_relin(&ca, &cb, &rlk)?;
-            ev.rescale_assign(&mut out)?;
-            Ok(())
-        })?;
-
-        let mut rot = ev.rotate(&ca, 1, &gks)?;
+        let mul_bits = precision_stats(&want, &enc.decode(&dec.decrypt(&prod)?)).min_bits;
+        let rot = ev.rotate(&ca, 1, &gks)?;
         let want: Vec<f64> = (0..slots).map(|i| a[(i + 1) % slots]).collect();
         let rot_bits = precision_stats(&want, &enc.decode(&dec.decrypt(&rot)?)).min_bits;
-        let rot_ms = median_ms(repeats, || {
-            rot = ev.rotate(&ca, 1, &gks)?;
-            Ok(())
-        })?;
-        let log_q = params.log_qp().round() as u32;
+        Ok(Self {
+            params,
+            pool,
+            rlk,
+            gks,
+            ev,
+            ca,
+            cb,
+            mul_bits,
+            rot_bits,
+        })
+    }
+
+    /// Median milliseconds of (mul_relin_rescale, rotate) over `repeats`.
+    fn measure(&self, repeats: usize) -> Result<(f64, f64), BenchError> {
+        self.pool.install(|| {
+            let (ev, ca, cb) = (&self.ev, &self.ca, &self.cb);
+            let mul = median_ms(repeats, || {
+                let mut out = ev.multiply_relin(ca, cb, &self.rlk)?;
+                ev.rescale_assign(&mut out)?;
+                Ok(())
+            })?;
+            let rot = median_ms(repeats, || {
+                ev.rotate(ca, 1, &self.gks)?;
+                Ok(())
+            })?;
+            Ok((mul, rot))
+        })
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs our `mul_relin_rescale` and `rotate` (by one) at one ring degree (one round).
+pub fn run_ours(log_n: u32, threads: usize, repeats: usize) -> Result<Vec<OpRow>, BenchError> {
+    let ours = Ours::new(log_n, threads)?;
+    let (mul, rot) = ours.measure(repeats)?;
+    Ok(ours.rows(mul, rot))
+}
+
+impl Ours {
+    fn rows(&self, mul_ms: f64, rot_ms: f64) -> Vec<OpRow> {
+        let log_q = self.params.log_qp().round() as u32;
         let row = |name: &str, ms: f64, bits: f64| OpRow {
             name: name.into(),
-            n: params.n(),
+            n: self.params.n(),
             log_q,
             ours_ms: ms,
             tenseal_ms: None,
@@ -200,11 +249,11 @@ pub fn run_ours(log_n: u32, threads: usize, repeats: usize) -> Result<Vec<OpRow>
             ours_bits: bits,
             tenseal_bits: None,
         };
-        Ok(vec![
-            row("mul_relin_rescale", mul_ms, mul_bits),
-            row("rotate", rot_ms, rot_bits),
-        ])
-    })
+        vec![
+            row("mul_relin_rescale", mul_ms, self.mul_bits),
+            row("rotate", rot_ms, self.rot_bits),
+        ]
+    }
 }
 
 /// Runs `scripts/tenseal_bench.py` and returns its rows as `(name, n, ms, bits)`.
@@ -231,22 +280,53 @@ fn run_tenseal(opts: &CompareOptions) -> Result<Vec<TensealOp>, BenchError> {
     Ok(serde_json::from_slice::<TensealOut>(&out.stdout)?.ops)
 }
 
-/// Runs our operations, then TenSEAL's (unless `ours_only`), and merges them into a report.
+/// Runs our operations and TenSEAL's in `rounds` interleaved rounds and merges them into a
+/// report: times are medians over rounds of per-round medians, the ratio is the median of the
+/// per-round ratios.
 pub fn compare_tenseal(opts: &CompareOptions) -> Result<Report, BenchError> {
-    let mut ops = Vec::new();
-    for &l in &opts.log_n {
-        ops.extend(run_ours(l, opts.threads, opts.repeats)?);
-    }
-    if !opts.ours_only {
-        for t in run_tenseal(opts)? {
-            if let Some(row) = ops.iter_mut().find(|r| r.name == t.name && r.n == t.n) {
-                row.tenseal_ms = Some(t.ms);
-                row.ratio = Some(t.ms / row.ours_ms);
-                row.tenseal_bits = Some(t.bits);
+    let ours: Vec<Ours> = opts
+        .log_n
+        .iter()
+        .map(|&l| Ours::new(l, opts.threads))
+        .collect::<Result<_, _>>()?;
+    let rounds = opts.rounds.max(1);
+    let mut rows: Vec<OpRow> = Vec::new();
+    let mut ours_t: Vec<Vec<f64>> = Vec::new();
+    let mut theirs_t: Vec<Vec<f64>> = Vec::new();
+    let mut ratios: Vec<Vec<f64>> = Vec::new();
+    for round in 0..rounds {
+        let mut this_round = Vec::new();
+        for o in &ours {
+            let (mul, rot) = o.measure(opts.repeats)?;
+            this_round.extend(o.rows(mul, rot));
+        }
+        if round == 0 {
+            ours_t = vec![Vec::new(); this_round.len()];
+            theirs_t = vec![Vec::new(); this_round.len()];
+            ratios = vec![Vec::new(); this_round.len()];
+            rows = this_round.clone();
+        }
+        for (i, r) in this_round.iter().enumerate() {
+            ours_t[i].push(r.ours_ms);
+        }
+        if !opts.ours_only {
+            for t in run_tenseal(opts)? {
+                if let Some(i) = rows.iter().position(|r| r.name == t.name && r.n == t.n) {
+                    theirs_t[i].push(t.ms);
+                    ratios[i].push(t.ms / this_round[i].ours_ms);
+                    rows[i].tenseal_bits = Some(t.bits);
+                }
             }
         }
     }
-    Ok(Report { ops })
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.ours_ms = median(ours_t[i].clone());
+        if !theirs_t[i].is_empty() {
+            row.tenseal_ms = Some(median(theirs_t[i].clone()));
+            row.ratio = Some(median(ratios[i].clone()));
+        }
+    }
+    Ok(Report { ops: rows })
 }
 
 impl Report {
