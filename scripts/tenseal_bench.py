@@ -16,7 +16,6 @@ Install: pip install tenseal==0.3.18
 import argparse
 import json
 import math
-import random
 import statistics
 import sys
 import time
@@ -32,6 +31,20 @@ BIT_SIZES = {
     14: [60] + [40] * 7 + [60],
     15: [60] + [40] * 18 + [60],
 }
+
+
+def test_vector(length, seed):
+    """Values in [-1, 1): the same formula as `ckks_bench::test_vector`, so both sides see the same data."""
+    m32 = (1 << 32) - 1
+    mult = (2654435761 + 2 * seed * 1013904223) & m32
+    out = []
+    for i in range(length):
+        h = (i + 1) * mult & m32
+        h ^= h >> 15
+        h = h * 0x2C1B3C6D & m32
+        h ^= h >> 12
+        out.append(h / float(1 << 31) - 1.0)
+    return out
 
 
 def bits(want, got):
@@ -70,9 +83,8 @@ def bench(log_n, repeats):
     evaluator = sealapi.Evaluator(ctx)
     scale = 2.0 ** 40
     slots = n // 2
-    rng = random.Random(1)
-    a = [rng.uniform(-1, 1) for _ in range(slots)]
-    b = [rng.uniform(-1, 1) for _ in range(slots)]
+    a = test_vector(slots, 1)
+    b = test_vector(slots, 2)
 
     def enc(v):
         pt = sealapi.Plaintext()

@@ -173,15 +173,7 @@ impl Ours {
         let enc = Encoder::new(&params);
         let ev = Evaluator::new(&params);
         let slots = params.max_slots();
-        let mut s = 0x2545_F491_4F6C_DD1Du64;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        };
-        let a: Vec<f64> = (0..slots).map(|_| rnd()).collect();
-        let b: Vec<f64> = (0..slots).map(|_| rnd()).collect();
+        let (a, b) = (test_vector(slots, 1), test_vector(slots, 2));
         let (top, scale) = (params.max_level(), params.default_scale());
         let mut encryptor = Encryptor::new(&pk);
         let ca = encryptor.encrypt(&enc.encode(&a, top, scale)?)?;
@@ -222,6 +214,22 @@ impl Ours {
             Ok((mul, rot))
         })
     }
+}
+
+/// Deterministic test data in `[-1, 1)`, identical to `test_vector` in `scripts/tenseal_bench.py`.
+pub fn test_vector(len: usize, seed: u64) -> Vec<f64> {
+    const M32: u64 = (1 << 32) - 1;
+    let mult = (2_654_435_761 + 2 * seed * 1_013_904_223) & M32;
+    (0..len as u64)
+        .map(|i| {
+            // A Weyl sequence mixed by a 32-bit hash, exactly reproducible in Python.
+            let mut h = ((i + 1) * mult) & M32;
+            h ^= h >> 15;
+            h = (h * 0x2c1b_3c6d) & M32;
+            h ^= h >> 12;
+            h as f64 / (1u64 << 31) as f64 - 1.0
+        })
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -393,6 +401,17 @@ mod tests {
             assert!(row.get(key).is_some(), "{key}");
         }
         assert!(report.table().contains("7.50x"));
+        // Pinned against scripts/tenseal_bench.py's test_vector(4, 1).
+        let want = [
+            0.8730321479961276,
+            -0.9102005008608103,
+            0.9952321695163846,
+            -0.4759669676423073,
+        ];
+        assert_eq!(test_vector(4, 1), want);
+        let v = test_vector(1000, 3);
+        assert!(v.iter().all(|x| (-1.0..1.0).contains(x)));
+        assert!((v.iter().sum::<f64>() / 1000.0).abs() < 0.1);
         assert!(matches!(
             run_ours(13, 1, 1),
             Err(BenchError::UnsupportedRing(13))
