@@ -18,12 +18,22 @@ enum Command {
     /// Obtain and manage model directories.
     #[command(subcommand)]
     Model(cmd::model::ModelCommand),
+    /// Sentence embedding (and optionally hidden states) of a text, in plaintext.
+    Encode(cmd::infer_plain::EncodeArgs),
+    /// Classify a text in plaintext with a model that has a classification head.
+    Predict(cmd::infer_plain::PredictArgs),
+    /// Benchmarks with medians and ratios against a baseline run in the same process or script.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(c) => cmd::model::run(c),
+        Command::Encode(a) => cmd::infer_plain::encode(a),
+        Command::Predict(a) => cmd::infer_plain::predict(a),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

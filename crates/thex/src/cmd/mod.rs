@@ -1,3 +1,5 @@
 //! One module per top-level subcommand; each only parses arguments and formats output.
 
+pub mod bench;
+pub mod infer_plain;
 pub mod model;

@@ -1,0 +1,122 @@
+//! `thex bench ...`: measured comparisons, printed as a table or JSON.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+
+/// Baselines `thex bench ckks` can compare against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// TenSEAL 0.3.18 (SEAL 4) from PyPI, driven by `scripts/tenseal_bench.py`.
+    Tenseal,
+}
+
+/// Model shapes for `thex bench linalg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shape {
+    /// all-MiniLM-L6-v2: 64 tokens, hidden 384, 12 heads, FFN 1536.
+    Minilm,
+    /// BERT-tiny: 128 tokens, hidden 128, 2 heads, FFN 512.
+    BertTiny,
+}
+
+/// Subcommands of `thex bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// CKKS multiply+relinearize+rescale and rotate, optionally against TenSEAL on matched parameters.
+    Ckks {
+        /// Run the same operations in this baseline library and report ratios.
+        #[arg(long, value_enum)]
+        compare: Option<Baseline>,
+        /// Threads for our operations (TenSEAL is single-threaded).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Timed repetitions per operation; medians are reported.
+        #[arg(long, default_value_t = 10)]
+        repeats: usize,
+        /// Ring degrees as log2 N (14: log Q ~ 400, 15: log Q ~ 840).
+        #[arg(long = "log-n", value_delimiter = ',', default_values_t = [14, 15])]
+        log_n: Vec<u32>,
+        /// Python interpreter with tenseal==0.3.18 installed.
+        #[arg(long, default_value = "python3", env = "THEX_PYTHON")]
+        python: String,
+        /// Path of the TenSEAL driver script (default: the repository's scripts/tenseal_bench.py).
+        #[arg(long)]
+        script: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// BERT-shaped encrypted linear algebra against the plain diagonal method.
+    Linalg {
+        /// Shapes to run (default: both).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        model: Vec<Shape>,
+        /// Timed repetitions per operation; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `thex bench` subcommand.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ckks {
+            compare,
+            threads,
+            repeats,
+            log_n,
+            python,
+            script,
+            json,
+        } => {
+            let mut opts = ckks_bench::CompareOptions {
+                threads,
+                repeats,
+                log_n,
+                python,
+                ours_only: compare.is_none(),
+                ..Default::default()
+            };
+            if let Some(script) = script {
+                opts.script = script;
+            }
+            let report = ckks_bench::compare_tenseal(&opts).context("CKKS benchmark failed")?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+        }
+        BenchCommand::Linalg {
+            model,
+            repeats,
+            json,
+        } => {
+            let mut cfg = he_linalg::bench::BenchConfig {
+                repeats,
+                ..Default::default()
+            };
+            if !model.is_empty() {
+                cfg.models = model
+                    .iter()
+                    .map(|m| match m {
+                        Shape::Minilm => he_linalg::bench::ModelShape::minilm(),
+                        Shape::BertTiny => he_linalg::bench::ModelShape::bert_tiny(),
+                    })
+                    .collect();
+            }
+            let report = he_linalg::bench::run(&cfg).context("linear algebra benchmark failed")?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+        }
+    }
+    Ok(())
+}
