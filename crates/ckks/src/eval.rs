@@ -387,6 +387,43 @@ impl Evaluator {
         Ok(())
     }
 
+    /// Multiplies every slot by `c` encoded at `const_scale` (as `round(c * const_scale)`); the
+    /// scale is multiplied by `const_scale`. Choosing `const_scale = target * q_l / ct.scale()`
+    /// makes the next rescale land exactly on `target` (aligning scales without error).
+    pub fn multiply_const_with_scale_assign(
+        &self,
+        ct: &mut Ciphertext,
+        c: f64,
+        const_scale: f64,
+    ) -> Result<()> {
+        let v = (c * const_scale).round();
+        if !(const_scale.is_finite() && const_scale >= 1.0)
+            || v.is_nan()
+            || v.abs() >= 2f64.powi(126)
+        {
+            return Err(Error::EncodingOverflow {
+                value: c,
+                log2_scale: const_scale.log2(),
+            });
+        }
+        self.mul_big_int(ct, v as i128);
+        ct.scale *= const_scale;
+        Ok(())
+    }
+
+    /// `ct * c` at an explicit constant scale (see
+    /// [`Evaluator::multiply_const_with_scale_assign`]).
+    pub fn multiply_const_with_scale(
+        &self,
+        ct: &Ciphertext,
+        c: f64,
+        const_scale: f64,
+    ) -> Result<Ciphertext> {
+        let mut out = ct.clone();
+        self.multiply_const_with_scale_assign(&mut out, c, const_scale)?;
+        Ok(out)
+    }
+
     /// `ct * c` (see [`Evaluator::multiply_const_assign`]).
     pub fn multiply_const(&self, ct: &Ciphertext, c: f64) -> Result<Ciphertext> {
         let mut out = ct.clone();

@@ -3,6 +3,8 @@
 //! Client side: [`KeyGenerator`], [`SecretKey`], [`Decryptor`] (decryption and seeded symmetric
 //! encryption). Server side: [`Evaluator`] with [`RelinKey`] and [`GaloisKeys`], which never
 //! touch the secret key. Shared: [`Parameters`], [`Encoder`], [`Encryptor`] (public key).
+//!
+#![doc = include_str!("../README.md")]
 
 pub mod arith;
 pub mod encoder;

@@ -1,7 +1,7 @@
 //! Randomness: a ChaCha20 CSPRNG (seeded from the OS with the `os-rng` feature) and the samplers.
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::RngCore;
 
 use crate::params::Context;
 use crate::poly::{Ntt, Poly};
@@ -20,7 +20,7 @@ pub fn os_seed() -> [u8; 32] {
 /// A CSPRNG seeded from the operating system.
 #[cfg(feature = "os-rng")]
 pub(crate) fn os_rng() -> Prng {
-    Prng::from_seed(os_seed())
+    <Prng as rand_core::SeedableRng>::from_seed(os_seed())
 }
 
 /// Uniform ternary coefficients in {-1, 0, 1}.
@@ -97,6 +97,7 @@ pub(crate) fn uniform_poly(rng: &mut Prng, ctx: &Context, nq: usize, np: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_core::SeedableRng;
 
     #[test]
     fn samplers_have_expected_shape() {

@@ -153,6 +153,16 @@ fn plaintext_and_constant_products() {
     );
     let want: Vec<f64> = a.iter().map(|x| x * c).collect();
     assert_precision(&want, &s.decrypt(&cc), 20.0);
+    // Constant at an explicit scale: the rescale lands exactly on the target scale.
+    let target = 1.5 * 2f64.powi(40);
+    let q2 = s.params.q_moduli()[2] as f64;
+    let mut cs =
+        s.ev.multiply_const_with_scale(&ca, c, target * q2 / ca.scale())
+            .unwrap();
+    s.ev.rescale_assign(&mut cs).unwrap();
+    assert!((cs.scale() / target - 1.0).abs() < 1e-12);
+    let want: Vec<f64> = a.iter().map(|x| x * c).collect();
+    assert_precision(&want, &s.decrypt(&cs), 20.0);
     let want: Vec<f64> = a.iter().map(|x| x * -3.0).collect();
     assert_precision(&want, &s.decrypt(&s.ev.multiply_int(&ca, -3)), 20.0);
 }
