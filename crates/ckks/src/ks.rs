@@ -172,6 +172,16 @@ impl<'a> DigitExt<'a> {
         }
     }
 
+    /// Limb `k` (of the basis Q_l * P) of the extended digit in NTT form: the input's own limb
+    /// (borrowed) or a converted limb written into `out` (returns `None`).
+    fn limb_or_write(&self, ctx: &Context, k: usize, out: &mut [u64]) -> Option<&'a [u64]> {
+        if (self.lo..self.hi).contains(&k) {
+            return Some(self.c_ntt.limb(k));
+        }
+        self.limb(ctx, k, out);
+        None
+    }
+
     /// Writes limb `k` (of the basis Q_l * P) of the extended digit, in NTT form, into `out`.
     fn limb(&self, ctx: &Context, k: usize, out: &mut [u64]) {
         let nq = self.c_ntt.nq;
@@ -234,16 +244,17 @@ pub(crate) fn key_switch(
     // Limb-outer: each target limb extends every digit and accumulates lazily.
     for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
         inner_product_limb(ctx, nq, k, key, exts.len(), x0, x1, |j, buf| {
-            exts[j].limb(ctx, k, buf)
+            exts[j].limb_or_write(ctx, k, buf)
         })
     });
     (mod_down(ctx, acc0), mod_down(ctx, acc1))
 }
 
-/// `(x0, x1) = sum_j digit_j * (b_j, a_j)` on limb `k`, where `fill(j, buf)` writes limb `k` of
-/// the j-th extended digit. Uses lazy IFMA accumulation when available.
+/// `(x0, x1) = sum_j digit_j * (b_j, a_j)` on limb `k`, where `fill(j, buf)` either writes limb
+/// `k` of the j-th extended digit into `buf` (returning `None`) or returns it borrowed. Accumulates
+/// in registers with one reduction per coefficient when the IFMA kernel applies.
 #[allow(clippy::too_many_arguments)]
-fn inner_product_limb(
+fn inner_product_limb<'x>(
     ctx: &Context,
     nq: usize,
     k: usize,
@@ -251,38 +262,28 @@ fn inner_product_limb(
     digits: usize,
     x0: &mut [u64],
     x1: &mut [u64],
-    fill: impl Fn(usize, &mut [u64]),
+    fill: impl Fn(usize, &mut [u64]) -> Option<&'x [u64]>,
 ) {
     let n = ctx.n;
     let kl = key_limb(ctx, nq, k);
     let mi = ctx.modulus_index(nq, k);
     let t = ctx.moduli[mi].value();
-    let lazy = t < 1 << 50 && digits <= 15;
-    with_scratch(5 * n, |s| {
-        let (buf, acc) = s.split_at_mut(n);
-        acc.fill(0);
-        let (lo0, rest) = acc.split_at_mut(n);
-        let (hi0, rest) = rest.split_at_mut(n);
-        let (lo1, hi1) = rest.split_at_mut(n);
-        let plan = &ctx.plans[mi];
-        let mut used_lazy = lazy;
-        for j in 0..digits {
-            fill(j, buf);
-            let (b, a) = (key.b[j].limb(kl), key.a[j].limb(kl));
-            if used_lazy
-                && crate::simd::mul_acc_lazy(lo0, hi0, buf, b)
-                && crate::simd::mul_acc_lazy(lo1, hi1, buf, a)
-            {
-                continue;
+    with_scratch(digits * n, |s| {
+        let mut ds: Vec<&[u64]> = Vec::with_capacity(digits);
+        for (j, buf) in s.chunks_exact_mut(n).enumerate() {
+            match fill(j, buf) {
+                Some(src) => ds.push(src),
+                None => ds.push(buf),
             }
-            used_lazy = false;
-            plan.mul_accumulate(x0, buf, b);
-            plan.mul_accumulate(x1, buf, a);
         }
-        if used_lazy {
-            let ok = crate::simd::reduce_lazy(x0, lo0, hi0, t)
-                && crate::simd::reduce_lazy(x1, lo1, hi1, t);
-            debug_assert!(ok, "IFMA available for accumulation but not for reduction");
+        let bs: Vec<&[u64]> = (0..digits).map(|j| key.b[j].limb(kl)).collect();
+        let as_: Vec<&[u64]> = (0..digits).map(|j| key.a[j].limb(kl)).collect();
+        if !crate::simd::dot2_reduce(x0, x1, &ds, &bs, &as_, t) {
+            let plan = &ctx.plans[mi];
+            for j in 0..digits {
+                plan.mul_accumulate(x0, ds[j], bs[j]);
+                plan.mul_accumulate(x1, ds[j], as_[j]);
+            }
         }
     })
 }
@@ -314,7 +315,8 @@ pub(crate) fn key_switch_decomposed(
     let mut acc1 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
         inner_product_limb(ctx, nq, k, key, digits.len(), x0, x1, |j, buf| {
-            permute(digits[j].limb(k), perm, buf)
+            permute(digits[j].limb(k), perm, buf);
+            None
         })
     });
     (mod_down(ctx, acc0), mod_down(ctx, acc1))

@@ -78,32 +78,16 @@ mod imp {
         );
         true
     }
-    /// See [`super::mul_acc_lazy`].
-    pub fn mul_acc_lazy(lo: &mut [u64], hi: &mut [u64], a: &[u64], b: &[u64]) -> bool {
-        let Some(simd) = Ifma::try_new() else {
-            return false;
-        };
-        simd.vectorize(
-            #[inline(always)]
-            || {
-                let m = simd.avx512ifma;
-                let (lo8, _) = pulp::as_arrays_mut::<8, u64>(lo);
-                let (hi8, _) = pulp::as_arrays_mut::<8, u64>(hi);
-                let (a8, _) = pulp::as_arrays::<8, u64>(a);
-                let (b8, _) = pulp::as_arrays::<8, u64>(b);
-                for (((l, h), x), y) in lo8.iter_mut().zip(hi8).zip(a8).zip(b8) {
-                    let (x, y): (__m512i, __m512i) = (pulp::cast(*x), pulp::cast(*y));
-                    *l = pulp::cast(m._mm512_madd52lo_epu64(pulp::cast(*l), x, y));
-                    *h = pulp::cast(m._mm512_madd52hi_epu64(pulp::cast(*h), x, y));
-                }
-            },
-        );
-        true
-    }
-
-    /// See [`super::reduce_lazy`].
-    pub fn reduce_lazy(out: &mut [u64], lo: &[u64], hi: &[u64], t: u64) -> bool {
-        if t >= 1 << 50 {
+    /// See [`super::dot2_reduce`].
+    pub fn dot2_reduce(
+        out0: &mut [u64],
+        out1: &mut [u64],
+        ds: &[&[u64]],
+        bs: &[&[u64]],
+        as_: &[&[u64]],
+        t: u64,
+    ) -> bool {
+        if t >= 1 << 50 || ds.len() > 15 || !out0.len().is_multiple_of(8) {
             return false;
         }
         let Some(simd) = Ifma::try_new() else {
@@ -123,15 +107,14 @@ mod imp {
                 let vc52 = f._mm512_set1_epi64(c52 as i64);
                 let vone52 = f._mm512_set1_epi64(one52 as i64);
                 let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
-                let (o8, _) = pulp::as_arrays_mut::<8, u64>(out);
-                let (lo8, _) = pulp::as_arrays::<8, u64>(lo);
-                let (hi8, _) = pulp::as_arrays::<8, u64>(hi);
-                for ((o, l), h) in o8.iter_mut().zip(lo8).zip(hi8) {
-                    let (l, h): (__m512i, __m512i) = (pulp::cast(*l), pulp::cast(*h));
-                    // value = H 2^52 + L with H = hi + (lo >> 52) < 2^52 and L < 2^52.
-                    let big_h = f._mm512_add_epi64(h, f._mm512_srli_epi64::<52>(l));
-                    let big_l = f._mm512_and_si512(l, mask);
-                    // H * (2^52 mod t) mod t (Shoup).
+                let load = |s: &[u64], i: usize| -> __m512i {
+                    let a: [u64; 8] = s[i..i + 8].try_into().expect("8 lanes");
+                    pulp::cast(a)
+                };
+                // (hi 2^52 + lo) mod t with hi + (lo >> 52) < 2^52: Shoup on both halves.
+                let reduce = |lo: __m512i, hi: __m512i| -> __m512i {
+                    let big_h = f._mm512_add_epi64(hi, f._mm512_srli_epi64::<52>(lo));
+                    let big_l = f._mm512_and_si512(lo, mask);
                     let q = m._mm512_madd52hi_epu64(zero, big_h, vc52);
                     let r1 = f._mm512_and_si512(
                         f._mm512_sub_epi64(
@@ -141,7 +124,6 @@ mod imp {
                         mask,
                     );
                     let r1 = f._mm512_min_epu64(r1, f._mm512_sub_epi64(r1, vt));
-                    // L mod t (Shoup with w = 1).
                     let q = m._mm512_madd52hi_epu64(zero, big_l, vone52);
                     let r2 = f._mm512_and_si512(
                         f._mm512_sub_epi64(big_l, m._mm512_madd52lo_epu64(zero, q, vt)),
@@ -149,7 +131,22 @@ mod imp {
                     );
                     let r2 = f._mm512_min_epu64(r2, f._mm512_sub_epi64(r2, vt));
                     let s = f._mm512_add_epi64(r1, r2);
-                    *o = pulp::cast(f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt)));
+                    f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt))
+                };
+                for i in (0..out0.len()).step_by(8) {
+                    let (mut lo0, mut hi0, mut lo1, mut hi1) = (zero, zero, zero, zero);
+                    for ((d, b), a) in ds.iter().zip(bs).zip(as_) {
+                        let x = load(d, i);
+                        let (vb, va) = (load(b, i), load(a, i));
+                        lo0 = m._mm512_madd52lo_epu64(lo0, x, vb);
+                        hi0 = m._mm512_madd52hi_epu64(hi0, x, vb);
+                        lo1 = m._mm512_madd52lo_epu64(lo1, x, va);
+                        hi1 = m._mm512_madd52hi_epu64(hi1, x, va);
+                    }
+                    out0[i..i + 8]
+                        .copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(reduce(lo0, hi0)));
+                    out1[i..i + 8]
+                        .copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(reduce(lo1, hi1)));
                 }
             },
         );
@@ -290,33 +287,25 @@ mod imp {
     }
 }
 
-/// `lo += lo52(a * b)`, `hi += hi52(a * b)` lane-wise (lazy inner products of values below 2^50;
-/// up to 15 terms before [`reduce_lazy`]). Lengths must be multiples of 8. Returns `false` (doing
-/// nothing) without IFMA.
+/// `out0 = sum_j ds_j * bs_j mod t`, `out1 = sum_j ds_j * as_j mod t` lane-wise, accumulating in
+/// registers with one reduction per lane (inputs below 2^50, at most 15 terms, lengths multiples
+/// of 8). Returns `false` (doing nothing) when no kernel applies.
 #[inline]
-pub(crate) fn mul_acc_lazy(lo: &mut [u64], hi: &mut [u64], a: &[u64], b: &[u64]) -> bool {
+pub(crate) fn dot2_reduce(
+    out0: &mut [u64],
+    out1: &mut [u64],
+    ds: &[&[u64]],
+    bs: &[&[u64]],
+    as_: &[&[u64]],
+    t: u64,
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        imp::mul_acc_lazy(lo, hi, a, b)
+        imp::dot2_reduce(out0, out1, ds, bs, as_, t)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (lo, hi, a, b);
-        false
-    }
-}
-
-/// `out = (hi * 2^52 + lo) mod t` for accumulators from [`mul_acc_lazy`]. Returns `false`
-/// (doing nothing) without IFMA or for `t >= 2^50`.
-#[inline]
-pub(crate) fn reduce_lazy(out: &mut [u64], lo: &[u64], hi: &[u64], t: u64) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        imp::reduce_lazy(out, lo, hi, t)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (out, lo, hi, t);
+        let _ = (out0, out1, ds, bs, as_, t);
         false
     }
 }
@@ -444,7 +433,7 @@ mod tests {
                 assert_eq!(c[i] as i128, v.rem_euclid(q as i128), "lane {i}");
             }
         }
-        // Lazy inner product of 15 terms.
+        // Register-accumulated inner products of 15 terms.
         let t = (1u64 << 50) - 27;
         let xs: Vec<Vec<u64>> = (0..15u64)
             .map(|j| {
@@ -453,17 +442,18 @@ mod tests {
                     .collect()
             })
             .collect();
-        let (mut lo, mut hi, mut red) = (vec![0u64; 32], vec![0u64; 32], vec![0u64; 32]);
-        let mut ok = true;
-        for j in 0..15 {
-            ok &= super::mul_acc_lazy(&mut lo, &mut hi, &xs[j], &xs[(j + 1) % 15]);
-        }
-        if ok && super::reduce_lazy(&mut red, &lo, &hi, t) {
+        let ds: Vec<&[u64]> = xs.iter().map(|v| &v[..]).collect();
+        let bs: Vec<&[u64]> = (0..15).map(|j| &xs[(j + 1) % 15][..]).collect();
+        let as_: Vec<&[u64]> = (0..15).map(|j| &xs[(j + 2) % 15][..]).collect();
+        let (mut o0, mut o1) = (vec![0u64; 32], vec![0u64; 32]);
+        if super::dot2_reduce(&mut o0, &mut o1, &ds, &bs, &as_, t) {
             for i in 0..32 {
-                let want = (0..15).fold(0u128, |acc, j| {
-                    (acc + xs[j][i] as u128 * xs[(j + 1) % 15][i] as u128) % t as u128
-                });
-                assert_eq!(red[i] as u128, want, "lane {i}");
+                let dot = |k: usize| {
+                    (0..15).fold(0u128, |acc, j| {
+                        (acc + xs[j][i] as u128 * xs[(j + k) % 15][i] as u128) % t as u128
+                    })
+                };
+                assert_eq!((o0[i] as u128, o1[i] as u128), (dot(1), dot(2)), "lane {i}");
             }
         }
         let mut out2 = vec![0u64; 37];
