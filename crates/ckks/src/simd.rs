@@ -78,6 +78,50 @@ mod imp {
         );
         true
     }
+    /// Eight lanes starting at `i`.
+    #[inline(always)]
+    fn load8(s: &[u64], i: usize) -> __m512i {
+        let a: [u64; 8] = s[i..i + 8].try_into().expect("8 lanes");
+        pulp::cast(a)
+    }
+
+    /// `(hi 2^52 + lo) mod t` for `hi + (lo >> 52) < 2^52`: Shoup reductions of both halves
+    /// (`c = 2^52 mod t`, `c52`/`one52` the Shoup constants of `c` and 1).
+    #[inline(always)]
+    fn reduce_52(
+        simd: Ifma,
+        lo: __m512i,
+        hi: __m512i,
+        vt: __m512i,
+        vc: __m512i,
+        vc52: __m512i,
+        vone52: __m512i,
+    ) -> __m512i {
+        let f = simd.avx512f;
+        let m = simd.avx512ifma;
+        let zero = f._mm512_set1_epi64(0);
+        let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+        let big_h = f._mm512_add_epi64(hi, f._mm512_srli_epi64::<52>(lo));
+        let big_l = f._mm512_and_si512(lo, mask);
+        let q = m._mm512_madd52hi_epu64(zero, big_h, vc52);
+        let r1 = f._mm512_and_si512(
+            f._mm512_sub_epi64(
+                m._mm512_madd52lo_epu64(zero, big_h, vc),
+                m._mm512_madd52lo_epu64(zero, q, vt),
+            ),
+            mask,
+        );
+        let r1 = f._mm512_min_epu64(r1, f._mm512_sub_epi64(r1, vt));
+        let q = m._mm512_madd52hi_epu64(zero, big_l, vone52);
+        let r2 = f._mm512_and_si512(
+            f._mm512_sub_epi64(big_l, m._mm512_madd52lo_epu64(zero, q, vt)),
+            mask,
+        );
+        let r2 = f._mm512_min_epu64(r2, f._mm512_sub_epi64(r2, vt));
+        let s = f._mm512_add_epi64(r1, r2);
+        f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt))
+    }
+
     /// See [`super::dot2_reduce`].
     pub fn dot2_reduce(
         out0: &mut [u64],
@@ -106,47 +150,20 @@ mod imp {
                 let vc = f._mm512_set1_epi64(c as i64);
                 let vc52 = f._mm512_set1_epi64(c52 as i64);
                 let vone52 = f._mm512_set1_epi64(one52 as i64);
-                let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
-                let load = |s: &[u64], i: usize| -> __m512i {
-                    let a: [u64; 8] = s[i..i + 8].try_into().expect("8 lanes");
-                    pulp::cast(a)
-                };
-                // (hi 2^52 + lo) mod t with hi + (lo >> 52) < 2^52: Shoup on both halves.
-                let reduce = |lo: __m512i, hi: __m512i| -> __m512i {
-                    let big_h = f._mm512_add_epi64(hi, f._mm512_srli_epi64::<52>(lo));
-                    let big_l = f._mm512_and_si512(lo, mask);
-                    let q = m._mm512_madd52hi_epu64(zero, big_h, vc52);
-                    let r1 = f._mm512_and_si512(
-                        f._mm512_sub_epi64(
-                            m._mm512_madd52lo_epu64(zero, big_h, vc),
-                            m._mm512_madd52lo_epu64(zero, q, vt),
-                        ),
-                        mask,
-                    );
-                    let r1 = f._mm512_min_epu64(r1, f._mm512_sub_epi64(r1, vt));
-                    let q = m._mm512_madd52hi_epu64(zero, big_l, vone52);
-                    let r2 = f._mm512_and_si512(
-                        f._mm512_sub_epi64(big_l, m._mm512_madd52lo_epu64(zero, q, vt)),
-                        mask,
-                    );
-                    let r2 = f._mm512_min_epu64(r2, f._mm512_sub_epi64(r2, vt));
-                    let s = f._mm512_add_epi64(r1, r2);
-                    f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt))
-                };
                 for i in (0..out0.len()).step_by(8) {
                     let (mut lo0, mut hi0, mut lo1, mut hi1) = (zero, zero, zero, zero);
                     for ((d, b), a) in ds.iter().zip(bs).zip(as_) {
-                        let x = load(d, i);
-                        let (vb, va) = (load(b, i), load(a, i));
+                        let x = load8(d, i);
+                        let (vb, va) = (load8(b, i), load8(a, i));
                         lo0 = m._mm512_madd52lo_epu64(lo0, x, vb);
                         hi0 = m._mm512_madd52hi_epu64(hi0, x, vb);
                         lo1 = m._mm512_madd52lo_epu64(lo1, x, va);
                         hi1 = m._mm512_madd52hi_epu64(hi1, x, va);
                     }
-                    out0[i..i + 8]
-                        .copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(reduce(lo0, hi0)));
-                    out1[i..i + 8]
-                        .copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(reduce(lo1, hi1)));
+                    let r0 = reduce_52(simd, lo0, hi0, vt, vc, vc52, vone52);
+                    let r1 = reduce_52(simd, lo1, hi1, vt, vc, vc52, vone52);
+                    out0[i..i + 8].copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(r0));
+                    out1[i..i + 8].copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(r1));
                 }
             },
         );
