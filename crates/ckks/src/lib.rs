@@ -4,7 +4,7 @@
 //! encryption). Server side: [`Evaluator`] with [`RelinKey`] and [`GaloisKeys`], which never
 //! touch the secret key. Shared: [`Parameters`], [`Encoder`], [`Encryptor`] (public key).
 //!
-#![doc = include_str!("../README.md")]
+#![cfg_attr(feature = "os-rng", doc = include_str!("../README.md"))]
 
 pub mod arith;
 pub mod encoder;
