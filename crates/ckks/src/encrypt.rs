@@ -62,13 +62,7 @@ impl SeededCiphertext {
     /// Regenerates `c1` and returns the full ciphertext.
     pub fn expand(&self, params: &Parameters) -> Ciphertext {
         let ctx = &params.ctx;
-        let a = rng::uniform_poly(
-            &mut Prng::from_seed(self.seed),
-            ctx,
-            self.c0.nq,
-            ctx.p_count,
-        );
-        let c1 = mod_down(ctx, a);
+        let c1 = rng::uniform_poly(&mut Prng::from_seed(self.seed), ctx, self.c0.nq, 0);
         Ciphertext {
             polys: vec![self.c0.clone(), c1],
             scale: self.scale,
@@ -181,8 +175,9 @@ impl<'a> Decryptor<'a> {
         }
     }
 
-    /// Symmetric encryption `(-a s + e + P m, a)` over Q_l * P, divided by P, with `a` derived
-    /// from a fresh 32-byte seed (so `c1` is regenerated from the seed).
+    /// Symmetric encryption `(-a s + e + m, a)` with `a` derived from a fresh 32-byte seed (so
+    /// `c1` is regenerated from the seed). Its noise is just `e` (about 4 bits less than
+    /// public-key encryption, whose division by P leaves rounding noise times `s`).
     pub fn encrypt_seeded(&mut self, pt: &Plaintext) -> Result<SeededCiphertext> {
         let params = &self.sk.params;
         let ctx = &params.ctx;
@@ -195,17 +190,19 @@ impl<'a> Decryptor<'a> {
         }
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
-        let a = rng::uniform_poly(&mut Prng::from_seed(seed), ctx, nq, ctx.p_count);
+        let a = rng::uniform_poly(&mut Prng::from_seed(seed), ctx, nq, 0);
         let sigma = params.literal().error_std;
-        let mut c0 = small_ntt(params, &rng::gaussian(&mut self.rng, ctx.n, sigma), nq);
-        c0.add_assign_ctx(ctx, &scaled_by_p(ctx, &pt.poly, nq));
-        let mut s = restrict(&self.sk.ntt, ctx, nq);
-        let mut as_ = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
+        let e = rng::gaussian(&mut self.rng, ctx.n, sigma);
+        let mut c0 = Poly::from_signed(params, &e, nq, false).into_ntt_ctx(ctx);
+        c0.add_assign_ctx(ctx, &pt.poly);
+        let mut s = self.sk.ntt.clone();
+        s.truncate_q(nq);
+        let mut as_ = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
         as_.mul_acc_ctx(ctx, &a, &s);
         zeroize::Zeroize::zeroize(&mut s.data);
         c0.sub_assign_ctx(ctx, &as_);
         Ok(SeededCiphertext {
-            c0: mod_down(ctx, c0),
+            c0,
             seed,
             scale: pt.scale,
             slots: pt.slots,

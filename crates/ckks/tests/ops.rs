@@ -68,7 +68,8 @@ fn public_and_seeded_encryption_round_trip() {
         .unwrap();
     let full = seeded.expand(&s.params);
     assert_eq!(full.level(), 1);
-    assert_precision(&v, &s.decrypt(&full), 20.0);
+    // Symmetric noise is the Gaussian error only: clearly better than public-key encryption.
+    assert_precision(&v, &s.decrypt(&full), 26.0);
 }
 
 #[test]
