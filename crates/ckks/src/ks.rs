@@ -3,7 +3,7 @@
 
 use crate::arith::Modulus;
 use crate::params::Context;
-use crate::poly::{Coeff, Ntt, Poly, for_limbs, with_scratch};
+use crate::poly::{Coeff, Ntt, Poly, for_limbs, par_map, with_scratch};
 
 /// A key-switching key: one `(b_j, a_j)` pair per digit, over all q primes and all special primes,
 /// with `b_j = -a_j s + e_j + P [j-th digit indicator] s'`.
@@ -236,9 +236,8 @@ pub(crate) fn key_switch(
     let nq = c.nq;
     let n = ctx.n;
     let coeff = c.clone().into_coeff_ctx(ctx);
-    let exts: Vec<DigitExt<'_>> = (0..digit_count(ctx, nq))
-        .map(|j| DigitExt::new(ctx, j, c, &coeff))
-        .collect();
+    let exts: Vec<DigitExt<'_>> =
+        par_map(digit_count(ctx, nq), |j| DigitExt::new(ctx, j, c, &coeff));
     let mut acc0 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     let mut acc1 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     // Limb-outer: each target limb extends every digit and accumulates lazily.
@@ -292,14 +291,12 @@ fn inner_product_limb<'x>(
 pub(crate) fn decompose(ctx: &Context, c: &Poly<Ntt>) -> Vec<Poly<Ntt>> {
     let nq = c.nq;
     let coeff = c.clone().into_coeff_ctx(ctx);
-    (0..digit_count(ctx, nq))
-        .map(|j| {
-            let ext = DigitExt::new(ctx, j, c, &coeff);
-            let mut d = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
-            for_limbs(&mut d.data, ctx.n, |k, out| ext.limb(ctx, k, out));
-            d
-        })
-        .collect()
+    par_map(digit_count(ctx, nq), |j| {
+        let ext = DigitExt::new(ctx, j, c, &coeff);
+        let mut d = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
+        for_limbs(&mut d.data, ctx.n, |k, out| ext.limb(ctx, k, out));
+        d
+    })
 }
 
 /// Key-switches a decomposed polynomial after applying the automorphism `perm` to its digits.

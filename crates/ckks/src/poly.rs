@@ -82,6 +82,20 @@ where
         .for_each(|(k, (l, o))| f(k, l, o));
 }
 
+/// Maps `0..count` to values, in parallel with the `parallel` feature (order preserved).
+pub(crate) fn par_map<T: Send, G>(count: usize, f: G) -> Vec<T>
+where
+    G: Fn(usize) -> T + Send + Sync,
+{
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        (0..count).into_par_iter().map(f).collect()
+    }
+    #[cfg(not(feature = "parallel"))]
+    (0..count).map(f).collect()
+}
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
