@@ -1,5 +1,5 @@
 //! Runs the BERT-shaped benchmark: `cargo run --release -p he-linalg --example bench_linalg
-//! [-- --json] [--minilm|--bert-tiny] [--repeats N]`.
+//! [-- --json] [--minilm|--bert-tiny] [--linear-only] [--repeats N]`.
 
 use he_linalg::bench::{self, BenchConfig, ModelShape};
 
@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.iter().any(|a| a == "--bert-tiny") {
         cfg.models = vec![ModelShape::bert_tiny()];
+    }
+    if args.iter().any(|a| a == "--linear-only") {
+        cfg.attention = false;
     }
     if let Some(i) = args.iter().position(|a| a == "--repeats") {
         cfg.repeats = args.get(i + 1).ok_or("--repeats needs a value")?.parse()?;

@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::{SlotBackend, scales_match};
@@ -310,10 +309,7 @@ impl<P> EncodedLinear<P> {
         &self,
         b: &B,
         x: &PackedMatrix<B::Ct>,
-    ) -> Result<PackedMatrix<B::Ct>>
-    where
-        P: Send + Sync,
-    {
+    ) -> Result<PackedMatrix<B::Ct>> {
         if x.layout() != &self.in_layout {
             return Err(Error::LayoutMismatch {
                 what: "linear input layout",
@@ -321,10 +317,11 @@ impl<P> EncodedLinear<P> {
         }
         let stride = self.in_layout.row_stride();
         let slots = b.slots();
-        // Baby rotations of every input ciphertext (in parallel over inputs).
+        // Sequential on purpose: the CKKS kernels already parallelize over RNS limbs, and an
+        // outer parallel loop measured slower here (and doubles the live rotations).
         let rotated: Vec<Vec<B::Ct>> = x
             .cts()
-            .par_iter()
+            .iter()
             .enumerate()
             .map(|(a, ct)| {
                 if b.level(ct) < self.level {
@@ -347,10 +344,9 @@ impl<P> EncodedLinear<P> {
                 }
             })
             .collect::<Result<_>>()?;
-        // Output ciphertexts (in parallel).
         let out = self
             .blocks
-            .par_iter()
+            .iter()
             .enumerate()
             .map(|(bo, groups)| {
                 let mut acc: Option<B::Ct> = None;
