@@ -178,16 +178,21 @@ fn chain_using_every_level_keeps_12_bits() {
     let mut ct = s.encrypt(&xs[0], levels);
     let mut want = xs[0].clone();
     for (i, x) in xs.iter().enumerate().skip(1) {
-        let mut cx = s.encrypt(x, levels);
-        s.ev.drop_to_level_assign(&mut cx, ct.level()).unwrap();
-        cx.set_scale(ct.scale());
+        // Encode the multiplicand at scale q_l (the prime the rescale drops): the chain keeps
+        // exactly the initial scale instead of drifting geometrically.
+        let ql = s.params.q_moduli()[ct.level()] as f64;
+        let pt = s.enc.encode(x, ct.level(), ql).unwrap();
+        let cx = Encryptor::from_seed(&s.pk, [i as u8; 32])
+            .encrypt(&pt)
+            .unwrap();
         s.ev.multiply_relin_assign(&mut ct, &cx, &s.rlk).unwrap();
         s.ev.rescale_assign(&mut ct).unwrap();
         want.iter_mut().zip(x).for_each(|(w, v)| *w *= v);
         assert_eq!(ct.level(), levels - i);
     }
     assert_eq!(ct.level(), 0);
-    let st = assert_precision(&want, &s.decrypt(&ct), 12.0);
+    // The issue asks for >= 12 bits; exact scale management keeps far more.
+    let st = assert_precision(&want, &s.decrypt(&ct), 18.0);
     eprintln!(
         "{levels}-level chain: min {:.2} bits, mean {:.2}",
         st.min_bits, st.mean_bits
@@ -347,4 +352,36 @@ fn results_are_identical_for_any_thread_count() {
     for t in [2, 3, 4] {
         assert_eq!(one, run(t), "{t} threads");
     }
+}
+
+/// The 18-level chain at N = 2^15 (slow under the test profile): `THEX_SLOW_TESTS=1`.
+#[test]
+fn slow_chain_using_every_level_n15() {
+    if std::env::var("THEX_SLOW_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped (set THEX_SLOW_TESTS=1)");
+        return;
+    }
+    let s = setup(Parameters::preset(Preset::N15L18));
+    let levels = s.params.max_level();
+    let slots = s.params.max_slots();
+    let mut ct = s.encrypt(&vector(slots, 100, 0.8, 1.2), levels);
+    let mut want = vector(slots, 100, 0.8, 1.2);
+    for i in 1..=levels {
+        let x = vector(slots, 100 + i as u64, 0.8, 1.2);
+        let ql = s.params.q_moduli()[ct.level()] as f64;
+        let pt = s.enc.encode(&x, ct.level(), ql).unwrap();
+        let cx = Encryptor::from_seed(&s.pk, [i as u8; 32])
+            .encrypt(&pt)
+            .unwrap();
+        s.ev.multiply_relin_assign(&mut ct, &cx, &s.rlk).unwrap();
+        s.ev.rescale_assign(&mut ct).unwrap();
+        want.iter_mut().zip(&x).for_each(|(w, v)| *w *= v);
+    }
+    assert_eq!(ct.level(), 0);
+    // The issue asks for >= 12 bits; exact scale management keeps far more.
+    let st = assert_precision(&want, &s.decrypt(&ct), 18.0);
+    eprintln!(
+        "{levels}-level chain N=2^15: min {:.2} bits, mean {:.2}",
+        st.min_bits, st.mean_bits
+    );
 }
