@@ -1,0 +1,158 @@
+//! Engine settings and the automatic choice of CKKS parameters.
+
+use ckks::{Parameters, ParametersLiteral, SecretDistribution};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// The default length buckets: sequences are padded up to the next of these.
+pub const DEFAULT_BUCKETS: [usize; 4] = [16, 32, 64, 128];
+
+/// Levels the program consumes between two client rounds in the worst segment: after the
+/// reciprocal network's second round, `T`'s output layer (1), `e ⊙ T(s)` (1), attention · V
+/// (2), the output projection (1) and the FFN input projection (1) before the FFN round.
+/// Every other segment needs fewer (4 from a layer's input to its softmax round, 1 for the
+/// reciprocal rounds and the logits). [`crate::ServerModel::compile`] checks it.
+pub const PIPELINE_DEPTH: usize = 6;
+
+/// How the server program is built and which CKKS parameters it runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineParams {
+    /// Length buckets (powers of two) the server compiles for.
+    pub buckets: Vec<usize>,
+    /// log2 of the encoding scale (also the size of the rescaling primes).
+    pub log_scale: u32,
+    /// Bits of the base prime q_0 (headroom above the scale for the decrypted values).
+    pub log_q0: u32,
+    /// Levels above [`PIPELINE_DEPTH`]: the deepest ciphertext a client decrypts is at this
+    /// level (more margin for large values).
+    pub extra_levels: usize,
+    /// log2(N); `None` picks the smallest 128-bit secure ring that fits.
+    pub log_n: Option<u32>,
+    /// Encode every bucket's weights when compiling (`true`), or per inference and drop them
+    /// afterwards (`false`: far less memory for large models, encoding time per request).
+    pub pre_encode: bool,
+}
+
+impl Default for EngineParams {
+    fn default() -> Self {
+        Self {
+            buckets: DEFAULT_BUCKETS.to_vec(),
+            log_scale: 40,
+            log_q0: 50,
+            extra_levels: 1,
+            log_n: None,
+            pre_encode: true,
+        }
+    }
+}
+
+impl EngineParams {
+    /// Checks the buckets and bit sizes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(EngineError::UnsupportedModel(m));
+        if self.buckets.is_empty() {
+            return bad("no length buckets".into());
+        }
+        for (i, &b) in self.buckets.iter().enumerate() {
+            if !b.is_power_of_two() || b < 2 {
+                return bad(format!("length bucket {b} is not a power of two >= 2"));
+            }
+            if self.buckets[..i].contains(&b) {
+                return bad(format!("length bucket {b} listed twice"));
+            }
+        }
+        if !(20..=60).contains(&self.log_scale) || self.log_q0 < self.log_scale {
+            return bad(format!(
+                "log_scale {} / log_q0 {} (need 20..=60 and q0 >= scale)",
+                self.log_scale, self.log_q0
+            ));
+        }
+        Ok(())
+    }
+
+    /// Largest bucket.
+    pub fn max_bucket(&self) -> usize {
+        self.buckets.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The parameter literal for ring degree 2^`log_n`: `q_0`, then
+    /// `PIPELINE_DEPTH + extra_levels` primes of `log_scale` bits, two 50-bit special primes
+    /// (or `log_q0` bits if larger).
+    pub fn literal(&self, log_n: u32) -> ParametersLiteral {
+        let levels = PIPELINE_DEPTH + self.extra_levels;
+        let mut log_q = vec![self.log_q0];
+        log_q.extend(std::iter::repeat_n(self.log_scale, levels));
+        let p = self.log_q0.max(50).min(60);
+        ParametersLiteral {
+            log_n,
+            log_q,
+            log_p: vec![p, p],
+            log_scale: self.log_scale,
+            dnum: 0,
+            secret: SecretDistribution::Ternary,
+            error_std: 3.2,
+        }
+    }
+
+    /// The smallest 128-bit secure parameter set with at least `slots_needed` slots (or the
+    /// fixed `log_n`).
+    pub fn choose(&self, slots_needed: usize) -> Result<Parameters> {
+        self.validate()?;
+        let candidates: Vec<u32> = match self.log_n {
+            Some(l) => vec![l],
+            None => (12..=16).collect(),
+        };
+        let mut reasons = Vec::new();
+        for log_n in candidates {
+            if (1usize << (log_n - 1)) < slots_needed {
+                reasons.push(format!("N=2^{log_n}: {} slots", 1usize << (log_n - 1)));
+                continue;
+            }
+            match Parameters::new(&self.literal(log_n)) {
+                Ok(p) => return Ok(p),
+                Err(e) => reasons.push(format!("N=2^{log_n}: {e}")),
+            }
+        }
+        Err(EngineError::NoParameters {
+            depth: PIPELINE_DEPTH + self.extra_levels,
+            slots_needed,
+            reason: reasons.join("; "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_choice_is_n14_with_seven_levels_and_secure() {
+        let p = EngineParams::default().choose(2048).unwrap();
+        assert_eq!(p.log_n(), 14);
+        assert_eq!(p.max_level(), PIPELINE_DEPTH + 1);
+        assert!(p.log_qp() <= 438.0, "{}", p.log_qp());
+    }
+
+    #[test]
+    fn impossible_requests_are_reported() {
+        let e = EngineParams {
+            log_n: Some(13),
+            ..Default::default()
+        };
+        assert!(matches!(
+            e.choose(16),
+            Err(EngineError::NoParameters { depth: 7, .. })
+        ));
+        let e = EngineParams {
+            extra_levels: 40,
+            ..Default::default()
+        };
+        assert!(e.choose(16).is_err());
+        let e = EngineParams {
+            buckets: vec![16, 24],
+            ..Default::default()
+        };
+        assert!(e.validate().is_err());
+    }
+}

@@ -1,0 +1,672 @@
+//! The compiled server program: folded weights, per-bucket layouts and encoded operations,
+//! levels, the exact Galois key set and the round schedule.
+//!
+//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L` for
+//! the first layer and `L - 1` afterwards):
+//!
+//! | segment | server computes | client round |
+//! |---|---|---|
+//! | `X` → softmax | `Q, K, V = X·W + b`; `y = (scale/√d)·Q·Kᵀ + shift` (3 levels) | `e = ReLU(y^p) ⊙ mask` |
+//! | `e` → T₁ | `s = Σ_keys e` (no level); `z₁ = s·w₁ + b₁` (1) | `h₁ = ReLU(z₁)` |
+//! | `h₁` → T₂ | `z₂ = h₁·W₂ + b₂` (1) | `h₂ = ReLU(z₂)` |
+//! | `h₂` → FFN | `T = h₂·w₃ + b₃` broadcast over keys (1); `P = e ⊙ T` (1); `C = P·V` (2); `S₁ = C·Wo + bo + X` (1); `u = S₁·(γ₁W₁) + β₁W₁ + b₁` (1) | `ReLU(u) ⊙ w`, refresh `S₁ ⊙ w` |
+//! | FFN → next | `X' = ReLU(u)·(W₂γ₂) + γ₁γ₂ ⊙ S₁ + γ₂(b₂ + β₁) + β₂` (1) | |
+//! | FFN → logits (last layer) | `Σ_t [ReLU(u)·(W₂γ₂Wc) + S₁·(γ₁γ₂Wc)] + (γ₂(b₂+β₁)+β₂)·Wc + bc` (1) | |
+//!
+//! `w` is the client's row weight: 1 for real tokens and 0 for padding, or `1/n` in the last
+//! layer, which turns the token sum into THE-X's masked mean pooling without telling the
+//! server `n`. The affine LayerNorms are folded into the neighbouring linear maps; only
+//! `γ₁γ₂ ⊙ S₁` remains a separate plaintext product.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use ckks::{Parameters, Plaintext};
+use he_linalg::attention::{AttentionValues, QkScores, row_sums_plan, scores_layout};
+use he_linalg::plan::{OpPlan, Plan};
+use he_linalg::{ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, PlainMatrix, SlotBackend};
+use serde::{Deserialize, Serialize};
+
+use crate::encode::EncodeOnly;
+use crate::error::{EngineError, Result};
+use crate::params::{EngineParams, PIPELINE_DEPTH};
+use crate::weights::{EmbeddingTables, ModelDims, ModelWeights};
+
+/// The packed layouts of one length bucket (shared by client and server).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketLayouts {
+    /// Padded sequence length (a power of two).
+    pub bucket: usize,
+    /// Hidden states `bucket × hidden`, contiguous columns.
+    pub hidden: Layout,
+    /// Q, K, V and the attention context, head-interleaved.
+    pub heads: Layout,
+    /// Attention scores in diagonal form.
+    pub scores: Layout,
+    /// Hidden units of the reciprocal network per (token, head), head-interleaved.
+    pub reciprocal: Layout,
+    /// FFN activations `bucket × ffn`.
+    pub ffn: Layout,
+    /// Per-token logits before the token sum `bucket × labels`.
+    pub logits: Layout,
+}
+
+impl BucketLayouts {
+    /// Layouts for `bucket` rows in ciphertexts of `slots` slots.
+    pub fn new(dims: &ModelDims, slots: usize, bucket: usize) -> Result<Self> {
+        let hidden = Layout::new(slots, bucket, dims.hidden, ColumnOrder::Contiguous)?;
+        let heads = hidden.with_cols(
+            dims.hidden,
+            ColumnOrder::HeadInterleaved {
+                heads: dims.heads,
+                head_dim: dims.head_dim,
+            },
+        )?;
+        let scores = scores_layout(&heads)?;
+        let reciprocal = hidden.with_cols(
+            dims.heads * dims.reciprocal_hidden,
+            ColumnOrder::HeadInterleaved {
+                heads: dims.heads,
+                head_dim: dims.reciprocal_hidden,
+            },
+        )?;
+        let ffn = hidden.with_cols(dims.ffn, ColumnOrder::Contiguous)?;
+        let logits = hidden.with_cols(dims.labels.len(), ColumnOrder::Contiguous)?;
+        if logits.n_cts() != 1 {
+            return Err(EngineError::UnsupportedModel(format!(
+                "{} labels do not fit one ciphertext at bucket {bucket}",
+                dims.labels.len()
+            )));
+        }
+        Ok(Self {
+            bucket,
+            hidden,
+            heads,
+            scores,
+            reciprocal,
+            ffn,
+            logits,
+        })
+    }
+
+    /// Slots a bucket needs: every head-interleaved layout must fit its padded heads, and the
+    /// labels must fit one ciphertext.
+    pub fn slots_needed(dims: &ModelDims, bucket: usize) -> usize {
+        bucket * dims.heads.next_power_of_two().max(dims.labels.len())
+    }
+}
+
+/// What the client is asked to do with the ciphertexts of one request item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ItemKind {
+    /// Softmax surrogate: `ReLU(y^power)`, padded keys and rows zeroed (scores layout).
+    Softmax,
+    /// First hidden ReLU of the reciprocal network (reciprocal layout).
+    ReciprocalHidden1,
+    /// Second hidden ReLU of the reciprocal network (reciprocal layout).
+    ReciprocalHidden2,
+    /// FFN ReLU, times the row weight (FFN layout).
+    Ffn,
+    /// Residual stream refresh: identity times the row weight (hidden layout).
+    Residual,
+}
+
+impl ItemKind {
+    /// Wire tag.
+    pub fn tag(self) -> u8 {
+        match self {
+            ItemKind::Softmax => 1,
+            ItemKind::ReciprocalHidden1 => 2,
+            ItemKind::ReciprocalHidden2 => 3,
+            ItemKind::Ffn => 4,
+            ItemKind::Residual => 5,
+        }
+    }
+    /// Kind of a wire tag.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            1 => ItemKind::Softmax,
+            2 => ItemKind::ReciprocalHidden1,
+            3 => ItemKind::ReciprocalHidden2,
+            4 => ItemKind::Ffn,
+            5 => ItemKind::Residual,
+            _ => return None,
+        })
+    }
+    /// The layout of this item's ciphertexts.
+    pub fn layout(self, l: &BucketLayouts) -> &Layout {
+        match self {
+            ItemKind::Softmax => &l.scores,
+            ItemKind::ReciprocalHidden1 | ItemKind::ReciprocalHidden2 => &l.reciprocal,
+            ItemKind::Ffn => &l.ffn,
+            ItemKind::Residual => &l.hidden,
+        }
+    }
+}
+
+/// The client rounds of one encoder layer, in order; each inner list is one round's items.
+pub const LAYER_ROUNDS: [&[ItemKind]; 4] = [
+    &[ItemKind::Softmax],
+    &[ItemKind::ReciprocalHidden1],
+    &[ItemKind::ReciprocalHidden2],
+    &[ItemKind::Ffn, ItemKind::Residual],
+];
+
+/// The items of round `round` (1-based) of a model with `layers` layers: `(layer, kinds)`.
+pub fn round_items(layers: usize, round: u32) -> Option<(usize, &'static [ItemKind])> {
+    let r = (round as usize).checked_sub(1)?;
+    let layer = r / LAYER_ROUNDS.len();
+    (layer < layers).then(|| (layer, LAYER_ROUNDS[r % LAYER_ROUNDS.len()]))
+}
+
+/// Weights with the affine LayerNorms folded into the linear maps (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct FoldedLayer {
+    wq: Matrix,
+    bq: Vec<f64>,
+    wk: Matrix,
+    bk: Vec<f64>,
+    wv: Matrix,
+    bv: Vec<f64>,
+    wo: Matrix,
+    bo: Vec<f64>,
+    /// `diag(γ₁)·W₁`.
+    w1: Matrix,
+    /// `β₁·W₁ + b₁`.
+    b1: Vec<f64>,
+    tail: FoldedTail,
+}
+
+#[derive(Debug, Clone)]
+enum FoldedTail {
+    /// `W₂·diag(γ₂)`, `γ₁⊙γ₂`, `γ₂⊙(b₂+β₁)+β₂`.
+    Next {
+        w2: Matrix,
+        g12: Vec<f64>,
+        c: Vec<f64>,
+    },
+    /// `W₂·diag(γ₂)·Wc`, `diag(γ₁γ₂)·Wc`, `c·Wc + bc`.
+    Logits { m1: Matrix, m2: Matrix, bias: Vec<f64> },
+}
+
+fn scale_rows(m: &Matrix, s: &[f64]) -> Matrix {
+    Matrix::from_fn(m.rows(), m.cols(), |i, j| m.get(i, j) * s[i])
+}
+
+fn scale_cols(m: &Matrix, s: &[f64]) -> Matrix {
+    Matrix::from_fn(m.rows(), m.cols(), |i, j| m.get(i, j) * s[j])
+}
+
+fn vec_mat(v: &[f64], m: &Matrix) -> Vec<f64> {
+    (0..m.cols())
+        .map(|j| v.iter().enumerate().map(|(i, x)| x * m.get(i, j)).sum())
+        .collect()
+}
+
+fn fold(w: &ModelWeights) -> Result<Vec<FoldedLayer>> {
+    let last = w.layers.len() - 1;
+    w.layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let w1 = scale_rows(&l.w1, &l.ln1_gamma);
+            let b1: Vec<f64> = vec_mat(&l.ln1_beta, &l.w1)
+                .iter()
+                .zip(&l.b1)
+                .map(|(a, b)| a + b)
+                .collect();
+            let w2 = scale_cols(&l.w2, &l.ln2_gamma);
+            let c: Vec<f64> = (0..l.b2.len())
+                .map(|j| l.ln2_gamma[j] * (l.b2[j] + l.ln1_beta[j]) + l.ln2_beta[j])
+                .collect();
+            let g12: Vec<f64> = l
+                .ln1_gamma
+                .iter()
+                .zip(&l.ln2_gamma)
+                .map(|(a, b)| a * b)
+                .collect();
+            let tail = if i == last {
+                let m1 = w2.matmul(&w.classifier)?;
+                let m2 = scale_rows(&w.classifier, &g12);
+                let bias = vec_mat(&c, &w.classifier)
+                    .iter()
+                    .zip(&w.classifier_bias)
+                    .map(|(a, b)| a + b)
+                    .collect();
+                FoldedTail::Logits { m1, m2, bias }
+            } else {
+                FoldedTail::Next { w2, g12, c }
+            };
+            Ok(FoldedLayer {
+                wq: l.wq.clone(),
+                bq: l.bq.clone(),
+                wk: l.wk.clone(),
+                bk: l.bk.clone(),
+                wv: l.wv.clone(),
+                bv: l.bv.clone(),
+                wo: l.wo.clone(),
+                bo: l.bo.clone(),
+                w1,
+                b1,
+                tail,
+            })
+        })
+        .collect()
+}
+
+/// Encoded operations of one layer at one bucket.
+#[derive(Debug)]
+pub(crate) struct LayerProgram {
+    pub q: EncodedLinear<Plaintext>,
+    pub k: EncodedLinear<Plaintext>,
+    pub v: EncodedLinear<Plaintext>,
+    pub qk: QkScores<Plaintext>,
+    pub shift: f64,
+    pub t1_mul: PlainMatrix<Plaintext>,
+    pub t1_add: PlainMatrix<Plaintext>,
+    pub t2: EncodedLinear<Plaintext>,
+    pub t3: EncodedLinear<Plaintext>,
+    pub av: AttentionValues<Plaintext>,
+    pub wo: EncodedLinear<Plaintext>,
+    pub w1: EncodedLinear<Plaintext>,
+    pub tail: LayerTail,
+    pub plan: Plan,
+}
+
+/// The end of a layer: the next layer's input, or the logits.
+#[derive(Debug)]
+pub(crate) enum LayerTail {
+    Next {
+        w2: EncodedLinear<Plaintext>,
+        g12: PlainMatrix<Plaintext>,
+    },
+    Logits {
+        m1: EncodedLinear<Plaintext>,
+        m2: EncodedLinear<Plaintext>,
+        /// Token-sum rotation steps `1, 2, 4, …, bucket/2`.
+        steps: Vec<usize>,
+        /// `c·Wc + bc` at the start of each label's chunk.
+        bias: Plaintext,
+    },
+}
+
+/// Levels of the fixed schedule for a maximum level `top`.
+#[derive(Debug, Clone, Copy)]
+struct Levels {
+    top: usize,
+}
+
+impl Levels {
+    fn input(&self, layer: usize) -> usize {
+        if layer == 0 { self.top } else { self.top - 1 }
+    }
+}
+
+/// The shared parts of the reciprocal network as big matrices for one bucket.
+fn reciprocal_mats(w: &ModelWeights, l: &BucketLayouts) -> (Matrix, Matrix, Matrix, Vec<f64>, Matrix) {
+    let (heads, th, np) = (w.dims.heads, w.dims.reciprocal_hidden, l.bucket);
+    let r = &w.reciprocal;
+    let cols = heads * th;
+    let mul = Matrix::from_fn(np, cols, |_, c| r.w1[c % th]);
+    let add = Matrix::from_fn(np, cols, |_, c| r.b1[c % th]);
+    let t2 = Matrix::from_fn(cols, cols, |i, j| {
+        if i / th == j / th {
+            r.w2.get(i % th, j % th)
+        } else {
+            0.0
+        }
+    });
+    let b2: Vec<f64> = (0..cols).map(|c| r.b2[c % th]).collect();
+    let t3 = Matrix::from_fn(cols, heads * np, |i, j| {
+        if i / th == j / np { r.w3[i % th] } else { 0.0 }
+    });
+    (mul, add, t2, b2, t3)
+}
+
+fn encode_layer(
+    enc: &EncodeOnly,
+    w: &ModelWeights,
+    f: &FoldedLayer,
+    l: &BucketLayouts,
+    layer: usize,
+    lv: Levels,
+) -> Result<LayerProgram> {
+    let need = |level: usize, depth: usize| -> Result<()> {
+        if level < depth {
+            return Err(EngineError::NotEnoughLevels {
+                needed: PIPELINE_DEPTH,
+                available: lv.top,
+            });
+        }
+        Ok(())
+    };
+    let top = lv.top;
+    let delta = enc.default_scale();
+    let lin = |m: &Matrix, b: Option<&[f64]>, input: &Layout, order, level| {
+        EncodedLinear::new(enc, m, b, input, order, level, delta, LinearMethod::Bsgs)
+    };
+    let heads_order = l.heads.order();
+    let lx = lv.input(layer);
+    need(lx, 3)?;
+    let q = lin(&f.wq, Some(&f.bq), &l.hidden, heads_order, lx)?;
+    let k = lin(&f.wk, Some(&f.bk), &l.hidden, heads_order, lx)?;
+    let v = lin(&f.wv, Some(&f.bv), &l.hidden, heads_order, lx)?;
+    let d = &w.dims;
+    let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
+    let qk = QkScores::new(enc, &l.heads, lx - 1, delta, delta, factor)?;
+
+    // Reciprocal network on fresh `e` / `h₁` / `h₂` at the top level.
+    let (mul, add, t2m, t2b, t3m) = reciprocal_mats(w, l);
+    let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, top, enc.rescale_factor(top))?;
+    let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, delta)?;
+    let t2 = lin(&t2m, Some(&t2b), &l.reciprocal, l.reciprocal.order(), top)?;
+    let t3_bias = vec![w.reciprocal.b3; d.heads * l.bucket];
+    let t3 = lin(&t3m, Some(&t3_bias), &l.reciprocal, l.scores.order(), top)?;
+
+    // P = e ⊙ T at top - 2 with scale Δ²/q_{top-1}; V at lx - 1.
+    need(top, PIPELINE_DEPTH)?;
+    let p_scale = delta * delta / enc.rescale_factor(top - 1);
+    let av = AttentionValues::new(
+        enc,
+        &l.scores,
+        &l.heads,
+        (top - 2, p_scale),
+        (lx - 1, delta),
+    )?;
+    let ctx_level = (top - 3).min(lx - 1) - 1;
+    let wo = lin(&f.wo, Some(&f.bo), &l.heads, ColumnOrder::Contiguous, ctx_level)?;
+    let w1 = lin(&f.w1, Some(&f.b1), &l.hidden, ColumnOrder::Contiguous, ctx_level - 1)?;
+
+    let (tail, tail_plan) = match &f.tail {
+        FoldedTail::Next { w2, g12, c } => {
+            let w2 = lin(w2, Some(c), &l.ffn, ColumnOrder::Contiguous, top)?;
+            let gm = Matrix::from_fn(l.bucket, d.hidden, |_, j| g12[j]);
+            let g12 = PlainMatrix::encode(enc, &gm, &l.hidden, top, enc.rescale_factor(top))?;
+            let mut p = vec![w2.plan(), OpPlan::plaintext("gamma1*gamma2", 1)];
+            p[0].name = format!("FFN out {}", p[0].name);
+            (LayerTail::Next { w2, g12 }, p)
+        }
+        FoldedTail::Logits { m1, m2, bias } => {
+            let m1 = lin(m1, None, &l.ffn, ColumnOrder::Contiguous, top)?;
+            let m2 = lin(m2, None, &l.hidden, ColumnOrder::Contiguous, top)?;
+            let steps: Vec<usize> = (0..l.bucket.trailing_zeros()).map(|j| 1 << j).collect();
+            let mut v = vec![0.0; enc.slots()];
+            for (c, b) in bias.iter().enumerate() {
+                v[l.logits.position(0, c).1] = *b;
+            }
+            let bias = enc.encode(&v, top - 1, delta)?;
+            let sum = OpPlan {
+                name: format!("token sum x{}", l.bucket),
+                rotation_steps: steps.iter().copied().collect(),
+                rotations: steps.len() as u64,
+                hoisted_rotations: 0,
+                relinearizations: 0,
+                depth: 0,
+            };
+            let p = vec![m1.plan(), m2.plan(), sum];
+            (LayerTail::Logits { m1, m2, steps, bias }, p)
+        }
+    };
+
+    let mut plan = Plan::new();
+    plan.alongside(vec![q.plan(), k.plan(), v.plan()])
+        .then(qk.plan())
+        .then(OpPlan::plaintext("softmax shift", 0))
+        .then(row_sums_plan(&l.scores)?)
+        .then(OpPlan::plaintext("T fc1", 1))
+        .then(t2.plan())
+        .then(t3.plan())
+        .then(OpPlan {
+            name: "e * T(s)".into(),
+            relinearizations: l.scores.n_cts() as u64,
+            depth: 1,
+            ..OpPlan::default()
+        })
+        .then(av.plan())
+        .then(wo.plan())
+        .then(w1.plan())
+        .alongside(tail_plan);
+    Ok(LayerProgram {
+        q,
+        k,
+        v,
+        qk,
+        shift: d.softmax_shift,
+        t1_mul,
+        t1_add,
+        t2,
+        t3,
+        av,
+        wo,
+        w1,
+        tail,
+        plan,
+    })
+}
+
+/// Summary of one compiled bucket (for reports and the client bundle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketPlan {
+    /// Padded length.
+    pub bucket: usize,
+    /// Exact rotation steps (Galois keys) the program uses at this bucket.
+    pub galois_steps: Vec<usize>,
+    /// Key switches of one inference (all layers).
+    pub key_switches: u64,
+    /// Encoded plaintexts of all layers' linear maps.
+    pub plaintexts: usize,
+    /// Ciphertexts in each round's request (the same count goes back up), round by round.
+    pub round_ciphertexts: Vec<usize>,
+}
+
+/// The compiled server program. Holds no key: sessions bring their evaluation keys.
+pub struct ServerModel {
+    params: Parameters,
+    engine: EngineParams,
+    weights: ModelWeights,
+    folded: Vec<FoldedLayer>,
+    embeddings: EmbeddingTables,
+    layouts: BTreeMap<usize, BucketLayouts>,
+    plans: BTreeMap<usize, BucketPlan>,
+    encoded: Mutex<BTreeMap<usize, Arc<Vec<Arc<LayerProgram>>>>>,
+}
+
+impl std::fmt::Debug for ServerModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerModel")
+            .field("params", &self.params)
+            .field("dims", &self.weights.dims)
+            .field("buckets", &self.engine.buckets)
+            .field("pre_encode", &self.engine.pre_encode)
+            .finish()
+    }
+}
+
+impl ServerModel {
+    /// Compiles a THE-X model (see [`crate::split_model`]) with parameters chosen from
+    /// `engine`.
+    pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
+        let (weights, embeddings) = crate::weights::split_model(model)?;
+        Self::compile_weights(weights, embeddings, engine)
+    }
+
+    /// Compiles from already extracted weights.
+    pub fn compile_weights(
+        weights: ModelWeights,
+        embeddings: EmbeddingTables,
+        engine: &EngineParams,
+    ) -> Result<Self> {
+        engine.validate()?;
+        if weights.layers.is_empty() {
+            return Err(EngineError::UnsupportedModel("no encoder layers".into()));
+        }
+        if engine.max_bucket() > embeddings.max_positions() {
+            return Err(EngineError::UnsupportedModel(format!(
+                "bucket {} exceeds the {} position embeddings",
+                engine.max_bucket(),
+                embeddings.max_positions()
+            )));
+        }
+        let mut buckets = engine.buckets.clone();
+        buckets.sort_unstable();
+        let slots = buckets
+            .iter()
+            .map(|&b| BucketLayouts::slots_needed(&weights.dims, b))
+            .max()
+            .unwrap_or(1);
+        let params = engine.choose(slots)?;
+        if params.max_level() < PIPELINE_DEPTH {
+            return Err(EngineError::NotEnoughLevels {
+                needed: PIPELINE_DEPTH,
+                available: params.max_level(),
+            });
+        }
+        let folded = fold(&weights)?;
+        let mut layouts = BTreeMap::new();
+        for &b in &buckets {
+            layouts.insert(b, BucketLayouts::new(&weights.dims, params.max_slots(), b)?);
+        }
+        let mut model = Self {
+            params,
+            engine: EngineParams {
+                buckets,
+                ..engine.clone()
+            },
+            weights,
+            folded,
+            embeddings,
+            layouts,
+            plans: BTreeMap::new(),
+            encoded: Mutex::new(BTreeMap::new()),
+        };
+        let enc = EncodeOnly::new(&model.params);
+        for &b in &model.engine.buckets.clone() {
+            let mut steps = BTreeSet::new();
+            let (mut ks, mut pts) = (0, 0);
+            let mut progs = Vec::new();
+            for layer in 0..model.folded.len() {
+                let p = model.encode(&enc, b, layer)?;
+                steps.extend(p.plan.galois_steps());
+                ks += p.plan.key_switches();
+                pts += [&p.q, &p.k, &p.v, &p.t2, &p.t3, &p.wo, &p.w1]
+                    .iter()
+                    .map(|x| x.n_plaintexts())
+                    .sum::<usize>();
+                if model.engine.pre_encode {
+                    progs.push(Arc::new(p));
+                }
+            }
+            let l = &model.layouts[&b];
+            let round_ciphertexts = (0..model.folded.len())
+                .flat_map(|_| LAYER_ROUNDS.iter())
+                .map(|kinds| kinds.iter().map(|k| k.layout(l).n_cts()).sum())
+                .collect();
+            model.plans.insert(
+                b,
+                BucketPlan {
+                    bucket: b,
+                    galois_steps: steps.into_iter().collect(),
+                    key_switches: ks,
+                    plaintexts: pts,
+                    round_ciphertexts,
+                },
+            );
+            if model.engine.pre_encode {
+                model
+                    .encoded
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(b, Arc::new(progs));
+            }
+        }
+        Ok(model)
+    }
+
+    fn encode(&self, enc: &EncodeOnly, bucket: usize, layer: usize) -> Result<LayerProgram> {
+        let l = self.layouts(bucket)?;
+        let lv = Levels {
+            top: self.params.max_level(),
+        };
+        encode_layer(enc, &self.weights, &self.folded[layer], l, layer, lv)
+    }
+
+    /// The encoded program of `layer` at `bucket` (cached, or encoded now).
+    pub(crate) fn layer_program(&self, bucket: usize, layer: usize) -> Result<Arc<LayerProgram>> {
+        if let Some(p) = self
+            .encoded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&bucket)
+        {
+            return Ok(p[layer].clone());
+        }
+        Ok(Arc::new(self.encode(&EncodeOnly::new(&self.params), bucket, layer)?))
+    }
+
+    /// The CKKS parameters.
+    pub fn params(&self) -> &Parameters {
+        &self.params
+    }
+    /// The engine settings (buckets sorted).
+    pub fn engine_params(&self) -> &EngineParams {
+        &self.engine
+    }
+    /// Model shapes and constants.
+    pub fn dims(&self) -> &ModelDims {
+        &self.weights.dims
+    }
+    /// Number of encoder layers.
+    pub fn layers(&self) -> usize {
+        self.folded.len()
+    }
+    /// Client rounds of one inference (4 per layer).
+    pub fn rounds(&self) -> usize {
+        self.folded.len() * LAYER_ROUNDS.len()
+    }
+    /// The compiled buckets, ascending.
+    pub fn buckets(&self) -> &[usize] {
+        &self.engine.buckets
+    }
+    /// Layouts of a compiled bucket.
+    pub fn layouts(&self, bucket: usize) -> Result<&BucketLayouts> {
+        self.layouts
+            .get(&bucket)
+            .ok_or_else(|| EngineError::UnknownBucket {
+                bucket,
+                available: self.engine.buckets.clone(),
+            })
+    }
+    /// The plan summary of a compiled bucket.
+    pub fn plan(&self, bucket: usize) -> Result<&BucketPlan> {
+        self.plans
+            .get(&bucket)
+            .ok_or_else(|| EngineError::UnknownBucket {
+                bucket,
+                available: self.engine.buckets.clone(),
+            })
+    }
+    /// Union of the Galois steps of `buckets` (all compiled buckets if empty).
+    pub fn galois_steps(&self, buckets: &[usize]) -> Result<BTreeSet<usize>> {
+        let bs: Vec<usize> = if buckets.is_empty() {
+            self.engine.buckets.clone()
+        } else {
+            buckets.to_vec()
+        };
+        let mut out = BTreeSet::new();
+        for b in bs {
+            out.extend(self.plan(b)?.galois_steps.iter().copied());
+        }
+        Ok(out)
+    }
+    /// What the client needs: parameters, shapes, buckets, Galois steps and the embedding
+    /// tables — none of the server's other weights.
+    pub fn client_bundle(&self) -> crate::client::ClientBundle {
+        crate::client::ClientBundle {
+            params: self.params.literal().clone(),
+            dims: self.weights.dims.clone(),
+            plans: self.plans.values().cloned().collect(),
+            embeddings: self.embeddings.clone(),
+        }
+    }
+}

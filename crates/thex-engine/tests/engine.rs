@@ -1,0 +1,252 @@
+//! End-to-end tests on a small random THE-X model at 128-bit secure parameters (N = 2^14):
+//! the encrypted program against `thex-model`'s plaintext forward pass, layer by layer, and
+//! the protocol's rejection of bad messages.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::Device;
+use ckks::{Parameters, SecretKey};
+use he_linalg::attention::scores_to_heads;
+use he_linalg::{Layout, Matrix};
+use thex_engine::*;
+use thex_model::{Batch, ThexModel};
+
+use common::{SMALL, random_model, values};
+
+struct Setup {
+    model: ThexModel,
+    server: Arc<ServerModel>,
+    bundle: ClientBundle,
+    sk: Vec<u8>,
+    keys: EvaluationKeys,
+}
+
+fn setup() -> &'static Setup {
+    static S: OnceLock<Setup> = OnceLock::new();
+    S.get_or_init(|| {
+        let model = random_model(SMALL, 7);
+        let engine = EngineParams {
+            buckets: vec![16],
+            ..Default::default()
+        };
+        let server = Arc::new(ServerModel::compile(&model, &engine).unwrap());
+        let bundle = server.client_bundle();
+        let client = ClientSession::new(bundle.clone()).unwrap();
+        let keys = client.evaluation_keys(&[]).unwrap();
+        Setup {
+            model,
+            sk: client.secret_key_bytes(),
+            server,
+            bundle,
+            keys,
+        }
+    })
+}
+
+fn client(s: &Setup) -> ClientSession {
+    let params = Parameters::new(&s.bundle.params).unwrap();
+    let sk = SecretKey::from_bytes_secret(&params, &s.sk).unwrap();
+    ClientSession::with_secret_key(s.bundle.clone(), sk).unwrap()
+}
+
+fn server(s: &Setup) -> ServerSession {
+    ServerSession::new(s.server.clone(), s.keys.clone(), &[]).unwrap()
+}
+
+/// Decrypts a packed value into its `bucket × cols` matrix.
+fn open(c: &ClientSession, layout: &Layout, cts: &[ckks::Ciphertext]) -> Matrix {
+    let slots: Vec<Vec<f64>> = cts.iter().map(|ct| c.decrypt_slots(ct).unwrap()).collect();
+    layout.unpack(&slots).unwrap()
+}
+
+/// Largest |got - want| over the first `rows` rows, `want` row-major with `cols` columns.
+fn max_err(got: &Matrix, want: &[f64], rows: usize) -> f64 {
+    let cols = got.cols();
+    assert_eq!(want.len(), rows * cols, "reference size");
+    let mut m = 0f64;
+    for t in 0..rows {
+        for c in 0..cols {
+            m = m.max((got.get(t, c) - want[t * cols + c]).abs());
+        }
+    }
+    m
+}
+
+/// Per-head `[H, n, n]` reference against diagonal-form scores, valid rows/keys only.
+fn max_err_scores(layout: &Layout, got: &Matrix, want: &[f64], heads: usize, n: usize) -> f64 {
+    let per_head = scores_to_heads(layout, got).unwrap();
+    let mut m = 0f64;
+    for (h, g) in per_head.iter().enumerate().take(heads) {
+        for t in 0..n {
+            for u in 0..n {
+                m = m.max((g.get(t, u) - want[(h * n + t) * n + u]).abs());
+            }
+        }
+    }
+    m
+}
+
+/// `[1, H, n, d]` → `[n, H·d]` (heads concatenated, as the packed layouts hold them).
+fn concat_heads(v: &[f64], heads: usize, n: usize, d: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * heads * d];
+    for h in 0..heads {
+        for t in 0..n {
+            for i in 0..d {
+                out[t * heads * d + h * d + i] = v[(h * n + t) * d + i];
+            }
+        }
+    }
+    out
+}
+
+fn bits(err: f64, magnitude: f64) -> f64 {
+    -(err / magnitude.max(1e-300)).log2()
+}
+
+fn ids(n: usize, seed: u32) -> Vec<u32> {
+    (0..n as u32).map(|i| 2 + (i * 7 + seed) % 45).collect()
+}
+
+#[test]
+fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
+    let s = setup();
+    let (mut c, mut srv) = (client(s), server(s));
+    srv.record_taps();
+    let tokens = ids(11, 3);
+    let n = tokens.len();
+    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
+    let (out, trace) = s.model.forward_traced(&batch).unwrap();
+    let d = s.server.dims().clone();
+    let l = s.server.layouts(16).unwrap().clone();
+    let params = c.params().clone();
+
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
+    let mut step = srv.start(c.encrypt_ids(&tokens).unwrap()).unwrap();
+    let logits = loop {
+        match step {
+            Step::Done(lg) => break lg,
+            Step::NeedRelu(req) => {
+                let reply = c.answer(&req).unwrap();
+                requests.push(req);
+                replies.push(reply.clone());
+                step = srv.resume(reply).unwrap();
+            }
+        }
+    };
+    assert_eq!(requests.len(), 4 * d.layers);
+    assert_eq!(s.server.rounds(), 4 * d.layers);
+    let taps = srv.take_taps();
+    let tap = |name: &str| {
+        let t = taps.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name}"));
+        open(&c, t.value.layout(), t.value.cts())
+    };
+    let expand = |r: &ReluReply, item: usize| -> Vec<ckks::Ciphertext> {
+        r.items[item].iter().map(|x| x.expand(&params)).collect()
+    };
+
+    let mut report = Vec::new();
+    let mut check = |what: String, err: f64, mag: f64| {
+        report.push(format!("{what:<28} max err {err:.2e}  ({:.1} bits)", bits(err, mag)));
+        // 40-bit scale: far below 1e-3 of the values' magnitude, with f32 reference rounding.
+        assert!(err <= 1e-3 * mag.max(1.0), "{what}: error {err} vs magnitude {mag}");
+    };
+    for (li, lt) in trace.layers.iter().enumerate() {
+        let r = 4 * li;
+        let mag = |v: &[f64]| v.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let input = values(&lt.input);
+        check(format!("layer{li} input"), max_err(&tap(&format!("layer{li}.input")), &input, n), mag(&input));
+
+        let sm = lt.softmax.as_ref().unwrap();
+        let y: Vec<f64> = values(&lt.scores)
+            .iter()
+            .map(|x| x * d.softmax_scale + d.softmax_shift)
+            .collect();
+        let got_y = open(&c, &l.scores, &requests[r].items[0].cts);
+        check(format!("layer{li} softmax input y"), max_err_scores(&l.scores, &got_y, &y, d.heads, n), mag(&y));
+        let e = values(&sm.e);
+        let got_e = open(&c, &l.scores, &expand(&replies[r], 0));
+        check(format!("layer{li} e = ReLU(y^3)"), max_err_scores(&l.scores, &got_e, &e, d.heads, n), mag(&e));
+
+        // T(s) is broadcast over every key position: compare key 0's diagonal slot.
+        let recip = values(&sm.reciprocal);
+        let got_t = scores_to_heads(&l.scores, &tap(&format!("layer{li}.reciprocal"))).unwrap();
+        let mut et = 0f64;
+        for h in 0..d.heads {
+            for t in 0..n {
+                for u in 0..n {
+                    et = et.max((got_t[h].get(t, u) - recip[h * n + t]).abs());
+                }
+            }
+        }
+        check(format!("layer{li} T(s)"), et, mag(&recip));
+        let probs = values(&lt.probs);
+        let got_p = tap(&format!("layer{li}.probs"));
+        check(format!("layer{li} attention probs"), max_err_scores(&l.scores, &got_p, &probs, d.heads, n), mag(&probs));
+
+        let ctx = values(&lt.context);
+        let got_ctx = tap(&format!("layer{li}.context"));
+        // The context tap is head-interleaved; unpack gives logical columns h·d + i.
+        check(format!("layer{li} context"), max_err(&got_ctx, &ctx, n), mag(&ctx));
+        let q = concat_heads(&values(&lt.query), d.heads, n, d.head_dim);
+        assert_eq!(q.len(), n * d.hidden);
+
+        let s1 = values(&lt.attention_norm_input);
+        let got_s1 = open(&c, &l.hidden, &requests[r + 3].items[1].cts);
+        check(format!("layer{li} LN1 input (residual)"), max_err(&got_s1, &s1, n), mag(&s1));
+        let u = values(&lt.intermediate_pre);
+        let got_u = open(&c, &l.ffn, &requests[r + 3].items[0].cts);
+        check(format!("layer{li} FFN pre-activation"), max_err(&got_u, &u, n), mag(&u));
+        if li + 1 < trace.layers.len() {
+            let o = values(&lt.output);
+            check(format!("layer{li} output"), max_err(&tap(&format!("layer{}.input", li + 1)), &o, n), mag(&o));
+        }
+    }
+    let want = values(out.logits.as_ref().unwrap());
+    let pred = c.decrypt_logits(&logits).unwrap();
+    let err = pred
+        .logits
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let mag = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+    check("logits".into(), err, mag);
+    eprintln!("{}", report.join("\n"));
+    eprintln!("logits enc {:?}\nlogits ref {want:?}", pred.logits);
+    assert!(err < 1e-4, "logit error {err}");
+    let want_label = (0..want.len())
+        .fold(0, |b, i| if want[i] > want[b] { i } else { b });
+    assert_eq!(pred.label_id, want_label);
+}
+
+#[test]
+fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
+    let s = setup();
+    let (mut c, mut srv) = (client(s), server(s));
+    let tokens = ids(16, 11);
+    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
+    let want = values(s.model.forward(&batch, false).unwrap().logits.as_ref().unwrap());
+    let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
+    let err = r
+        .logits
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "16 tokens: {} rounds, {} B up, {} B down, {:.2} s, logit error {err:.2e}",
+        r.rounds, r.bytes_up, r.bytes_down, r.total_seconds
+    );
+    assert!(err < 1e-4, "logit error {err}");
+    assert_eq!((r.rounds, r.bucket, r.tokens), (8, 16, 16));
+    let p: f64 = r.probabilities.iter().sum();
+    assert!((p - 1.0).abs() < 1e-12);
+    // Every round carries ciphertexts both ways: at least one seeded ciphertext (c0 at the top
+    // level) per request item up, and the request ciphertexts down.
+    let params = c.params();
+    let seeded_ct = (params.max_level() + 1) * params.n() * 8;
+    assert!(r.bytes_up > (1 + 10) * seeded_ct, "{}", r.bytes_up);
+    assert!(r.bytes_down > 8 * params.n() * 16, "{}", r.bytes_down);
+    assert!(r.timings.iter().any(|t| t.name == "server.layer1.logits"));
+}
