@@ -225,11 +225,9 @@ impl ClientSession {
     }
 
     fn encrypt_fresh(&self, values: &[f64]) -> Result<SeededCiphertext> {
-        let pt = self.encoder.encode(
-            values,
-            self.params.max_level(),
-            self.params.default_scale(),
-        )?;
+        let pt =
+            self.encoder
+                .encode(values, self.params.max_level(), self.params.default_scale())?;
         Ok(Decryptor::new(&self.sk).encrypt_seeded(&pt)?)
     }
 
@@ -277,12 +275,11 @@ impl ClientSession {
             });
         }
         let layers = self.bundle.dims.layers;
-        let (layer, kinds) = round_items(layers, req.round).ok_or_else(|| {
-            EngineError::UnexpectedMessage {
+        let (layer, kinds) =
+            round_items(layers, req.round).ok_or_else(|| EngineError::UnexpectedMessage {
                 got: "ReLU request after the last round",
                 state: self.state_name(),
-            }
-        })?;
+            })?;
         if req.items.len() != kinds.len() {
             return Err(EngineError::WrongCount {
                 what: format!("items in round {}", req.round),
@@ -334,7 +331,11 @@ impl ClientSession {
                     ItemKind::Ffn | ItemKind::Residual if last => 1.0 / tokens as f64,
                     _ => 1.0,
                 };
-                Matrix::from_fn(bucket, layout.cols(), |t, _| if t < tokens { w } else { 0.0 })
+                Matrix::from_fn(
+                    bucket,
+                    layout.cols(),
+                    |t, _| if t < tokens { w } else { 0.0 },
+                )
             }
         };
         Ok(layout.pack(&m)?.concat())
@@ -393,9 +394,7 @@ impl ClientSession {
         let rounds = (self.bundle.dims.layers * crate::program::LAYER_ROUNDS.len()) as u32;
         match self.state {
             ClientState::Running {
-                bucket,
-                next_round,
-                ..
+                bucket, next_round, ..
             } if next_round == rounds + 1 => {
                 if out.bucket != bucket {
                     return Err(EngineError::UnknownBucket {

@@ -174,7 +174,9 @@ impl<'a> Reader<'a> {
             cts_seen: 0,
         };
         if r.take(4)? != MAGIC {
-            return Err(EngineError::Malformed("bad magic (not a thex-engine message)".into()));
+            return Err(EngineError::Malformed(
+                "bad magic (not a thex-engine message)".into(),
+            ));
         }
         let version = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes"));
         if version != VERSION {
@@ -211,7 +213,9 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])

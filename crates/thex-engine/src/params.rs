@@ -83,7 +83,7 @@ impl EngineParams {
         let levels = PIPELINE_DEPTH + self.extra_levels;
         let mut log_q = vec![self.log_q0];
         log_q.extend(std::iter::repeat_n(self.log_scale, levels));
-        let p = self.log_q0.max(50).min(60);
+        let p = self.log_q0.clamp(50, 60);
         ParametersLiteral {
             log_n,
             log_q,

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use ckks::{Parameters, Plaintext};
 use he_linalg::attention::{AttentionValues, QkScores, row_sums_plan, scores_layout};
 use he_linalg::plan::{OpPlan, Plan};
-use he_linalg::{ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, PlainMatrix, SlotBackend};
+use he_linalg::{
+    ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, PlainMatrix, SlotBackend,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::encode::EncodeOnly;
@@ -187,7 +189,11 @@ enum FoldedTail {
         c: Vec<f64>,
     },
     /// `W₂·diag(γ₂)·Wc`, `diag(γ₁γ₂)·Wc`, `c·Wc + bc`.
-    Logits { m1: Matrix, m2: Matrix, bias: Vec<f64> },
+    Logits {
+        m1: Matrix,
+        m2: Matrix,
+        bias: Vec<f64>,
+    },
 }
 
 fn scale_rows(m: &Matrix, s: &[f64]) -> Matrix {
@@ -276,6 +282,7 @@ pub(crate) struct LayerProgram {
 
 /// The end of a layer: the next layer's input, or the logits.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer program, never moved in a hot loop
 pub(crate) enum LayerTail {
     Next {
         w2: EncodedLinear<Plaintext>,
@@ -304,7 +311,10 @@ impl Levels {
 }
 
 /// The shared parts of the reciprocal network as big matrices for one bucket.
-fn reciprocal_mats(w: &ModelWeights, l: &BucketLayouts) -> (Matrix, Matrix, Matrix, Vec<f64>, Matrix) {
+fn reciprocal_mats(
+    w: &ModelWeights,
+    l: &BucketLayouts,
+) -> (Matrix, Matrix, Matrix, Vec<f64>, Matrix) {
     let (heads, th, np) = (w.dims.heads, w.dims.reciprocal_hidden, l.bucket);
     let r = &w.reciprocal;
     let cols = heads * th;
@@ -375,8 +385,20 @@ fn encode_layer(
         (lx - 1, delta),
     )?;
     let ctx_level = (top - 3).min(lx - 1) - 1;
-    let wo = lin(&f.wo, Some(&f.bo), &l.heads, ColumnOrder::Contiguous, ctx_level)?;
-    let w1 = lin(&f.w1, Some(&f.b1), &l.hidden, ColumnOrder::Contiguous, ctx_level - 1)?;
+    let wo = lin(
+        &f.wo,
+        Some(&f.bo),
+        &l.heads,
+        ColumnOrder::Contiguous,
+        ctx_level,
+    )?;
+    let w1 = lin(
+        &f.w1,
+        Some(&f.b1),
+        &l.hidden,
+        ColumnOrder::Contiguous,
+        ctx_level - 1,
+    )?;
 
     let (tail, tail_plan) = match &f.tail {
         FoldedTail::Next { w2, g12, c } => {
@@ -405,7 +427,15 @@ fn encode_layer(
                 depth: 0,
             };
             let p = vec![m1.plan(), m2.plan(), sum];
-            (LayerTail::Logits { m1, m2, steps, bias }, p)
+            (
+                LayerTail::Logits {
+                    m1,
+                    m2,
+                    steps,
+                    bias,
+                },
+                p,
+            )
         }
     };
 
@@ -601,7 +631,11 @@ impl ServerModel {
         {
             return Ok(p[layer].clone());
         }
-        Ok(Arc::new(self.encode(&EncodeOnly::new(&self.params), bucket, layer)?))
+        Ok(Arc::new(self.encode(
+            &EncodeOnly::new(&self.params),
+            bucket,
+            layer,
+        )?))
     }
 
     /// The CKKS parameters.

@@ -172,7 +172,7 @@ impl ServerSession {
         }
     }
 
-fn tap(taps: &mut Option<Vec<Tap>>, name: String, value: &Packed) {
+    fn tap(taps: &mut Option<Vec<Tap>>, name: String, value: &Packed) {
         if let Some(t) = taps.as_mut() {
             t.push(Tap {
                 name,

@@ -140,7 +140,10 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
     assert_eq!(s.server.rounds(), 4 * d.layers);
     let taps = srv.take_taps();
     let tap = |name: &str| {
-        let t = taps.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name}"));
+        let t = taps
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("{name}"));
         open(&c, t.value.layout(), t.value.cts())
     };
     let expand = |r: &ReluReply, item: usize| -> Vec<ckks::Ciphertext> {
@@ -149,15 +152,25 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
 
     let mut report = Vec::new();
     let mut check = |what: String, err: f64, mag: f64| {
-        report.push(format!("{what:<28} max err {err:.2e}  ({:.1} bits)", bits(err, mag)));
+        report.push(format!(
+            "{what:<28} max err {err:.2e}  ({:.1} bits)",
+            bits(err, mag)
+        ));
         // 40-bit scale: far below 1e-3 of the values' magnitude, with f32 reference rounding.
-        assert!(err <= 1e-3 * mag.max(1.0), "{what}: error {err} vs magnitude {mag}");
+        assert!(
+            err <= 1e-3 * mag.max(1.0),
+            "{what}: error {err} vs magnitude {mag}"
+        );
     };
     for (li, lt) in trace.layers.iter().enumerate() {
         let r = 4 * li;
         let mag = |v: &[f64]| v.iter().fold(0f64, |m, x| m.max(x.abs()));
         let input = values(&lt.input);
-        check(format!("layer{li} input"), max_err(&tap(&format!("layer{li}.input")), &input, n), mag(&input));
+        check(
+            format!("layer{li} input"),
+            max_err(&tap(&format!("layer{li}.input")), &input, n),
+            mag(&input),
+        );
 
         let sm = lt.softmax.as_ref().unwrap();
         let y: Vec<f64> = values(&lt.scores)
@@ -165,10 +178,18 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
             .map(|x| x * d.softmax_scale + d.softmax_shift)
             .collect();
         let got_y = open(&c, &l.scores, &requests[r].items[0].cts);
-        check(format!("layer{li} softmax input y"), max_err_scores(&l.scores, &got_y, &y, d.heads, n), mag(&y));
+        check(
+            format!("layer{li} softmax input y"),
+            max_err_scores(&l.scores, &got_y, &y, d.heads, n),
+            mag(&y),
+        );
         let e = values(&sm.e);
         let got_e = open(&c, &l.scores, &expand(&replies[r], 0));
-        check(format!("layer{li} e = ReLU(y^3)"), max_err_scores(&l.scores, &got_e, &e, d.heads, n), mag(&e));
+        check(
+            format!("layer{li} e = ReLU(y^3)"),
+            max_err_scores(&l.scores, &got_e, &e, d.heads, n),
+            mag(&e),
+        );
 
         // T(s) is broadcast over every key position: compare key 0's diagonal slot.
         let recip = values(&sm.reciprocal);
@@ -184,24 +205,44 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
         check(format!("layer{li} T(s)"), et, mag(&recip));
         let probs = values(&lt.probs);
         let got_p = tap(&format!("layer{li}.probs"));
-        check(format!("layer{li} attention probs"), max_err_scores(&l.scores, &got_p, &probs, d.heads, n), mag(&probs));
+        check(
+            format!("layer{li} attention probs"),
+            max_err_scores(&l.scores, &got_p, &probs, d.heads, n),
+            mag(&probs),
+        );
 
         let ctx = values(&lt.context);
         let got_ctx = tap(&format!("layer{li}.context"));
         // The context tap is head-interleaved; unpack gives logical columns h·d + i.
-        check(format!("layer{li} context"), max_err(&got_ctx, &ctx, n), mag(&ctx));
+        check(
+            format!("layer{li} context"),
+            max_err(&got_ctx, &ctx, n),
+            mag(&ctx),
+        );
         let q = concat_heads(&values(&lt.query), d.heads, n, d.head_dim);
         assert_eq!(q.len(), n * d.hidden);
 
         let s1 = values(&lt.attention_norm_input);
         let got_s1 = open(&c, &l.hidden, &requests[r + 3].items[1].cts);
-        check(format!("layer{li} LN1 input (residual)"), max_err(&got_s1, &s1, n), mag(&s1));
+        check(
+            format!("layer{li} LN1 input (residual)"),
+            max_err(&got_s1, &s1, n),
+            mag(&s1),
+        );
         let u = values(&lt.intermediate_pre);
         let got_u = open(&c, &l.ffn, &requests[r + 3].items[0].cts);
-        check(format!("layer{li} FFN pre-activation"), max_err(&got_u, &u, n), mag(&u));
+        check(
+            format!("layer{li} FFN pre-activation"),
+            max_err(&got_u, &u, n),
+            mag(&u),
+        );
         if li + 1 < trace.layers.len() {
             let o = values(&lt.output);
-            check(format!("layer{li} output"), max_err(&tap(&format!("layer{}.input", li + 1)), &o, n), mag(&o));
+            check(
+                format!("layer{li} output"),
+                max_err(&tap(&format!("layer{}.input", li + 1)), &o, n),
+                mag(&o),
+            );
         }
     }
     let want = values(out.logits.as_ref().unwrap());
@@ -216,8 +257,7 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
     eprintln!("{}", report.join("\n"));
     eprintln!("logits enc {:?}\nlogits ref {want:?}", pred.logits);
     assert!(err < 1e-4, "logit error {err}");
-    let want_label = (0..want.len())
-        .fold(0, |b, i| if want[i] > want[b] { i } else { b });
+    let want_label = (0..want.len()).fold(0, |b, i| if want[i] > want[b] { i } else { b });
     assert_eq!(pred.label_id, want_label);
 }
 
@@ -227,7 +267,14 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     let (mut c, mut srv) = (client(s), server(s));
     let tokens = ids(16, 11);
     let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
-    let want = values(s.model.forward(&batch, false).unwrap().logits.as_ref().unwrap());
+    let want = values(
+        s.model
+            .forward(&batch, false)
+            .unwrap()
+            .logits
+            .as_ref()
+            .unwrap(),
+    );
     let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
     let err = r
         .logits
@@ -249,4 +296,199 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     assert!(r.bytes_up > (1 + 10) * seeded_ct, "{}", r.bytes_up);
     assert!(r.bytes_down > 8 * params.n() * 16, "{}", r.bytes_down);
     assert!(r.timings.iter().any(|t| t.name == "server.layer1.logits"));
+}
+
+fn first_request(srv: &mut ServerSession, c: &mut ClientSession) -> ReluRequest {
+    match srv.start(c.encrypt_ids(&ids(9, 5)).unwrap()).unwrap() {
+        Step::NeedRelu(r) => r,
+        Step::Done(_) => panic!("no rounds"),
+    }
+}
+
+#[test]
+fn protocol_rejects_bad_and_out_of_order_messages() {
+    let s = setup();
+    let (mut c, mut srv) = (client(s), server(s));
+    let params = c.params().clone();
+    let limits = MessageLimits::default();
+
+    // Nothing running: replies and logits are out of place on both sides.
+    let empty = ReluReply {
+        round: 1,
+        items: vec![],
+    };
+    assert!(matches!(
+        srv.resume(empty.clone()),
+        Err(EngineError::UnexpectedMessage { .. })
+    ));
+    let req0 = ReluRequest {
+        round: 1,
+        items: vec![],
+    };
+    assert!(matches!(
+        c.answer(&req0),
+        Err(EngineError::UnexpectedMessage { .. })
+    ));
+
+    let req = first_request(&mut srv, &mut c);
+    // A second input while an inference runs.
+    let again = client(s).encrypt_ids(&ids(3, 1)).unwrap();
+    assert!(matches!(
+        srv.start(again),
+        Err(EngineError::UnexpectedMessage { .. })
+    ));
+    let good = c.answer(&req).unwrap();
+
+    // Client side: a replayed round, a skipped round, a wrong item.
+    assert!(matches!(
+        c.answer(&req),
+        Err(EngineError::WrongRound {
+            got: 1,
+            expected: 2
+        })
+    ));
+    let mut wrong = req.clone();
+    wrong.round = 2;
+    wrong.items[0].kind = ItemKind::Ffn;
+    assert!(matches!(
+        c.answer(&wrong),
+        Err(EngineError::WrongItem { index: 0, .. })
+    ));
+    let mut short = req.clone();
+    short.round = 2;
+    short.items[0].kind = ItemKind::ReciprocalHidden1;
+    let extra = short.items[0].cts[0].clone();
+    short.items[0].cts.push(extra);
+    assert!(matches!(
+        c.answer(&short),
+        Err(EngineError::WrongCount { .. })
+    ));
+    let fake = EncryptedLogits {
+        bucket: 16,
+        ct: req.items[0].cts[0].clone(),
+    };
+    assert!(matches!(
+        c.decrypt_logits(&fake),
+        Err(EngineError::UnexpectedMessage { .. })
+    ));
+
+    // Server side: wrong round number, wrong item count, wrong ciphertext count.
+    let mut r = good.clone();
+    r.round = 3;
+    assert!(matches!(
+        srv.resume(r),
+        Err(EngineError::WrongRound {
+            got: 3,
+            expected: 1
+        })
+    ));
+    let mut r = good.clone();
+    r.items.push(vec![]);
+    assert!(matches!(
+        srv.resume(r),
+        Err(EngineError::WrongCount {
+            expected: 1,
+            got: 2,
+            ..
+        })
+    ));
+    let mut r = good.clone();
+    let extra = r.items[0][0].clone();
+    r.items[0].push(extra);
+    assert!(matches!(srv.resume(r), Err(EngineError::WrongCount { .. })));
+
+    // A ciphertext one level below a fresh one.
+    let sk = SecretKey::from_bytes_secret(&params, &s.sk).unwrap();
+    let enc = ckks::Encoder::new(&params);
+    let pt = enc
+        .encode(&[0.5], params.max_level() - 1, params.default_scale())
+        .unwrap();
+    let low = ckks::Decryptor::new(&sk).encrypt_seeded(&pt).unwrap();
+    let mut r = good.clone();
+    r.items[0][0] = low;
+    match srv.resume(r) {
+        Err(EngineError::BadCiphertext { problem, .. }) => {
+            assert!(problem.contains("level"), "{problem}")
+        }
+        other => panic!("expected BadCiphertext, got {other:?}"),
+    }
+
+    // Bytes: ciphertexts of other parameters, garbage, truncation, trailing bytes.
+    let other = Parameters::preset(ckks::Preset::N13L2);
+    let osk = ckks::KeyGenerator::new(&other).secret_key();
+    let opt = ckks::Encoder::new(&other)
+        .encode(&[1.0], 2, other.default_scale())
+        .unwrap();
+    let foreign = ReluReply {
+        round: 1,
+        items: vec![vec![
+            ckks::Decryptor::new(&osk).encrypt_seeded(&opt).unwrap(),
+        ]],
+    };
+    let bytes = foreign.to_bytes(&other);
+    assert!(matches!(
+        ReluReply::from_bytes(&params, &bytes, limits),
+        Err(EngineError::Malformed(m)) if m.contains("parameters")
+    ));
+    let mut spliced = good.to_bytes(&params);
+    let inner = foreign.items[0][0].to_bytes(&other);
+    let pos = spliced.len() - good.items[0][0].to_bytes(&params).len();
+    spliced.truncate(pos - 4);
+    spliced.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+    spliced.extend_from_slice(&inner);
+    assert!(matches!(
+        ReluReply::from_bytes(&params, &spliced, limits),
+        Err(EngineError::Ckks(ckks::Error::Deserialize(_)))
+    ));
+    let bytes = good.to_bytes(&params);
+    assert!(matches!(
+        ReluReply::from_bytes(&params, &bytes[..bytes.len() - 10], limits),
+        Err(EngineError::Malformed(_) | EngineError::Ckks(_))
+    ));
+    assert!(matches!(
+        ReluReply::from_bytes(&params, b"garbage", limits),
+        Err(EngineError::Malformed(_))
+    ));
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        ReluReply::from_bytes(&params, &long, limits),
+        Err(EngineError::Malformed(_))
+    ));
+    let tight = MessageLimits {
+        max_ciphertexts: 0,
+        ..limits
+    };
+    assert!(matches!(
+        ReluReply::from_bytes(&params, &bytes, tight),
+        Err(EngineError::LimitExceeded { .. })
+    ));
+    assert!(matches!(
+        ReluRequest::from_bytes(&params, &bytes, limits),
+        Err(EngineError::Malformed(m)) if m.contains("type")
+    ));
+
+    // After all that, the pending round still completes with the right reply.
+    let back = ReluReply::from_bytes(&params, &bytes, limits).unwrap();
+    match srv.resume(back).unwrap() {
+        Step::NeedRelu(r) => {
+            assert_eq!((r.round, r.items[0].kind), (2, ItemKind::ReciprocalHidden1))
+        }
+        Step::Done(_) => panic!("finished after one round"),
+    }
+
+    // Keys without the planned rotations are refused when the session is made.
+    let mut kg = ckks::KeyGenerator::new(&params);
+    let partial = EvaluationKeys {
+        relin: s.keys.relin.clone(),
+        galois: kg.galois_keys(&sk, &[1], false).unwrap(),
+    };
+    assert!(matches!(
+        ServerSession::new(s.server.clone(), partial, &[]),
+        Err(EngineError::MissingRotationKeys { .. })
+    ));
+    assert!(matches!(
+        ServerSession::new(s.server.clone(), s.keys.clone(), &[32]),
+        Err(EngineError::UnknownBucket { bucket: 32, .. })
+    ));
 }

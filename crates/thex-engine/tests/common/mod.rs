@@ -55,11 +55,27 @@ pub fn random_model(s: Shape, seed: u64) -> ThexModel {
     };
     let mut uni = |a: f32| -> f32 { rng.gen_range(-a..a) };
     let (h, f) = (s.hidden, s.ffn);
-    put("embeddings.word_embeddings.weight".into(), vec![s.vocab, h], &mut || uni(1.0));
-    put("embeddings.position_embeddings.weight".into(), vec![128, h], &mut || uni(0.5));
-    put("embeddings.token_type_embeddings.weight".into(), vec![2, h], &mut || uni(0.1));
-    put("embeddings.LayerNorm.weight".into(), vec![h], &mut || 1.0 + uni(0.1));
-    put("embeddings.LayerNorm.bias".into(), vec![h], &mut || uni(0.1));
+    put(
+        "embeddings.word_embeddings.weight".into(),
+        vec![s.vocab, h],
+        &mut || uni(1.0),
+    );
+    put(
+        "embeddings.position_embeddings.weight".into(),
+        vec![128, h],
+        &mut || uni(0.5),
+    );
+    put(
+        "embeddings.token_type_embeddings.weight".into(),
+        vec![2, h],
+        &mut || uni(0.1),
+    );
+    put("embeddings.LayerNorm.weight".into(), vec![h], &mut || {
+        1.0 + uni(0.1)
+    });
+    put("embeddings.LayerNorm.bias".into(), vec![h], &mut || {
+        uni(0.1)
+    });
     let lin = |rows: usize, cols: usize| (1.7 / (cols as f32).sqrt(), rows, cols);
     for i in 0..s.layers {
         let p = format!("encoder.layer.{i}");
@@ -80,7 +96,9 @@ pub fn random_model(s: Shape, seed: u64) -> ThexModel {
             put(format!("{ln}.bias"), vec![h], &mut || uni(0.1));
         }
     }
-    put("classifier.weight".into(), vec![s.labels, h], &mut || uni(0.5));
+    put("classifier.weight".into(), vec![s.labels, h], &mut || {
+        uni(0.5)
+    });
     put("classifier.bias".into(), vec![s.labels], &mut || uni(0.1));
     // T: h1_i = ReLU(s - k_i), h2 = h1, T = 1/k_0 + Σ c_i h2_i (slope changes).
     let th = 16;
@@ -100,7 +118,10 @@ pub fn random_model(s: Shape, seed: u64) -> ThexModel {
         .map(|k| if k / th == k % th { 1.0 } else { 0.0 })
         .collect();
     let ten = |v: Vec<f32>, shape: Vec<usize>| Tensor::from_vec(v, shape, &dev).unwrap();
-    t.insert("reciprocal.fc1.weight".into(), ten(vec![1.0; th], vec![th, 1]));
+    t.insert(
+        "reciprocal.fc1.weight".into(),
+        ten(vec![1.0; th], vec![th, 1]),
+    );
     t.insert(
         "reciprocal.fc1.bias".into(),
         ten(knots.iter().map(|k| -*k as f32).collect(), vec![th]),
