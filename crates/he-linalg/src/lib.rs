@@ -9,7 +9,7 @@
 //! - [`attention`]: Q·Kᵀ for all heads, attention · V, row sums, masks.
 //! - [`poly`]: polynomial evaluation (power and Chebyshev bases) and fitting.
 //! - [`plan`]: rotation keys, key switches and depth known ahead of time.
-//! - [`bench`]: the BERT-shaped benchmark behind `thex bench linalg`.
+//! - [`bench`](mod@bench): the BERT-shaped benchmark behind `thex bench linalg`.
 
 mod backend;
 mod ckks_backend;
