@@ -380,8 +380,10 @@ mod tests {
         let mut cfg = TrainConfig::default();
         cfg.softmax.power = 0;
         assert!(cfg.validate().is_err());
-        let mut cfg = TrainConfig::default();
-        cfg.layers = 0;
+        let cfg = TrainConfig {
+            layers: 0,
+            ..Default::default()
+        };
         assert!(cfg.validate().unwrap_err().to_string().contains("layers"));
     }
 }

@@ -263,6 +263,9 @@ fn choose_knots(sums: &[f64], hidden: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Tensors by name (relative to the module's prefix).
+type NamedTensors = Vec<(&'static str, Tensor)>;
+
 /// Least-squares piecewise-linear initialisation of `T` with knots `k_i` (see
 /// [`choose_knots`]): the first layer forms falling ramps `r_i = ReLU((k_i − s)/s_ref)`, the
 /// second passes them on (identity), and the output layer `b + Σ w_i r_i` is solved for the
@@ -275,7 +278,7 @@ fn initial_tensors(
     sums: &[f64],
     hidden: usize,
     device: &Device,
-) -> Result<(Vec<(&'static str, Tensor)>, Vec<f64>)> {
+) -> Result<(NamedTensors, Vec<f64>)> {
     let s_ref = quantile(sums, 0.5).max(1e-12);
     let knots = choose_knots(sums, hidden);
     let features = |s: f64| -> Vec<f64> {

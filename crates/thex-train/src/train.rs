@@ -199,7 +199,7 @@ pub fn fine_tune(
     }
     let device = model.device().clone();
     let pad = model.config().pad_token_id;
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_0f_f1e7);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_f1e7);
     let lengths: Vec<usize> = data.iter().map(|e| e.ids.len()).collect();
     let per_epoch = length_buckets(&lengths, cfg.batch_size, cfg.max_batch_tokens).len();
     let total_steps = per_epoch * settings.epochs;
