@@ -336,8 +336,7 @@ impl Evaluator {
         Ok(out)
     }
 
-    /// `ct *= pt` (scales multiply; the plaintext may be at a higher level).
-    pub fn multiply_plain_assign(&self, ct: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+    fn check_plain_product(ct: &Ciphertext, pt: &Plaintext) -> Result<()> {
         check_slots(ct.slots, pt.slots)?;
         if pt.level() < ct.level() {
             return Err(Error::LevelMismatch {
@@ -345,11 +344,15 @@ impl Evaluator {
                 right: pt.level(),
             });
         }
+        Ok(())
+    }
+
+    /// `ct *= pt` (scales multiply; the plaintext may be at a higher level).
+    pub fn multiply_plain_assign(&self, ct: &mut Ciphertext, pt: &Plaintext) -> Result<()> {
+        Self::check_plain_product(ct, pt)?;
         let ctx = self.ctx();
         for p in &mut ct.polys {
-            let mut out = Poly::<Ntt>::zero_ctx(ctx, p.nq, 0);
-            out.mul_acc_ctx(ctx, p, &pt.poly);
-            *p = out;
+            p.mul_plain_assign_ctx(ctx, &pt.poly);
         }
         ct.scale *= pt.scale;
         Ok(())
@@ -357,9 +360,79 @@ impl Evaluator {
 
     /// `ct * pt`.
     pub fn multiply_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
-        let mut out = ct.clone();
-        self.multiply_plain_assign(&mut out, pt)?;
-        Ok(out)
+        Self::check_plain_product(ct, pt)?;
+        let ctx = self.ctx();
+        let polys = ct
+            .polys
+            .iter()
+            .map(|p| {
+                let mut out = Poly::<Ntt>::zero_ctx(ctx, p.nq, 0);
+                out.mul_acc_ctx(ctx, p, &pt.poly);
+                out
+            })
+            .collect();
+        Ok(Ciphertext {
+            polys,
+            scale: ct.scale * pt.scale,
+            slots: ct.slots,
+        })
+    }
+
+    /// `out = ct * pt`, reusing the buffers of `out` (whatever its previous level, scale or
+    /// degree): no allocation once `out` has held a ciphertext of this size. Starts an
+    /// accumulation continued with [`Evaluator::multiply_plain_acc`].
+    pub fn multiply_plain_into(
+        &self,
+        out: &mut Ciphertext,
+        ct: &Ciphertext,
+        pt: &Plaintext,
+    ) -> Result<()> {
+        Self::check_plain_product(ct, pt)?;
+        let ctx = self.ctx();
+        out.polys.truncate(ct.polys.len());
+        for (i, p) in ct.polys.iter().enumerate() {
+            if i < out.polys.len() {
+                out.polys[i].set_mul_ctx(ctx, p, &pt.poly);
+            } else {
+                let mut q = Poly::<Ntt>::zero_ctx(ctx, p.nq, 0);
+                q.mul_acc_ctx(ctx, p, &pt.poly);
+                out.polys.push(q);
+            }
+        }
+        out.scale = ct.scale * pt.scale;
+        out.slots = ct.slots;
+        Ok(())
+    }
+
+    /// Fused `acc += ct * pt` without allocation (when `acc.degree() >= ct.degree()`),
+    /// bit-identical to `add_assign(acc, &multiply_plain(ct, pt))`. Requires `acc` at the level
+    /// of `ct` with scale `ct.scale() * pt.scale()`; the plaintext may be at a higher level.
+    pub fn multiply_plain_acc(
+        &self,
+        acc: &mut Ciphertext,
+        ct: &Ciphertext,
+        pt: &Plaintext,
+    ) -> Result<()> {
+        Self::check_plain_product(ct, pt)?;
+        if acc.level() != ct.level() {
+            return Err(Error::LevelMismatch {
+                left: acc.level(),
+                right: ct.level(),
+            });
+        }
+        check_scale(acc.scale, ct.scale * pt.scale)?;
+        check_slots(acc.slots, ct.slots)?;
+        let ctx = self.ctx();
+        for (i, p) in ct.polys.iter().enumerate() {
+            if i < acc.polys.len() {
+                acc.polys[i].mul_acc_ctx(ctx, p, &pt.poly);
+            } else {
+                let mut q = Poly::<Ntt>::zero_ctx(ctx, p.nq, 0);
+                q.mul_acc_ctx(ctx, p, &pt.poly);
+                acc.polys.push(q);
+            }
+        }
+        Ok(())
     }
 
     fn mul_big_int(&self, ct: &mut Ciphertext, v: i128) {

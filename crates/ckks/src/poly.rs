@@ -312,20 +312,59 @@ impl Poly<Ntt> {
         });
     }
 
-    /// `self += a * b` pointwise (vectorized IFMA kernel from tfhe-ntt where available).
+    /// Whether `other` has every limb of `self` (possibly more q-limbs: its prefix is used).
+    fn covered_by(&self, other: &Self) -> bool {
+        self.n == other.n && other.nq >= self.nq && (self.np == 0 || other.np == self.np)
+    }
+
+    /// `self += a * b` pointwise (vectorized Barrett kernel from tfhe-ntt; no allocation).
+    /// `a` and `b` may carry more q-limbs than `self` (a plaintext at a higher level): their
+    /// prefix is used.
     pub(crate) fn mul_acc_ctx(&mut self, ctx: &Context, a: &Self, b: &Self) {
-        let nq = self.nq;
-        let n = self.n;
+        assert!(
+            self.covered_by(a) && self.covered_by(b),
+            "polynomial basis mismatch"
+        );
+        let (nq, n) = (self.nq, self.n);
         let pick = |p: &Self, k: usize| -> std::ops::Range<usize> {
             let ko = if k < nq { k } else { p.nq + (k - nq) };
             ko * n..(ko + 1) * n
         };
-        let ranges: Vec<_> = (0..self.nq + self.np)
-            .map(|k| (pick(a, k), pick(b, k)))
-            .collect();
         for_limbs(&mut self.data, n, |k, acc| {
-            let (ra, rb) = ranges[k].clone();
-            ctx.plans[ctx.modulus_index(nq, k)].mul_accumulate(acc, &a.data[ra], &b.data[rb]);
+            ctx.plans[ctx.modulus_index(nq, k)].mul_accumulate(
+                acc,
+                &a.data[pick(a, k)],
+                &b.data[pick(b, k)],
+            );
+        });
+    }
+
+    /// `self = a * b` pointwise, reusing `self`'s buffer (reallocated only if too small); `b`
+    /// may carry more q-limbs than `a` (its prefix is used).
+    pub(crate) fn set_mul_ctx(&mut self, ctx: &Context, a: &Self, b: &Self) {
+        self.data.resize(a.data.len(), 0);
+        self.nq = a.nq;
+        self.np = a.np;
+        self.n = a.n;
+        for_limbs(&mut self.data, self.n, |_, limb| limb.fill(0));
+        self.mul_acc_ctx(ctx, a, b);
+    }
+
+    /// `self *= b` pointwise in place without allocation; `b` may carry more q-limbs.
+    pub(crate) fn mul_plain_assign_ctx(&mut self, ctx: &Context, b: &Self) {
+        assert!(self.covered_by(b), "polynomial basis mismatch");
+        let (nq, n) = (self.nq, self.n);
+        for_limbs(&mut self.data, n, |k, limb| {
+            let ko = if k < nq { k } else { b.nq + (k - nq) };
+            with_scratch(n, |tmp| {
+                tmp.copy_from_slice(limb);
+                limb.fill(0);
+                ctx.plans[ctx.modulus_index(nq, k)].mul_accumulate(
+                    limb,
+                    tmp,
+                    &b.data[ko * n..(ko + 1) * n],
+                );
+            })
         });
     }
 }

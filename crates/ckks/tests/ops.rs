@@ -169,6 +169,96 @@ fn plaintext_and_constant_products() {
 }
 
 #[test]
+fn fused_plaintext_multiply_accumulate() {
+    let s = setup(Parameters::preset(Preset::N13L2));
+    let scale = s.params.default_scale();
+    let xs: Vec<Vec<f64>> = (0..4).map(|i| vector(4096, 60 + i, -1.0, 1.0)).collect();
+    let ws: Vec<Vec<f64>> = (0..4).map(|i| vector(4096, 70 + i, -1.0, 1.0)).collect();
+    // Ciphertexts at level 1; plaintexts at level 2 for the odd terms (prefix is used).
+    let cts: Vec<Ciphertext> = xs
+        .iter()
+        .map(|x| s.ev.drop_level(&s.encrypt(x, 2), 1).unwrap())
+        .collect();
+    let pts: Vec<Plaintext> = ws
+        .iter()
+        .enumerate()
+        .map(|(i, w)| s.enc.encode(w, 1 + i % 2, scale).unwrap())
+        .collect();
+
+    // Start from a buffer of another shape (degree 2, level 2) to exercise buffer reuse.
+    let fresh = s.encrypt(&xs[0], 2);
+    let mut acc = s.ev.multiply(&fresh, &fresh).unwrap();
+    s.ev.multiply_plain_into(&mut acc, &cts[0], &pts[0])
+        .unwrap();
+    assert_eq!(acc, s.ev.multiply_plain(&cts[0], &pts[0]).unwrap());
+    let mut reference = s.ev.multiply_plain(&cts[0], &pts[0]).unwrap();
+    for (c, p) in cts.iter().zip(&pts).skip(1) {
+        s.ev.multiply_plain_acc(&mut acc, c, p).unwrap();
+        s.ev.add_assign(&mut reference, &s.ev.multiply_plain(c, p).unwrap())
+            .unwrap();
+    }
+    assert_eq!(acc, reference, "fused result is bit-identical");
+    let mut in_place = cts[1].clone();
+    s.ev.multiply_plain_assign(&mut in_place, &pts[1]).unwrap();
+    assert_eq!(in_place, s.ev.multiply_plain(&cts[1], &pts[1]).unwrap());
+
+    let want: Vec<f64> = (0..4096)
+        .map(|j| (0..4).map(|i| xs[i][j] * ws[i][j]).sum())
+        .collect();
+    let got = s.ev.rescale(&acc).unwrap();
+    assert_precision(&want, &s.decrypt(&got), 18.0);
+
+    // A degree-2 accumulator (as after an unrelinearized product) accumulates too.
+    let sq =
+        s.ev.multiply(&s.encrypt(&xs[0], 2), &s.encrypt(&xs[1], 2))
+            .unwrap();
+    let (p2, p3) = (
+        s.enc.encode(&ws[2], 2, scale).unwrap(),
+        s.enc.encode(&ws[3], 2, scale).unwrap(),
+    );
+    let mut acc2 = s.ev.multiply_plain(&sq, &p2).unwrap();
+    s.ev.multiply_plain_acc(&mut acc2, &sq, &p3).unwrap();
+    let acc2 =
+        s.ev.rescale(&s.ev.relinearize(&acc2, &s.rlk).unwrap())
+            .unwrap();
+    let want2: Vec<f64> = (0..4096)
+        .map(|j| xs[0][j] * xs[1][j] * (ws[2][j] + ws[3][j]))
+        .collect();
+    let got2 = s.ev.rescale(&acc2).unwrap();
+    assert_precision(&want2, &s.decrypt(&got2), 14.0);
+
+    // Mismatched scale, level and slots are rejected.
+    let wrong_scale = s.enc.encode(&ws[0], 1, scale * 2.0).unwrap();
+    assert!(matches!(
+        s.ev.multiply_plain_acc(&mut acc, &cts[0], &wrong_scale),
+        Err(Error::ScaleMismatch { .. })
+    ));
+    let high = s.encrypt(&xs[0], 2);
+    assert!(matches!(
+        s.ev.multiply_plain_acc(&mut acc, &high, &s.enc.encode(&ws[0], 2, scale).unwrap()),
+        Err(Error::LevelMismatch { left: 1, right: 2 })
+    ));
+    let low_pt = s.enc.encode(&ws[0], 0, scale).unwrap();
+    assert!(matches!(
+        s.ev.multiply_plain_acc(&mut acc, &cts[0], &low_pt),
+        Err(Error::LevelMismatch { left: 1, right: 0 })
+    ));
+    assert!(matches!(
+        s.ev.multiply_plain_into(&mut acc, &cts[0], &low_pt),
+        Err(Error::LevelMismatch { .. })
+    ));
+    let short = s.enc.encode(&ws[0][..8], 1, scale).unwrap();
+    assert!(matches!(
+        s.ev.multiply_plain_acc(&mut acc, &cts[0], &short),
+        Err(Error::SlotsMismatch { .. })
+    ));
+    assert_eq!(
+        acc, reference,
+        "rejected calls leave the accumulator unchanged"
+    );
+}
+
+#[test]
 fn chain_using_every_level_keeps_12_bits() {
     let s = setup(Parameters::preset(Preset::N14L7));
     let levels = s.params.max_level();
@@ -345,7 +435,10 @@ fn results_are_identical_for_any_thread_count() {
             let m = s.ev.rescale(&m).unwrap();
             let r = s.ev.rotate(&m, 3, &gks).unwrap();
             let h = s.ev.rotate_hoisted(&ct, &[1, 3], &gks).unwrap();
-            (r, h)
+            let pt = s.enc.encode(&v, 2, s.params.default_scale()).unwrap();
+            let mut acc = s.ev.multiply_plain(&ct, &pt).unwrap();
+            s.ev.multiply_plain_acc(&mut acc, &h[1], &pt).unwrap();
+            (r, h, acc)
         })
     };
     let one = run(1);
