@@ -66,9 +66,7 @@ fn pt_at(pt: &Plaintext, nq: usize) -> Result<std::borrow::Cow<'_, Poly<Ntt>>> {
     if pt.poly.nq == nq {
         return Ok(std::borrow::Cow::Borrowed(&pt.poly));
     }
-    let mut p = pt.poly.clone();
-    p.truncate_q(nq);
-    Ok(std::borrow::Cow::Owned(p))
+    Ok(std::borrow::Cow::Owned(pt.poly.prefix_q(nq)))
 }
 
 /// Divides an NTT-form polynomial by its last prime with rounding and drops that prime.
@@ -557,9 +555,23 @@ impl Evaluator {
 
     /// Copy with `levels` primes dropped.
     pub fn drop_level(&self, ct: &Ciphertext, levels: usize) -> Result<Ciphertext> {
-        let mut out = ct.clone();
-        self.drop_level_assign(&mut out, levels)?;
-        Ok(out)
+        let level = ct.level();
+        if levels > level {
+            return Err(Error::LevelExhausted {
+                level,
+                drop: levels,
+            });
+        }
+        // Copies only the limbs that are kept.
+        Ok(Ciphertext {
+            polys: ct
+                .polys
+                .iter()
+                .map(|p| p.prefix_q(level + 1 - levels))
+                .collect(),
+            scale: ct.scale,
+            slots: ct.slots,
+        })
     }
 
     /// Drops primes until the ciphertext is at `level`.
@@ -628,10 +640,13 @@ impl Evaluator {
         let plan = self
             .rotation_plan(gks, r, ct.slots)
             .ok_or(Error::MissingRotationKey { step })?;
-        let mut out = ct.clone();
-        for s in plan {
-            let key = &gks.keys[&self.params.galois_element(s)];
-            out = self.apply_key(&out, key);
+        let key = |s: i64| &gks.keys[&self.params.galois_element(s)];
+        let (&first, rest) = plan
+            .split_first()
+            .ok_or(Error::MissingRotationKey { step })?;
+        let mut out = self.apply_key(ct, key(first));
+        for &s in rest {
+            out = self.apply_key(&out, key(s));
         }
         Ok(out)
     }

@@ -227,6 +227,12 @@ impl<F: Form> Poly<F> {
         });
     }
 
+    /// A copy of the first `nq` ciphertext limbs (no special-prime limbs).
+    pub(crate) fn prefix_q(&self, nq: usize) -> Self {
+        debug_assert!(nq <= self.nq);
+        Self::from_data(self.data[..nq * self.n].to_vec(), self.n, nq, 0)
+    }
+
     /// Keeps only the first `nq` ciphertext limbs (drops the top primes and any P limbs).
     pub(crate) fn truncate_q(&mut self, nq: usize) {
         debug_assert!(nq <= self.nq);
