@@ -18,6 +18,7 @@
 //! operation consumes two levels. Row sums over keys are a rotate-and-sum over the `g` groups,
 //! already broadcast over each head's row.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use rayon::prelude::*;
@@ -137,14 +138,14 @@ fn token_ranges(n: usize, np: usize, r: usize) -> (std::ops::Range<usize>, std::
     (0..n.min(cut), cut.min(n)..n)
 }
 
-fn check_input<B: SlotBackend>(
+fn check_input<'a, B: SlotBackend>(
     b: &B,
-    x: &PackedMatrix<B::Ct>,
+    x: &'a PackedMatrix<B::Ct>,
     layout: &Layout,
     level: usize,
     scale: f64,
     what: &'static str,
-) -> Result<Vec<B::Ct>> {
+) -> Result<Vec<Cow<'a, B::Ct>>> {
     if x.layout() != layout {
         return Err(Error::LayoutMismatch { what });
     }
@@ -163,7 +164,12 @@ fn check_input<B: SlotBackend>(
                     right: scale,
                 });
             }
-            b.drop_to_level(c, level)
+            // No copy when the input already is at `level`.
+            if b.level(c) == level {
+                Ok(Cow::Borrowed(c))
+            } else {
+                b.drop_to_level(c, level).map(Cow::Owned)
+            }
         })
         .collect()
 }

@@ -153,6 +153,11 @@ impl SlotBackend for CkksBackend {
         self.stats.record_pt_mult();
         Ok(self.eval.multiply_plain(a, p)?)
     }
+    fn mul_plain_add(&self, acc: &mut Ciphertext, a: &Ciphertext, p: &Plaintext) -> Result<()> {
+        self.stats.record_pt_mult();
+        // Fused and allocation-free; bit-identical to `mul_plain` followed by `add_assign`.
+        Ok(self.eval.multiply_plain_acc(acc, a, p)?)
+    }
     fn mul_const(&self, a: &Ciphertext, c: f64, const_scale: f64) -> Result<Ciphertext> {
         self.stats.record_pt_mult();
         let v = (c * const_scale).round();

@@ -336,11 +336,18 @@ impl<P> EncodedLinear<P> {
                         right: self.scale,
                     });
                 }
-                let ct = b.drop_to_level(ct, self.level)?;
+                // No copy when the input already is at the working level.
+                let dropped;
+                let ct = if b.level(ct) == self.level {
+                    ct
+                } else {
+                    dropped = b.drop_to_level(ct, self.level)?;
+                    &dropped
+                };
                 let steps: Vec<usize> = self.baby[a].iter().map(|k| (k * stride) % slots).collect();
                 match self.method {
-                    LinearMethod::Bsgs => b.rotate_hoisted(&ct, &steps),
-                    LinearMethod::Diagonal => steps.iter().map(|&s| b.rotate(&ct, s)).collect(),
+                    LinearMethod::Bsgs => b.rotate_hoisted(ct, &steps),
+                    LinearMethod::Diagonal => steps.iter().map(|&s| b.rotate(ct, s)).collect(),
                 }
             })
             .collect::<Result<_>>()?;

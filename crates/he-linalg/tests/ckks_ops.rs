@@ -229,3 +229,44 @@ fn polynomials_and_elementwise() {
     println!("element-wise: {bits:.1} bits");
     assert!(bits >= MIN_BITS, "element-wise: {bits:.1} bits");
 }
+
+#[test]
+fn fused_plaintext_multiply_add_matches_unfused() {
+    let b = backend();
+    let mut r = rng(17);
+    let scale = b.default_scale();
+    let (x, y, w, v) = (
+        random_vec(&mut r, b.slots(), 2.0),
+        random_vec(&mut r, b.slots(), 2.0),
+        random_vec(&mut r, b.slots(), 1.0),
+        random_vec(&mut r, b.slots(), 1.0),
+    );
+    let (cx, cy) = (
+        b.encrypt(&x, 2, scale).unwrap(),
+        b.encrypt(&y, 2, scale).unwrap(),
+    );
+    let (pw, pv) = (
+        b.encode(&w, 2, scale).unwrap(),
+        b.encode(&v, 2, scale).unwrap(),
+    );
+    let before = b.stats().snapshot();
+    let mut fused = b.mul_plain(&cx, &pw).unwrap();
+    b.mul_plain_add(&mut fused, &cy, &pv).unwrap();
+    assert_eq!(b.stats().snapshot().since(&before).pt_mults, 2);
+    let mut unfused = b.mul_plain(&cx, &pw).unwrap();
+    b.add_assign(&mut unfused, &b.mul_plain(&cy, &pv).unwrap())
+        .unwrap();
+    assert_eq!(fused, unfused, "bit-identical to mul_plain + add_assign");
+    let got = Matrix::new(
+        1,
+        b.slots(),
+        b.decrypt(&b.rescale(&fused).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let want = Matrix::from_fn(1, b.slots(), |_, j| x[j] * w[j] + y[j] * v[j]);
+    let bits = precision_bits(&got, &want).unwrap();
+    assert!(bits >= MIN_BITS, "fused product: {bits:.1} bits");
+    // The accumulator's scale must be the product's scale.
+    let mut wrong = cx.clone();
+    assert!(b.mul_plain_add(&mut wrong, &cy, &pv).is_err());
+}
