@@ -34,7 +34,122 @@ pub struct ClientBundle {
     pub embeddings: EmbeddingTables,
 }
 
+/// Magic of a serialized client bundle.
+pub const BUNDLE_MAGIC: [u8; 4] = *b"THXB";
+/// Version of the client bundle format.
+pub const BUNDLE_VERSION: u16 = 1;
+
 impl ClientBundle {
+    /// Serializes: magic, version, a JSON header (everything but the embedding tables), then
+    /// the tables as little-endian `f32` (word, position, token type, LayerNorm gamma, beta).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let e = &self.embeddings;
+        let mut header = self.clone();
+        for t in [
+            &mut header.embeddings.word,
+            &mut header.embeddings.position,
+            &mut header.embeddings.token_type,
+            &mut header.embeddings.ln_gamma,
+            &mut header.embeddings.ln_beta,
+        ] {
+            t.clear();
+        }
+        let json = serde_json::to_vec(&header).expect("bundle header serializes");
+        let tables = [&e.word, &e.position, &e.token_type, &e.ln_gamma, &e.ln_beta];
+        let floats: usize = tables.iter().map(|t| t.len()).sum();
+        let mut out = Vec::with_capacity(14 + json.len() + 4 * floats + 40);
+        out.extend_from_slice(&BUNDLE_MAGIC);
+        out.extend_from_slice(&BUNDLE_VERSION.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        for t in tables {
+            out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+            for x in t.iter() {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// SHA-256 of [`ClientBundle::to_bytes`], hex: what a client checks a cached bundle by.
+    pub fn hash_hex(bytes: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Reads a bundle, checking every table length against the header's shapes before
+    /// allocating it, and the parameters' security.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut pos = 0usize;
+        let mut take = |n: usize| -> Result<&[u8]> {
+            if bytes.len() - pos < n {
+                return Err(EngineError::Malformed(format!(
+                    "bundle truncated at offset {pos} ({n} bytes needed)"
+                )));
+            }
+            pos += n;
+            Ok(&bytes[pos - n..pos])
+        };
+        if take(4)? != BUNDLE_MAGIC {
+            return Err(EngineError::Malformed(
+                "not a client bundle (bad magic)".into(),
+            ));
+        }
+        let version = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes"));
+        if version != BUNDLE_VERSION {
+            return Err(EngineError::Malformed(format!(
+                "bundle version {version}, this build reads {BUNDLE_VERSION}"
+            )));
+        }
+        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let json = take(usize::try_from(len).unwrap_or(usize::MAX))?;
+        let mut b: ClientBundle = serde_json::from_slice(json)
+            .map_err(|e| EngineError::Malformed(format!("bundle header: {e}")))?;
+        Parameters::new(&b.params)?;
+        let h = b.embeddings.hidden;
+        let vocab = b.embeddings.vocab;
+        if h != b.dims.hidden || h == 0 {
+            return Err(EngineError::Malformed(format!(
+                "embedding width {h} vs model width {}",
+                b.dims.hidden
+            )));
+        }
+        let mut table = |max: usize, exact: bool| -> Result<Vec<f32>> {
+            let n = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if n > max || (exact && n != max) || n % h != 0 {
+                return Err(EngineError::Malformed(format!(
+                    "embedding table of {n} values (expected {}{max}, a multiple of {h})",
+                    if exact { "" } else { "at most " }
+                )));
+            }
+            Ok(take(4 * n)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect())
+        };
+        let word = table(vocab.saturating_mul(h), true)?;
+        let position = table(bytes.len() / 4, false)?;
+        let token_type = table(h, true)?;
+        let ln_gamma = table(h, true)?;
+        let ln_beta = table(h, true)?;
+        b.embeddings.word = word;
+        b.embeddings.position = position;
+        b.embeddings.token_type = token_type;
+        b.embeddings.ln_gamma = ln_gamma;
+        b.embeddings.ln_beta = ln_beta;
+        if pos != bytes.len() {
+            return Err(EngineError::Malformed(format!(
+                "{} trailing bytes after the bundle",
+                bytes.len() - pos
+            )));
+        }
+        Ok(b)
+    }
+
     /// The compiled buckets, ascending.
     pub fn buckets(&self) -> Vec<usize> {
         let mut b: Vec<usize> = self.plans.iter().map(|p| p.bucket).collect();

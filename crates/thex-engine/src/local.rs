@@ -87,8 +87,9 @@ fn run(
     let t = Instant::now();
     let bytes = input.to_bytes(&params);
     up += bytes.len();
-    let mut step = server.start(EncryptedInput::from_bytes(&params, &bytes, limits)?)?;
+    let input = EncryptedInput::from_bytes(&params, &bytes, limits)?;
     t_ser += t.elapsed().as_secs_f64();
+    let mut step = server.start(input)?;
     let logits = loop {
         match step {
             Step::Done(l) => {

@@ -150,7 +150,8 @@ impl ServerSession {
         self.taps.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// Server compute time per segment of the last inference (`layer{i}.{segment}`).
+    /// Server time per segment of the last inference (`layer{i}.{segment}`; with
+    /// `pre_encode = false` also `layer{i}.encode_weights`).
     pub fn timings(&self) -> &[(String, Duration)] {
         &self.compute
     }
@@ -205,6 +206,11 @@ impl ServerSession {
     fn begin_layer(&mut self, bucket: usize, layer: usize, round: u32, x: Packed) -> Result<Step> {
         let t0 = Instant::now();
         let prog = self.model.layer_program(bucket, layer)?;
+        if !self.model.engine_params().pre_encode {
+            self.compute
+                .push((format!("layer{layer}.encode_weights"), t0.elapsed()));
+        }
+        let t0 = Instant::now();
         let b = &self.backend;
         Self::tap(&mut self.taps, format!("layer{layer}.input"), &x);
         let q = prog.q.apply(b, &x)?;

@@ -492,3 +492,94 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
         Err(EngineError::UnknownBucket { bucket: 32, .. })
     ));
 }
+
+#[test]
+fn client_bundle_round_trips_and_rejects_corruption() {
+    let s = setup();
+    let bytes = s.bundle.to_bytes();
+    let back = ClientBundle::from_bytes(&bytes).unwrap();
+    assert_eq!(back, s.bundle);
+    assert_eq!(
+        ClientBundle::hash_hex(&bytes),
+        ClientBundle::hash_hex(&back.to_bytes())
+    );
+    assert_eq!(ClientBundle::hash_hex(&bytes).len(), 64);
+    // The bundle's plan is the server's: the client generates exactly the planned keys.
+    assert_eq!(
+        s.keys.galois.galois_elements().len(),
+        s.server.plan(16).unwrap().galois_steps.len()
+    );
+    assert!(ClientBundle::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    let mut long = bytes.clone();
+    long.push(7);
+    assert!(matches!(
+        ClientBundle::from_bytes(&long),
+        Err(EngineError::Malformed(_))
+    ));
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert!(matches!(
+        ClientBundle::from_bytes(&bad),
+        Err(EngineError::Malformed(_))
+    ));
+    // An insecure parameter literal in the header is refused.
+    let mut insecure = s.bundle.clone();
+    insecure.params.log_q.push(40);
+    insecure.params.log_q.push(40);
+    insecure.params.log_q.push(40);
+    assert!(matches!(
+        ClientBundle::from_bytes(&insecure.to_bytes()),
+        Err(EngineError::Ckks(ckks::Error::Insecure { .. }))
+    ));
+}
+
+/// A MiniLM-shaped layer (hidden 384, 12 heads, FFN 1536) with weights encoded per inference.
+#[test]
+fn minilm_shaped_model_agrees_slow() {
+    if std::env::var("THEX_SLOW_TESTS").map_or(true, |v| v != "1") {
+        eprintln!("SKIP minilm_shaped_model_agrees_slow: set THEX_SLOW_TESTS=1");
+        return;
+    }
+    let shape = common::Shape {
+        layers: 2,
+        hidden: 384,
+        heads: 12,
+        ffn: 1536,
+        vocab: 50,
+        labels: 2,
+    };
+    let model = random_model(shape, 3);
+    let engine = EngineParams {
+        buckets: vec![16],
+        pre_encode: false,
+        ..Default::default()
+    };
+    let server = Arc::new(ServerModel::compile(&model, &engine).unwrap());
+    let mut c = ClientSession::new(server.client_bundle()).unwrap();
+    let keys = c.evaluation_keys(&[]).unwrap();
+    let mut srv = ServerSession::new(server.clone(), keys, &[]).unwrap();
+    let tokens = ids(13, 2);
+    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
+    let want = values(
+        model
+            .forward(&batch, false)
+            .unwrap()
+            .logits
+            .as_ref()
+            .unwrap(),
+    );
+    let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
+    let err = r
+        .logits
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "MiniLM-shaped, 2 layers, 13 tokens: {} rounds, {:.1} MB up, {:.1} MB down, {:.1} s, logit error {err:.2e}",
+        r.rounds,
+        r.bytes_up as f64 / 1e6,
+        r.bytes_down as f64 / 1e6,
+        r.total_seconds
+    );
+    assert!(err < 1e-3, "logit error {err}");
+}
