@@ -18,7 +18,7 @@ use thex_model::{ThexConfig, read_safetensors};
 use crate::error::{Result, TrainError, read_json, write_json};
 
 /// Name of the default model's package directory under the repository's `models/`.
-pub const DEFAULT_MODEL: &str = "sst2-thex-k2";
+pub const DEFAULT_MODEL: &str = "sst2-thex-k3";
 /// Manifest file name inside a package.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Files of a package besides the manifest.
