@@ -124,8 +124,9 @@ pub fn package_model(
 /// Installs the package `package` on top of the base model directory `base_dir` into
 /// `dest` (created): checks the base weights' and the packaged files' sha256 against the
 /// manifest, copies the package, points `thex.json`'s `base_weights` at the base model's
-/// safetensors (absolute path) and copies the tokenizer files from the base. Returns `dest`,
-/// loadable with `thex_model::load_model_dir`.
+/// safetensors (relative to `dest` when both share a root, so the pair can be moved together)
+/// and copies the tokenizer files from the base. Returns `dest`, loadable with
+/// `thex_model::load_model_dir`.
 pub fn install_model(base_dir: &Path, package: &Path, dest: &Path) -> Result<PathBuf> {
     let manifest: Manifest = read_json(&package.join(MANIFEST_FILE))?;
     let base_weights = base_dir
@@ -152,6 +153,7 @@ pub fn install_model(base_dir: &Path, package: &Path, dest: &Path) -> Result<Pat
         }
     }
     std::fs::create_dir_all(dest).map_err(|e| TrainError::io(dest, e))?;
+    let dest_abs = dest.canonicalize().map_err(|e| TrainError::io(dest, e))?;
     copy(
         &package.join("model.safetensors"),
         &dest.join("model.safetensors"),
@@ -159,7 +161,8 @@ pub fn install_model(base_dir: &Path, package: &Path, dest: &Path) -> Result<Pat
     copy(&package.join("config.json"), &dest.join("config.json"))?;
     copy(&package.join(MANIFEST_FILE), &dest.join(MANIFEST_FILE))?;
     let mut thex = ThexConfig::from_file(&package.join("thex.json"))?;
-    thex.base_weights = Some(base_weights.to_string_lossy().into_owned());
+    let link = relative_path(&dest_abs, &base_weights).unwrap_or(base_weights);
+    thex.base_weights = Some(link.to_string_lossy().into_owned());
     thex.to_file(&dest.join("thex.json"))?;
     for f in TOKENIZER_FILES {
         let src = base_dir.join(f);
@@ -168,6 +171,19 @@ pub fn install_model(base_dir: &Path, package: &Path, dest: &Path) -> Result<Pat
         }
     }
     Ok(dest.to_path_buf())
+}
+
+/// `target` relative to the directory `from` (both absolute), e.g. `../minilm-l6/x`; `None`
+/// when they share nothing but the root.
+fn relative_path(from: &Path, target: &Path) -> Option<PathBuf> {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), target.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    if common <= 1 {
+        return None;
+    }
+    let mut out: PathBuf = f[common..].iter().map(|_| "..").collect();
+    out.extend(&t[common..]);
+    Some(out)
 }
 
 /// Installs the default model ([`DEFAULT_MODEL`] under the repository's `models/`

@@ -281,6 +281,20 @@ fn pipeline_runs_all_stages_learns_the_task_and_resumes() {
             );
         }
     }
+    // The link to the base weights is relative: base and model can move together.
+    let thex = ThexConfig::from_file(&dest.join("thex.json")).unwrap();
+    let link = thex.base_weights.unwrap();
+    assert!(link.starts_with(".."), "{link}");
+    let moved = f.root.join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    let base_name = f.cfg.base_model.file_name().unwrap();
+    copy_dir(&f.cfg.base_model, &moved.join(base_name));
+    copy_dir(&dest, &moved.join("installed"));
+    let relocated = load_model_dir(&moved.join("installed"), &LoadOptions::default()).unwrap();
+    let c = relocated.predict_batch(&texts).unwrap();
+    for (x, y) in b.iter().zip(&c) {
+        assert_eq!(x.logits, y.logits);
+    }
     let dev = Dataset::read_tsv(&f.cfg.dev_data).unwrap();
     let acc = evaluate(&installed, &dev).unwrap().accuracy;
     assert!((acc - report.stages[4].dev.accuracy).abs() <= 0.03, "{acc}");
@@ -292,6 +306,16 @@ fn pipeline_runs_all_stages_learns_the_task_and_resumes() {
     std::fs::write(pkg.join("config.json"), "{}").unwrap();
     let err = install_model(&f.cfg.base_model, &pkg, &f.root.join("y")).unwrap_err();
     assert!(matches!(err, TrainError::CorruptPackage { .. }), "{err}");
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
 }
 
 #[test]
