@@ -1,63 +1,112 @@
-//! One encrypted inference of a real model, client and server in this process.
+//! One encrypted inference of a real or random model, client and server in this process, with
+//! phase timings, rounds, bytes and key sizes.
 //!
-//! `cargo run --release -p thex-engine --example local -- --model DIR --text "..." [--layers K]`
+//! `cargo run --release -p thex-engine --example local -- (--model DIR | --random SHAPE)
+//!  [--text "..." | --tokens N] [--layers K] [--pre-encode] [--repeat R]`
 //!
 //! `DIR` is a THE-X model directory (with `thex.json`), or a plain BERT directory such as the
 //! MiniLM-L6 cache: then its first `K` layers (default 2) get every THE-X approximation with
 //! fresh (untrained) reciprocal network and classifier — fine for time, rounds, bytes and
-//! plaintext-vs-encrypted agreement, meaningless as a classifier. Weights are encoded per
-//! inference (`pre_encode = false`) for the one bucket the text needs.
+//! plaintext-vs-encrypted agreement, meaningless as a classifier. `--random bert-tiny` (2
+//! layers, hidden 128, 2 heads, FFN 512) or `--random minilm` (K layers of hidden 384, 12
+//! heads, FFN 1536) builds a model with seeded random weights instead. `--tokens N` runs on N
+//! synthetic token ids instead of a text. The server encodes the weights of the one bucket the
+//! input needs: per inference by default, once at compile time with `--pre-encode`.
 
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_nn::VarMap;
-use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local};
+use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
 use thex_model::{
-    Batch, HeadConfig, LoadOptions, ParamMode, Pooling, ThexConfig, TrainParams, load_model_dir,
+    Batch, HeadConfig, LoadOptions, ParamMode, Pooling, ThexConfig, ThexModel, TrainParams,
+    load_model_dir,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut model_dir: Option<PathBuf> = None;
+    let mut random: Option<String> = None;
     let mut text = "a gripping, beautifully acted film".to_string();
+    let mut tokens: Option<usize> = None;
     let mut layers = 2usize;
+    let mut pre_encode = false;
+    let mut repeat = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--model" => model_dir = Some(PathBuf::from(val()?)),
+            "--random" => random = Some(val()?),
             "--text" => text = val()?,
+            "--tokens" => tokens = Some(val()?.parse()?),
             "--layers" => layers = val()?.parse()?,
+            "--pre-encode" => pre_encode = true,
+            "--repeat" => repeat = val()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let dir = model_dir.ok_or("--model DIR is required")?;
 
     let t = Instant::now();
-    let loaded = if dir.join("thex.json").is_file() {
-        load_model_dir(&dir, &LoadOptions::default())?
-    } else {
-        let head = HeadConfig {
-            pooling: Pooling::Mean,
-            labels: vec!["negative".into(), "positive".into()],
-        };
-        let opts = LoadOptions {
-            layers: Some(layers),
-            thex: Some(ThexConfig::full_thex(Some(head))),
-            mode: ParamMode::Train(TrainParams {
-                varmap: VarMap::new(),
-                frozen_prefixes: vec![],
-                init_missing: true,
-            }),
-            ..Default::default()
-        };
-        load_model_dir(&dir, &opts)?
+    let (model, ids): (ThexModel, Vec<u32>) = match (&model_dir, &random) {
+        (Some(dir), None) => {
+            let loaded = if dir.join("thex.json").is_file() {
+                load_model_dir(dir, &LoadOptions::default())?
+            } else {
+                let head = HeadConfig {
+                    pooling: Pooling::Mean,
+                    labels: vec!["negative".into(), "positive".into()],
+                };
+                let opts = LoadOptions {
+                    layers: Some(layers),
+                    thex: Some(ThexConfig::full_thex(Some(head))),
+                    mode: ParamMode::Train(TrainParams {
+                        varmap: VarMap::new(),
+                        frozen_prefixes: vec![],
+                        init_missing: true,
+                    }),
+                    ..Default::default()
+                };
+                load_model_dir(dir, &opts)?
+            };
+            let ids = match tokens {
+                Some(n) => synthetic_ids(n, loaded.model.config().vocab_size),
+                None => loaded.tokenize(&text)?,
+            };
+            (loaded.model, ids)
+        }
+        (None, Some(shape)) => {
+            let s = match shape.as_str() {
+                "bert-tiny" => common::Shape {
+                    layers: 2,
+                    hidden: 128,
+                    heads: 2,
+                    ffn: 512,
+                    vocab: 1000,
+                    labels: 2,
+                },
+                "minilm" => common::Shape {
+                    layers,
+                    hidden: 384,
+                    heads: 12,
+                    ffn: 1536,
+                    vocab: 1000,
+                    labels: 2,
+                },
+                other => return Err(format!("unknown --random shape {other}").into()),
+            };
+            let model = common::random_model(s, 5);
+            (model, synthetic_ids(tokens.unwrap_or(16), s.vocab))
+        }
+        _ => return Err("give exactly one of --model DIR and --random SHAPE".into()),
     };
-    let ids = loaded.tokenize(&text)?;
-    let batch = Batch::new(std::slice::from_ref(&ids), 0, loaded.model.device())?;
-    let plain: Vec<f64> = loaded
-        .model
+    let batch = Batch::new(std::slice::from_ref(&ids), 0, model.device())?;
+    let plain: Vec<f64> = model
         .forward(&batch, false)?
         .logits
         .ok_or("model has no head")?
@@ -66,8 +115,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .to_vec1()?;
     println!(
         "model: {} layers, hidden {}, {} tokens (loaded in {:.2} s)",
-        loaded.model.config().num_hidden_layers,
-        loaded.model.config().hidden_size,
+        model.config().num_hidden_layers,
+        model.config().hidden_size,
         ids.len(),
         t.elapsed().as_secs_f64()
     );
@@ -76,17 +125,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .copied()
         .find(|&b| b >= ids.len())
-        .ok_or("text longer than 128 tokens")?;
+        .ok_or("more than 128 tokens")?;
     let engine = EngineParams {
         buckets: vec![bucket],
-        pre_encode: false,
+        pre_encode,
         ..Default::default()
     };
     let t = Instant::now();
-    let server_model = Arc::new(ServerModel::compile(&loaded.model, &engine)?);
+    let server_model = Arc::new(ServerModel::compile(&model, &engine)?);
     let plan = server_model.plan(bucket)?;
     println!(
-        "compiled: N = 2^{}, {} levels, log QP = {:.0}, bucket {bucket}: {} Galois keys, {} key switches, {} plaintexts ({:.2} s)",
+        "compiled: N = 2^{}, {} levels, log QP = {:.0}, bucket {bucket}: {} Galois keys, {} key switches, {} plaintexts, pre-encode {pre_encode} ({:.2} s)",
         server_model.params().log_n(),
         server_model.params().max_level(),
         server_model.params().log_qp(),
@@ -97,8 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let t = Instant::now();
-    let mut client =
-        ClientSession::new(server_model.client_bundle())?.with_tokenizer(loaded.tokenizer.clone());
+    let mut client = ClientSession::new(server_model.client_bundle())?;
     let keys = client.evaluation_keys(&[bucket])?;
     let key_bytes = keys.to_bytes(server_model.params()).len();
     let mut server = ServerSession::new(server_model.clone(), keys, &[bucket])?;
@@ -109,31 +157,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64()
     );
 
-    let r = run_local(&mut client, &mut server, &text)?;
-    let diff = r
-        .logits
-        .iter()
-        .zip(&plain)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    let plain_label = (0..plain.len()).fold(0, |b, i| if plain[i] > plain[b] { i } else { b });
-    println!(
-        "encrypted: label {} ({:?}), plaintext label {plain_label}",
-        r.label, r.probabilities
-    );
-    println!(
-        "logits encrypted {:?}\nlogits plaintext {plain:?}",
-        r.logits
-    );
-    println!("max logit difference {diff:.3e}");
-    println!(
-        "rounds {}, bytes up {:.1} MB, down {:.1} MB, total {:.2} s",
-        r.rounds,
-        r.bytes_up as f64 / 1e6,
-        r.bytes_down as f64 / 1e6,
-        r.total_seconds
-    );
-    for p in &r.timings {
-        println!("  {:<36} {:>8.3} s", p.name, p.seconds);
+    for run in 0..repeat {
+        let r = run_local_ids(&mut client, &mut server, &ids)?;
+        let diff = r
+            .logits
+            .iter()
+            .zip(&plain)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let plain_label = (0..plain.len()).fold(0, |b, i| if plain[i] > plain[b] { i } else { b });
+        println!(
+            "run {run}: encrypted label {} ({:?}), plaintext label {plain_label}, max logit difference {diff:.3e}",
+            r.label, r.probabilities
+        );
+        println!(
+            "rounds {}, bytes up {:.2} MB, down {:.2} MB, total {:.2} s",
+            r.rounds,
+            r.bytes_up as f64 / 1e6,
+            r.bytes_down as f64 / 1e6,
+            r.total_seconds
+        );
+        let mut by_segment: BTreeMap<String, f64> = BTreeMap::new();
+        for p in &r.timings {
+            println!("  {:<36} {:>8.3} s", p.name, p.seconds);
+            if let Some(rest) = p.name.strip_prefix("server.layer") {
+                let seg = rest.split_once('.').map_or(rest, |(_, s)| s);
+                *by_segment.entry(format!("server.*.{seg}")).or_default() += p.seconds;
+            }
+        }
+        for (seg, s) in &by_segment {
+            println!("  sum {seg:<32} {s:>8.3} s");
+        }
     }
     Ok(())
+}
+
+/// `n` token ids spread over the vocabulary (skipping the first 1000 special/unused ids when
+/// the vocabulary is large).
+fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
+    let base = if vocab > 2000 { 1000 } else { 2 };
+    (0..n)
+        .map(|i| (base + (i * 7919) % (vocab - base)) as u32)
+        .collect()
 }
