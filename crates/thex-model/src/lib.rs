@@ -47,6 +47,7 @@ pub mod fetch;
 pub mod layers;
 pub mod model_dir;
 pub mod pipeline;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 

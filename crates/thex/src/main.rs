@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod default_model;
+mod encrypted_eval;
 mod progress;
 
 /// Privacy-preserving BERT inference with CKKS homomorphic encryption (THE-X).
@@ -22,6 +24,10 @@ enum Command {
     Encode(cmd::infer_plain::EncodeArgs),
     /// Classify a text in plaintext with a model that has a classification head.
     Predict(cmd::infer_plain::PredictArgs),
+    /// Convert a pre-trained BERT into a THE-X model (resumable stages; see docs/results.md).
+    Train(cmd::train::TrainArgs),
+    /// Accuracy of a classifier on a labelled TSV (GLUE format).
+    Eval(cmd::train::EvalArgs),
     /// Benchmarks with medians and ratios against a baseline run in the same process or script.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -33,6 +39,8 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => cmd::model::run(c),
         Command::Encode(a) => cmd::infer_plain::encode(a),
         Command::Predict(a) => cmd::infer_plain::predict(a),
+        Command::Train(a) => cmd::train::train(a),
+        Command::Eval(a) => cmd::train::eval(a),
         Command::Bench(c) => cmd::bench::run(c),
     };
     match result {

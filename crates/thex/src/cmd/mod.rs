@@ -3,3 +3,4 @@
 pub mod bench;
 pub mod infer_plain;
 pub mod model;
+pub mod train;
