@@ -1,0 +1,188 @@
+//! `thex model fetch --name sst2-thex`, `thex eval [--encrypted]` and `thex train` through the
+//! real binary.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn thex(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thex"))
+        .args(args)
+        .output()
+        .expect("run thex")
+}
+
+fn ok_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The GLUE files next to the repository (`THEX_SHARED_DATA` overrides), when present.
+fn shared_data(rel: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("THEX_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let p = root.join(rel);
+    p.is_file().then_some(p)
+}
+
+#[test]
+fn default_model_installs_repairs_and_meets_its_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("sst2-thex");
+    let d = dest.to_str().unwrap();
+    let first = ok_json(&thex(&[
+        "model", "fetch", "--name", "sst2-thex", "--dir", d, "--json",
+    ]));
+    assert_eq!(first["installed"], true);
+    assert_eq!(Path::new(first["dir"].as_str().unwrap()), dest);
+    let again = ok_json(&thex(&[
+        "model", "fetch", "--name", "sst2-thex", "--dir", d, "--json",
+    ]));
+    assert_eq!(again["installed"], false);
+    assert_eq!(again["sha256"], first["sha256"]);
+    // A damaged install is detected and replaced.
+    fs::write(dest.join("model.safetensors"), b"garbage").unwrap();
+    let repaired = ok_json(&thex(&[
+        "model", "fetch", "--name", "sst2-thex", "--dir", d, "--json",
+    ]));
+    assert_eq!(repaired["installed"], true);
+    assert_eq!(repaired["sha256"], first["sha256"]);
+
+    let Some(dev) = shared_data("sst2/dev.tsv") else {
+        eprintln!("SST-2 dev.tsv not found next to the repository: accuracy not checked");
+        return;
+    };
+    let r = ok_json(&thex(&[
+        "eval",
+        "--model",
+        d,
+        "--data",
+        dev.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(r["n"], 872);
+    let acc = r["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.84, "default model accuracy {acc}");
+    let per = &r["per_label"];
+    assert_eq!(
+        per["0"]["n"].as_u64().unwrap() + per["1"]["n"].as_u64().unwrap(),
+        872
+    );
+}
+
+#[test]
+fn encrypted_eval_agrees_with_the_plaintext_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("small");
+    thex_model::synthetic::write_dir(thex_model::synthetic::SMALL, 3, &model).unwrap();
+    let data = tmp.path().join("data.tsv");
+    fs::write(
+        &data,
+        "sentence\tlabel\na good film\t1\nthe plot was dull and slow\t0\n\
+         very funny , smart and fresh\t1\nthe worst movie\t0\nit is not great\t0\n",
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let plain = ok_json(&thex(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]));
+    let enc = ok_json(&thex(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--encrypted",
+        "--json",
+    ]));
+    assert_eq!(enc["n"], 5);
+    assert_eq!(enc["agreement"], 1.0, "{enc}");
+    assert_eq!(enc["accuracy"], plain["accuracy"]);
+    assert_eq!(enc["plaintext_accuracy"], plain["accuracy"]);
+    let max_err = enc["max_logit_error"].as_f64().unwrap();
+    assert!(max_err < 1e-3, "{enc}");
+    assert!(enc["mean_logit_error"].as_f64().unwrap() <= max_err);
+    assert_eq!(enc["rounds"], 8, "4 client rounds per layer, 2 layers");
+    assert!(enc["mean_bytes_up"].as_f64().unwrap() > 0.0);
+
+    // --limit evaluates a prefix.
+    let two = ok_json(&thex(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(two["n"], 2);
+}
+
+#[test]
+fn eval_and_train_reject_bad_input_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("small");
+    thex_model::synthetic::write_dir(thex_model::synthetic::SMALL, 3, &model).unwrap();
+    let bad = tmp.path().join("bad.tsv");
+    fs::write(&bad, "text\tlabel\nfine\t0\n").unwrap();
+    let out = thex(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("sentence"), "{}", stderr(&out));
+
+    let out = thex(&["eval", "--model", "/nonexistent/model", "--data", "x.tsv"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/nonexistent/model"), "{}", stderr(&out));
+
+    let out = thex(&["train", "--out", tmp.path().join("run").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--train"), "{}", stderr(&out));
+
+    let out = thex(&[
+        "train",
+        "--base",
+        "/nonexistent/base",
+        "--train",
+        "a.tsv",
+        "--dev",
+        "b.tsv",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/nonexistent/base"), "{}", stderr(&out));
+
+    let out = thex(&["train", "--from-stage", "bogus"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bogus"), "{}", stderr(&out));
+
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../thex-train/configs/sst2-k3.json");
+    let printed = ok_json(&thex(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--layers",
+        "4",
+        "--print-config",
+    ]));
+    assert_eq!(printed["layers"], 4);
+    assert_eq!(printed["distill"]["fine_tune"]["max_examples"], 20000);
+}
