@@ -17,8 +17,6 @@ use thex_model::{ThexConfig, read_safetensors};
 
 use crate::error::{Result, TrainError, read_json, write_json};
 
-/// Name of the default model's package directory under the repository's `models/`.
-pub const DEFAULT_MODEL: &str = "sst2-thex-k3";
 /// Manifest file name inside a package.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Files of a package besides the manifest.
@@ -184,15 +182,4 @@ fn relative_path(from: &Path, target: &Path) -> Option<PathBuf> {
     let mut out: PathBuf = f[common..].iter().map(|_| "..").collect();
     out.extend(&t[common..]);
     Some(out)
-}
-
-/// Installs the default model ([`DEFAULT_MODEL`] under the repository's `models/`
-/// directory `repo_models_dir`) on top of `base_dir` into `dest_dir` — what
-/// `thex model fetch --name sst2-thex` does.
-pub fn install_default_model(
-    base_dir: &Path,
-    repo_models_dir: &Path,
-    dest_dir: &Path,
-) -> Result<PathBuf> {
-    install_model(base_dir, &repo_models_dir.join(DEFAULT_MODEL), dest_dir)
 }

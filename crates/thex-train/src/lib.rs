@@ -9,7 +9,7 @@
 //! - [`train`]: length-bucketed fine-tuning with cross-entropy or distillation;
 //!   [`reciprocal`]: measuring attention sums and pre-training `T`; [`layernorm`]: LN-distill.
 //! - [`install`]: compact packages of trained models and their installation over the base
-//!   model ([`install_default_model`] — `thex model fetch --name sst2-thex`).
+//!   model ([`install_model`] — what `thex model fetch --name sst2-thex` runs).
 
 pub mod config;
 pub mod data;
@@ -27,5 +27,5 @@ pub use config::{
 pub use data::{Dataset, Example};
 pub use error::{Result, TrainError};
 pub use eval::{EvalReport, LabelStats, evaluate, evaluate_dir, matthews};
-pub use install::{DEFAULT_MODEL, Manifest, install_default_model, install_model, package_model};
+pub use install::{Manifest, install_model, package_model};
 pub use pipeline::{RunOptions, RunReport, StageReport, run_pipeline, stage_dir, stage_report};
