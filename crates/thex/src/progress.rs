@@ -71,3 +71,17 @@ impl FetchProgress {
         }
     }
 }
+
+/// A ticking spinner on stderr for a long step (hidden when `quiet`); set its message as the
+/// step advances.
+pub fn spinner(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("static template"),
+    );
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    }
+    bar
+}

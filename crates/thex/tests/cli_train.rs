@@ -186,3 +186,63 @@ fn eval_and_train_reject_bad_input_clearly() {
     assert_eq!(printed["layers"], 4);
     assert_eq!(printed["distill"]["fine_tune"]["max_examples"], 20000);
 }
+
+#[test]
+fn bench_e2e_reports_every_run_in_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("small");
+    thex_model::synthetic::write_dir(thex_model::synthetic::SMALL, 5, &model).unwrap();
+    let out = ok_json(&thex(&[
+        "bench",
+        "e2e",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "8",
+        "--tiny-tokens",
+        "4",
+        "--json",
+    ]));
+    let runs = out["runs"].as_array().unwrap();
+    let got: Vec<(String, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["model"].as_str().unwrap().to_string(),
+                r["tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("small".to_string(), 8),
+            ("bert-tiny-shape".to_string(), 4)
+        ]
+    );
+    for r in runs {
+        assert_eq!(r["rounds"], 8, "{r}");
+        for k in ["total_s", "bytes_up", "bytes_down", "key_bytes"] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+        }
+        let phases = r["phases"].as_object().unwrap();
+        assert!(phases.keys().any(|k| k.starts_with("server.layer1.")), "{r}");
+        let layers = r["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        let server: f64 = layers.iter().map(|x| x.as_f64().unwrap()).sum();
+        assert!(server > 0.0 && server < r["total_s"].as_f64().unwrap());
+    }
+    // A length that is not a bucket is refused.
+    let out = thex(&[
+        "bench",
+        "e2e",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        "12",
+        "--tiny-tokens",
+        "4",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("power of two"), "{}", stderr(&out));
+}

@@ -60,6 +60,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Encrypted inference end to end: the default model at 16/32/64 tokens and a BERT-tiny-shaped
+    /// random model at 128 tokens (client and server in this process; bytes as on the wire).
+    E2e {
+        /// THE-X model directory (default: the default model, installed if needed).
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Token counts (length buckets, powers of two) for the model.
+        #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64])]
+        tokens: Vec<usize>,
+        /// Token counts for the BERT-tiny-shaped model (2 layers, hidden 128, 2 heads, FFN 512).
+        #[arg(long, value_delimiter = ',', default_values_t = [128])]
+        tiny_tokens: Vec<usize>,
+        /// Skip the THE-X model directory (only the BERT-tiny shape).
+        #[arg(long)]
+        tiny_only: bool,
+        /// Inferences per configuration; the median is reported.
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        /// Print JSON (`{"runs":[{"model","tokens","total_s","rounds","bytes_up","bytes_down",
+        /// "key_bytes","phases",...}]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a `thex bench` subcommand.
@@ -115,6 +138,37 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.to_table());
+            }
+        }
+        BenchCommand::E2e {
+            model,
+            tokens,
+            tiny_tokens,
+            tiny_only,
+            repeats,
+            json,
+        } => {
+            let mut targets = Vec::new();
+            if !tiny_only {
+                let (name, m) = super::bench_e2e::load_model(model, json)?;
+                targets.push((name, m, tokens));
+            }
+            if !tiny_tokens.is_empty() {
+                let tiny = thex_model::synthetic::model(thex_model::synthetic::BERT_TINY, 1)?;
+                targets.push(("bert-tiny-shape".to_string(), tiny, tiny_tokens));
+            }
+            let spinner = crate::progress::spinner(json);
+            let mut runs = Vec::new();
+            for (name, m, tokens) in &targets {
+                runs.extend(super::bench_e2e::measure(name, m, tokens, repeats, &mut |msg| {
+                    spinner.set_message(msg.to_string())
+                })?);
+            }
+            spinner.finish_and_clear();
+            if json {
+                println!("{}", serde_json::json!({ "runs": runs }));
+            } else {
+                super::bench_e2e::print_table(&runs);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! One module per top-level subcommand; each only parses arguments and formats output.
 
 pub mod bench;
+pub mod bench_e2e;
 pub mod infer_plain;
 pub mod model;
 pub mod train;

@@ -1,0 +1,159 @@
+//! `thex bench e2e`: encrypted inference end to end (client and server in this process, every
+//! message through its byte form), per phase and per layer, with bytes, rounds and key sizes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
+use thex_model::ThexModel;
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eRun {
+    /// Model name.
+    pub model: String,
+    /// Tokens of the input (= the length bucket).
+    pub tokens: usize,
+    /// Median wall time of one inference in seconds (client and server, all rounds).
+    pub total_s: f64,
+    /// Client rounds of one inference.
+    pub rounds: usize,
+    /// Bytes client → server per inference (input and round replies).
+    pub bytes_up: usize,
+    /// Bytes server → client per inference (round requests and logits).
+    pub bytes_down: usize,
+    /// One-time evaluation key upload in bytes (relinearization + Galois keys, seeded).
+    pub key_bytes: usize,
+    /// Seconds per phase of the median inference (`client.*`, `server.layer{i}.*`).
+    pub phases: BTreeMap<String, f64>,
+    /// Seconds per encoder layer on the server (sum of its segments).
+    pub layers: Vec<f64>,
+    /// Server start: compiling and encoding the weights for this bucket.
+    pub compile_s: f64,
+    /// Client key generation.
+    pub keygen_s: f64,
+    /// log2 of the ring degree.
+    pub log_n: u32,
+    /// Inferences measured.
+    pub repeats: usize,
+}
+
+/// Measures `model` at each of `tokens` (each a power of two, compiled as its own bucket).
+pub fn measure(
+    name: &str,
+    model: &ThexModel,
+    tokens: &[usize],
+    repeats: usize,
+    on_progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<E2eRun>> {
+    let vocab = model.config().vocab_size as u32;
+    let mut runs = Vec::new();
+    for &t in tokens {
+        anyhow::ensure!(
+            t.is_power_of_two() && t >= 4,
+            "--tokens {t}: each length must be a power of two >= 4 (a length bucket)"
+        );
+        on_progress(&format!("{name} @ {t} tokens: compiling"));
+        let engine = EngineParams {
+            buckets: vec![t],
+            ..EngineParams::default()
+        };
+        let start = Instant::now();
+        let server_model = Arc::new(ServerModel::compile(model, &engine)?);
+        let compile_s = start.elapsed().as_secs_f64();
+        on_progress(&format!("{name} @ {t} tokens: keys"));
+        let start = Instant::now();
+        let mut client = ClientSession::new(server_model.client_bundle())?;
+        let keys = client.evaluation_keys(&[t])?;
+        let keygen_s = start.elapsed().as_secs_f64();
+        let key_bytes = keys.to_bytes(server_model.params()).len();
+        let mut server = ServerSession::new(server_model.clone(), keys, &[t])?;
+        let mut rng = ChaCha20Rng::seed_from_u64(t as u64);
+        // [CLS] w… [SEP], ids drawn away from the special tokens.
+        let mut results = Vec::new();
+        for r in 0..repeats.max(1) {
+            on_progress(&format!(
+                "{name} @ {t} tokens: inference {}/{}",
+                r + 1,
+                repeats.max(1)
+            ));
+            let mut ids = vec![101.min(vocab - 1)];
+            ids.extend((2..t).map(|_| rng.gen_range(5.min(vocab - 1)..vocab)));
+            ids.push(102.min(vocab - 1));
+            results.push(run_local_ids(&mut client, &mut server, &ids)?);
+        }
+        results.sort_by(|a, b| a.total_seconds.total_cmp(&b.total_seconds));
+        let med = results.swap_remove(results.len() / 2);
+        let mut phases = BTreeMap::new();
+        let mut layers = vec![0.0; server_model.layers()];
+        for p in &med.timings {
+            *phases.entry(p.name.clone()).or_insert(0.0) += p.seconds;
+            if let Some(rest) = p.name.strip_prefix("server.layer")
+                && let Some((i, _)) = rest.split_once('.')
+                && let Ok(i) = i.parse::<usize>()
+                && i < layers.len()
+            {
+                layers[i] += p.seconds;
+            }
+        }
+        runs.push(E2eRun {
+            model: name.to_string(),
+            tokens: t,
+            total_s: med.total_seconds,
+            rounds: med.rounds,
+            bytes_up: med.bytes_up,
+            bytes_down: med.bytes_down,
+            key_bytes,
+            phases,
+            layers,
+            compile_s,
+            keygen_s,
+            log_n: server_model.params().log_n(),
+            repeats: repeats.max(1),
+        });
+    }
+    Ok(runs)
+}
+
+/// The THE-X model to measure and its name: `dir`, or the default model (installed if needed).
+pub fn load_model(dir: Option<PathBuf>, quiet: bool) -> anyhow::Result<(String, ThexModel)> {
+    let dir = match dir {
+        Some(d) => d,
+        None => crate::default_model::ensure(quiet)?,
+    };
+    let loaded = thex_model::load_model_dir(&dir, &Default::default())
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let name = dir
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    Ok((name, loaded.model))
+}
+
+/// Prints runs as a table.
+pub fn print_table(runs: &[E2eRun]) {
+    println!(
+        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9}  per layer (s)",
+        "model", "tokens", "total s", "rounds", "up MB", "down MB", "keys MB", "compile s"
+    );
+    for r in runs {
+        let layers: Vec<String> = r.layers.iter().map(|s| format!("{s:.2}")).collect();
+        println!(
+            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1}  {}",
+            r.model,
+            r.tokens,
+            r.total_s,
+            r.rounds,
+            r.bytes_up as f64 / 1e6,
+            r.bytes_down as f64 / 1e6,
+            r.key_bytes as f64 / 1e6,
+            r.compile_s,
+            layers.join(" ")
+        );
+    }
+}
