@@ -52,7 +52,17 @@ impl Modulus {
         if x < self.q {
             x
         } else {
-            self.reduce_u128(x as u128)
+            // One high product with floor(2^64 / q) (the ratio's high word): the estimate of
+            // floor(x / q) is short by at most 2.
+            let est = ((x as u128 * self.ratio.1 as u128) >> 64) as u64;
+            let mut r = x.wrapping_sub(est.wrapping_mul(self.q));
+            if r >= self.q {
+                r -= self.q;
+            }
+            if r >= self.q {
+                r -= self.q;
+            }
+            r
         }
     }
 
@@ -249,6 +259,13 @@ mod tests {
                 s ^= s << 17;
                 let x = (s as u128) << 64 | s.rotate_left(7) as u128;
                 assert_eq!(m.reduce_u128(x) as u128, x % q as u128);
+                for y in [s, u64::MAX - (s >> 40), q.wrapping_mul(s >> 3)] {
+                    assert_eq!(m.reduce(y), y % q);
+                    assert_eq!(
+                        m.reduce_i64(y as i64),
+                        (y as i64).rem_euclid(q as i64) as u64
+                    );
+                }
                 let (a, b) = (s % q, s.rotate_left(21) % q);
                 assert_eq!(m.mul(a, b) as u128, a as u128 * b as u128 % q as u128);
                 let ws = m.shoup(b);

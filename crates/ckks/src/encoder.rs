@@ -63,6 +63,52 @@ impl Plaintext {
     }
 }
 
+/// An encoded message kept as its integer coefficients (one `i64` each, whatever the level):
+/// `level + 1` times smaller than a [`Plaintext`]. Products with it
+/// ([`crate::Evaluator::multiply_compact_acc`]) transform it to NTT form limb by limb on the
+/// fly and are bit-identical to products with the [`Plaintext`] of the same values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactPlaintext {
+    pub(crate) coeffs: Vec<i64>,
+    pub(crate) level: usize,
+    pub(crate) scale: f64,
+    pub(crate) slots: usize,
+}
+
+impl CompactPlaintext {
+    /// Level (number of primes minus one) of the equivalent [`Plaintext`].
+    pub fn level(&self) -> usize {
+        self.level
+    }
+    /// Scale of the encoding.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+    /// Number of slots (a power of two).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+    /// The rounded integer coefficients.
+    pub fn coeffs(&self) -> &[i64] {
+        &self.coeffs
+    }
+    /// Bytes held by the coefficients.
+    pub fn heap_bytes(&self) -> usize {
+        self.coeffs.len() * std::mem::size_of::<i64>()
+    }
+    /// The same plaintext in NTT form.
+    pub fn expand(&self, params: &Parameters) -> Plaintext {
+        let ctx = &params.ctx;
+        let mut p = Poly::<Coeff>::zero_ctx(ctx, self.level + 1, 0);
+        p.set_signed_ctx(ctx, &self.coeffs);
+        Plaintext {
+            poly: p.into_ntt_ctx(ctx),
+            scale: self.scale,
+            slots: self.slots,
+        }
+    }
+}
+
 /// Encodes and decodes slot vectors. Holds the FFT tables; create once per parameter set.
 #[derive(Debug, Clone)]
 pub struct Encoder {
@@ -202,15 +248,47 @@ impl Encoder {
         level: usize,
         scale: f64,
     ) -> Result<Plaintext> {
+        let (coeffs, slots) = self.coefficients(values, level, scale, 126)?;
+        let ctx = &self.params.ctx;
+        let poly = poly_from_i128(ctx, &coeffs, level + 1).into_ntt_ctx(ctx);
+        Ok(Plaintext { poly, scale, slots })
+    }
+
+    /// Encodes real values into a [`CompactPlaintext`] (coefficients must fit `i64`: values
+    /// times the scale below about 2^62).
+    pub fn encode_compact(
+        &self,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<CompactPlaintext> {
+        let c: Vec<Complex64> = values.iter().map(|&x| Complex64::new(x, 0.0)).collect();
+        let (coeffs, slots) = self.coefficients(&c, level, scale, 62)?;
+        Ok(CompactPlaintext {
+            coeffs: coeffs.into_iter().map(|c| c as i64).collect(),
+            level,
+            scale,
+            slots,
+        })
+    }
+
+    /// The rounded coefficients of `values` at `scale` (each below `2^log2_limit`) and the
+    /// slot count.
+    fn coefficients(
+        &self,
+        values: &[Complex64],
+        level: usize,
+        scale: f64,
+        log2_limit: i32,
+    ) -> Result<(Vec<i128>, usize)> {
         let slots = self.check(values.len(), level, scale)?;
         let mut vals = vec![Complex64::default(); slots];
         vals[..values.len()].copy_from_slice(values);
         self.fft_special_inv(&mut vals);
-        let ctx = &self.params.ctx;
-        let n = ctx.n;
+        let n = self.params.ctx.n;
         let gap = n / 2 / slots;
         let mut coeffs = vec![0i128; n];
-        let limit = 2f64.powi(126);
+        let limit = 2f64.powi(log2_limit);
         for (i, v) in vals.iter().enumerate() {
             for (k, x) in [(i * gap, v.re), (n / 2 + i * gap, v.im)] {
                 let y = (x * scale).round();
@@ -223,8 +301,7 @@ impl Encoder {
                 coeffs[k] = y as i128;
             }
         }
-        let poly = poly_from_i128(ctx, &coeffs, level + 1).into_ntt_ctx(ctx);
-        Ok(Plaintext { poly, scale, slots })
+        Ok((coeffs, slots))
     }
 
     /// Decodes to real values (the real parts of the slots).

@@ -4,7 +4,7 @@
 //! by the dropped prime. Additions require equal levels and scales (relative difference below
 //! 1e-10); align explicitly with [`Evaluator::drop_to_level_assign`] or [`Ciphertext::set_scale`].
 
-use crate::encoder::Plaintext;
+use crate::encoder::{CompactPlaintext, Plaintext};
 use crate::encrypt::Ciphertext;
 use crate::error::{Error, Result};
 use crate::keys::{GaloisKey, GaloisKeys, RelinKey};
@@ -431,6 +431,85 @@ impl Evaluator {
             }
         }
         Ok(())
+    }
+
+    /// Fused `acc += ct * pt` for a [`CompactPlaintext`]: per limb, the plaintext's
+    /// coefficients are reduced and transformed to NTT form in a per-thread scratch buffer,
+    /// then multiplied in. Bit-identical to [`Evaluator::multiply_plain_acc`] with
+    /// `pt.expand()`; same requirements.
+    pub fn multiply_compact_acc(
+        &self,
+        acc: &mut Ciphertext,
+        ct: &Ciphertext,
+        pt: &CompactPlaintext,
+    ) -> Result<()> {
+        check_slots(ct.slots, pt.slots)?;
+        if pt.level < ct.level() {
+            return Err(Error::LevelMismatch {
+                left: ct.level(),
+                right: pt.level,
+            });
+        }
+        if acc.level() != ct.level() {
+            return Err(Error::LevelMismatch {
+                left: acc.level(),
+                right: ct.level(),
+            });
+        }
+        check_scale(acc.scale, ct.scale * pt.scale)?;
+        check_slots(acc.slots, ct.slots)?;
+        let ctx = self.ctx();
+        let (n, nq) = (ctx.n, ct.level() + 1);
+        while acc.polys.len() < ct.polys.len() {
+            acc.polys.push(Poly::<Ntt>::zero_ctx(ctx, nq, 0));
+        }
+        // Limb k of every accumulator polynomial, grouped by k.
+        let mut limbs: Vec<Vec<&mut [u64]>> = (0..nq).map(|_| Vec::new()).collect();
+        for p in acc.polys.iter_mut().take(ct.polys.len()) {
+            for (k, l) in p.data.chunks_exact_mut(n).enumerate() {
+                limbs[k].push(l);
+            }
+        }
+        let kernel = |k: usize, out: &mut Vec<&mut [u64]>| {
+            let m = &ctx.moduli[k];
+            with_scratch(n, |buf| {
+                for (b, &c) in buf.iter_mut().zip(&pt.coeffs) {
+                    *b = m.reduce_i64(c);
+                }
+                ctx.plans[k].fwd(buf);
+                for (o, src) in out.iter_mut().zip(&ct.polys) {
+                    ctx.plans[k].mul_accumulate(o, src.limb(k), buf);
+                }
+            })
+        };
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            limbs
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(k, out)| kernel(k, out));
+        }
+        #[cfg(not(feature = "parallel"))]
+        limbs
+            .iter_mut()
+            .enumerate()
+            .for_each(|(k, out)| kernel(k, out));
+        Ok(())
+    }
+
+    /// `ct * pt` for a [`CompactPlaintext`] (see [`Evaluator::multiply_compact_acc`]).
+    pub fn multiply_compact(&self, ct: &Ciphertext, pt: &CompactPlaintext) -> Result<Ciphertext> {
+        let ctx = self.ctx();
+        let mut out = Ciphertext {
+            polys: (0..ct.polys.len())
+                .map(|_| Poly::<Ntt>::zero_ctx(ctx, ct.polys[0].nq, 0))
+                .collect(),
+            scale: ct.scale * pt.scale,
+            slots: ct.slots,
+        };
+        self.multiply_compact_acc(&mut out, ct, pt)?;
+        Ok(out)
     }
 
     fn mul_big_int(&self, ct: &mut Ciphertext, v: i128) {

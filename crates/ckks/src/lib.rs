@@ -21,7 +21,7 @@ pub mod serialize;
 #[allow(unsafe_code)] // pulp::simd_type! dispatch only; see the module docs.
 mod simd;
 
-pub use encoder::{Complex64, Encoder, Plaintext};
+pub use encoder::{CompactPlaintext, Complex64, Encoder, Plaintext};
 pub use encrypt::{Ciphertext, Decryptor, Encryptor, SeededCiphertext};
 pub use error::{DeserializeError, Error, Result};
 pub use eval::{Evaluator, SCALE_TOLERANCE};

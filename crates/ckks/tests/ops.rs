@@ -478,3 +478,74 @@ fn slow_chain_using_every_level_n15() {
         st.min_bits, st.mean_bits
     );
 }
+
+#[test]
+fn compact_plaintext_products_are_bit_identical_to_ntt_plaintexts() {
+    let s = setup(Parameters::preset(Preset::N13L2));
+    let scale = s.params.default_scale();
+    let xs: Vec<Vec<f64>> = (0..3).map(|i| vector(4096, 80 + i, -1.0, 1.0)).collect();
+    let ws: Vec<Vec<f64>> = (0..3).map(|i| vector(4096, 90 + i, -4.0, 4.0)).collect();
+    let cts: Vec<Ciphertext> = xs
+        .iter()
+        .map(|x| s.ev.drop_level(&s.encrypt(x, 2), 1).unwrap())
+        .collect();
+    // Plaintexts at level 1 and 2 (a higher plaintext level uses its prefix).
+    let compact: Vec<CompactPlaintext> = ws
+        .iter()
+        .enumerate()
+        .map(|(i, w)| s.enc.encode_compact(w, 1 + i % 2, scale).unwrap())
+        .collect();
+    for (c, w) in compact.iter().zip(&ws) {
+        let full = s.enc.encode(w, c.level(), scale).unwrap();
+        assert_eq!(c.expand(&s.params), full, "expand == encode");
+        assert_eq!(c.heap_bytes(), 8 * s.params.n());
+    }
+    let mut acc = s.ev.multiply_compact(&cts[0], &compact[0]).unwrap();
+    let mut reference =
+        s.ev.multiply_plain(&cts[0], &compact[0].expand(&s.params))
+            .unwrap();
+    assert_eq!(acc, reference);
+    for (c, p) in cts.iter().zip(&compact).skip(1) {
+        s.ev.multiply_compact_acc(&mut acc, c, p).unwrap();
+        s.ev.multiply_plain_acc(&mut reference, c, &p.expand(&s.params))
+            .unwrap();
+    }
+    assert_eq!(acc, reference, "bit-identical to the NTT-form products");
+    let want: Vec<f64> = (0..4096)
+        .map(|j| (0..3).map(|i| xs[i][j] * ws[i][j]).sum())
+        .collect();
+    assert_precision(&want, &s.decrypt(&s.ev.rescale(&acc).unwrap()), 16.0);
+
+    // Degree-2 operands accumulate all three polynomials.
+    let sq =
+        s.ev.multiply(&s.encrypt(&xs[0], 2), &s.encrypt(&xs[1], 2))
+            .unwrap();
+    let c2 = s.enc.encode_compact(&ws[2], 2, scale).unwrap();
+    assert_eq!(
+        s.ev.multiply_compact(&sq, &c2).unwrap(),
+        s.ev.multiply_plain(&sq, &c2.expand(&s.params)).unwrap()
+    );
+
+    // Bad operands are rejected and leave the accumulator unchanged.
+    let low = s.enc.encode_compact(&ws[0], 0, scale).unwrap();
+    assert!(matches!(
+        s.ev.multiply_compact_acc(&mut acc, &cts[0], &low),
+        Err(Error::LevelMismatch { left: 1, right: 0 })
+    ));
+    let wrong_scale = s.enc.encode_compact(&ws[0], 1, scale * 2.0).unwrap();
+    assert!(matches!(
+        s.ev.multiply_compact_acc(&mut acc, &cts[0], &wrong_scale),
+        Err(Error::ScaleMismatch { .. })
+    ));
+    let short = s.enc.encode_compact(&ws[0][..8], 1, scale).unwrap();
+    assert!(matches!(
+        s.ev.multiply_compact_acc(&mut acc, &cts[0], &short),
+        Err(Error::SlotsMismatch { .. })
+    ));
+    assert_eq!(acc, reference);
+    // Coefficients beyond i64 are an error, not a wrap.
+    assert!(matches!(
+        s.enc.encode_compact(&[1.0], 1, 2f64.powi(63)),
+        Err(Error::EncodingOverflow { .. })
+    ));
+}

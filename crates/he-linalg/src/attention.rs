@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 
 use rayon::prelude::*;
 
-use crate::backend::{SlotBackend, scales_match};
+use crate::backend::{PlaintextSize, SlotBackend, scales_match};
 use crate::error::{Error, Result};
 use crate::layout::{ColumnOrder, Layout, PackedMatrix, check_slots};
 use crate::matrix::Matrix;
@@ -316,6 +316,19 @@ impl<P> QkScores<P> {
         &self.out_layout
     }
 
+    /// Bytes of encoded masks.
+    pub fn heap_bytes(&self) -> usize
+    where
+        P: PlaintextSize,
+    {
+        self.groups
+            .iter()
+            .flatten()
+            .flat_map(|(_, terms)| terms)
+            .map(|t| t.lo.heap_bytes() + t.hi.as_ref().map_or(0, |h| h.heap_bytes()))
+            .sum()
+    }
+
     /// Rotation steps, key switches and depth of [`QkScores::apply`].
     pub fn plan(&self) -> OpPlan {
         let c = self.layout.n_cts() as u64;
@@ -532,6 +545,18 @@ impl<P> AttentionValues<P> {
             s_steps,
             masks,
         })
+    }
+
+    /// Bytes of encoded masks.
+    pub fn heap_bytes(&self) -> usize
+    where
+        P: PlaintextSize,
+    {
+        self.masks
+            .iter()
+            .flatten()
+            .map(|(_, lo, hi)| lo.heap_bytes() + hi.as_ref().map_or(0, |h| h.heap_bytes()))
+            .sum()
     }
 
     fn l1(&self) -> usize {

@@ -83,6 +83,12 @@ pub trait SlotBackend: Sync {
     fn stats(&self) -> &OpStats;
 }
 
+/// Memory held by an encoded plaintext (for reports of the server's weight memory).
+pub trait PlaintextSize {
+    /// Bytes of encoded data.
+    fn heap_bytes(&self) -> usize;
+}
+
 /// The client side: encryption and decryption on top of [`SlotBackend`].
 pub trait SlotClient: SlotBackend {
     /// Encrypts up to `slots` values at `level` and `scale`.

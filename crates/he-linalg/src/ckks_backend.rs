@@ -4,22 +4,72 @@
 use std::collections::BTreeSet;
 
 use ckks::{
-    Ciphertext, Decryptor, Encoder, Evaluator, GaloisKeys, KeyGenerator, Parameters, Plaintext,
-    RelinKey, SecretKey,
+    Ciphertext, CompactPlaintext, Decryptor, Encoder, Evaluator, GaloisKeys, KeyGenerator,
+    Parameters, Plaintext, RelinKey, SecretKey,
 };
 
 use crate::backend::{OpStats, SlotBackend, SlotClient};
 use crate::error::{Error, Result};
 
-/// CKKS evaluator with its evaluation keys (and, on the client side, the secret key).
+/// A plaintext of [`CkksBackend`]: NTT form (`level + 1` limbs of `N` words, fastest
+/// products) or compact (`N` integer coefficients, transformed per product; bit-identical
+/// results). [`CkksBackend::compact_plaintexts`] chooses what `encode` produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CkksPlaintext {
+    /// NTT form.
+    Ntt(Plaintext),
+    /// Integer coefficients.
+    Compact(CompactPlaintext),
+}
+
+impl crate::backend::PlaintextSize for CkksPlaintext {
+    fn heap_bytes(&self) -> usize {
+        CkksPlaintext::heap_bytes(self)
+    }
+}
+
+impl CkksPlaintext {
+    /// Level.
+    pub fn level(&self) -> usize {
+        match self {
+            Self::Ntt(p) => p.level(),
+            Self::Compact(p) => p.level(),
+        }
+    }
+    /// Scale.
+    pub fn scale(&self) -> f64 {
+        match self {
+            Self::Ntt(p) => p.scale(),
+            Self::Compact(p) => p.scale(),
+        }
+    }
+    /// Bytes of polynomial data held.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Ntt(p) => (p.level() + 1) * p.poly().n() * 8,
+            Self::Compact(p) => p.heap_bytes(),
+        }
+    }
+    /// The NTT form (borrowed, or expanded from the coefficients).
+    pub fn to_ntt(&self, params: &Parameters) -> std::borrow::Cow<'_, Plaintext> {
+        match self {
+            Self::Ntt(p) => std::borrow::Cow::Borrowed(p),
+            Self::Compact(p) => std::borrow::Cow::Owned(p.expand(params)),
+        }
+    }
+}
+
+/// CKKS evaluator with its evaluation keys (and, on the client side, the secret key), or only
+/// an encoder ([`CkksBackend::encoder_only`]).
 pub struct CkksBackend {
     params: Parameters,
     encoder: Encoder,
     eval: Evaluator,
-    rlk: RelinKey,
+    rlk: Option<RelinKey>,
     gks: Option<GaloisKeys>,
     sk: Option<SecretKey>,
     moduli: Vec<f64>,
+    compact: bool,
     stats: OpStats,
 }
 
@@ -28,6 +78,7 @@ impl std::fmt::Debug for CkksBackend {
         f.debug_struct("CkksBackend")
             .field("params", &self.params)
             .field("has_secret_key", &self.sk.is_some())
+            .field("compact_plaintexts", &self.compact)
             .field(
                 "rotation_keys",
                 &self.gks.as_ref().map_or(0, |g| g.galois_elements().len()),
@@ -46,10 +97,33 @@ impl CkksBackend {
         Ok(Self::from_keys(params, rlk, None, Some(sk)))
     }
 
+    /// A backend without any key: it encodes (e.g. a server's weights before any client
+    /// key exists); every operation that needs a key is an error.
+    pub fn encoder_only(params: &Parameters) -> Self {
+        Self::build(params, None, None, None)
+    }
+
+    /// Chooses what [`SlotBackend::encode`] produces: compact plaintexts (`true`: `N`
+    /// coefficients each, for weights held in memory) or NTT form (`false`, the default).
+    /// Products with either are bit-identical.
+    pub fn compact_plaintexts(mut self, compact: bool) -> Self {
+        self.compact = compact;
+        self
+    }
+
     /// A backend from existing keys; without a secret key it is server-only.
     pub fn from_keys(
         params: &Parameters,
         rlk: RelinKey,
+        gks: Option<GaloisKeys>,
+        sk: Option<SecretKey>,
+    ) -> Self {
+        Self::build(params, Some(rlk), gks, sk)
+    }
+
+    fn build(
+        params: &Parameters,
+        rlk: Option<RelinKey>,
         gks: Option<GaloisKeys>,
         sk: Option<SecretKey>,
     ) -> Self {
@@ -61,6 +135,7 @@ impl CkksBackend {
             rlk,
             gks,
             sk,
+            compact: false,
             stats: OpStats::default(),
         }
     }
@@ -79,9 +154,9 @@ impl CkksBackend {
         &self.params
     }
 
-    /// The relinearization key.
-    pub fn relin_key(&self) -> &RelinKey {
-        &self.rlk
+    /// The relinearization key (none for [`CkksBackend::encoder_only`]).
+    pub fn relin_key(&self) -> Option<&RelinKey> {
+        self.rlk.as_ref()
     }
 
     /// The rotation keys, if generated.
@@ -111,7 +186,7 @@ impl CkksBackend {
 
 impl SlotBackend for CkksBackend {
     type Ct = Ciphertext;
-    type Pt = Plaintext;
+    type Pt = CkksPlaintext;
 
     fn slots(&self) -> usize {
         self.params.max_slots()
@@ -125,8 +200,13 @@ impl SlotBackend for CkksBackend {
     fn rescale_factor(&self, level: usize) -> f64 {
         self.moduli[level.min(self.moduli.len() - 1)]
     }
-    fn encode(&self, values: &[f64], level: usize, scale: f64) -> Result<Plaintext> {
-        Ok(self.encoder.encode(&self.full(values)?, level, scale)?)
+    fn encode(&self, values: &[f64], level: usize, scale: f64) -> Result<CkksPlaintext> {
+        let v = self.full(values)?;
+        Ok(if self.compact {
+            CkksPlaintext::Compact(self.encoder.encode_compact(&v, level, scale)?)
+        } else {
+            CkksPlaintext::Ntt(self.encoder.encode(&v, level, scale)?)
+        })
     }
     fn level(&self, ct: &Ciphertext) -> usize {
         ct.level()
@@ -146,17 +226,24 @@ impl SlotBackend for CkksBackend {
     fn add_assign(&self, a: &mut Ciphertext, b: &Ciphertext) -> Result<()> {
         Ok(self.eval.add_assign(a, b)?)
     }
-    fn add_plain(&self, a: &Ciphertext, p: &Plaintext) -> Result<Ciphertext> {
-        Ok(self.eval.add_plain(a, p)?)
+    fn add_plain(&self, a: &Ciphertext, p: &CkksPlaintext) -> Result<Ciphertext> {
+        Ok(self.eval.add_plain(a, &p.to_ntt(&self.params))?)
     }
-    fn mul_plain(&self, a: &Ciphertext, p: &Plaintext) -> Result<Ciphertext> {
+    fn mul_plain(&self, a: &Ciphertext, p: &CkksPlaintext) -> Result<Ciphertext> {
         self.stats.record_pt_mult();
-        Ok(self.eval.multiply_plain(a, p)?)
+        Ok(match p {
+            CkksPlaintext::Ntt(p) => self.eval.multiply_plain(a, p)?,
+            CkksPlaintext::Compact(p) => self.eval.multiply_compact(a, p)?,
+        })
     }
-    fn mul_plain_add(&self, acc: &mut Ciphertext, a: &Ciphertext, p: &Plaintext) -> Result<()> {
+    fn mul_plain_add(&self, acc: &mut Ciphertext, a: &Ciphertext, p: &CkksPlaintext) -> Result<()> {
         self.stats.record_pt_mult();
         // Fused and allocation-free; bit-identical to `mul_plain` followed by `add_assign`.
-        Ok(self.eval.multiply_plain_acc(acc, a, p)?)
+        match p {
+            CkksPlaintext::Ntt(p) => self.eval.multiply_plain_acc(acc, a, p)?,
+            CkksPlaintext::Compact(p) => self.eval.multiply_compact_acc(acc, a, p)?,
+        }
+        Ok(())
     }
     fn mul_const(&self, a: &Ciphertext, c: f64, const_scale: f64) -> Result<Ciphertext> {
         self.stats.record_pt_mult();
@@ -168,7 +255,9 @@ impl SlotBackend for CkksBackend {
             out.set_scale(a.scale() * const_scale);
             Ok(out)
         } else {
-            let pt = self.encode(&vec![c; self.slots()], a.level(), const_scale)?;
+            let pt = self
+                .encoder
+                .encode(&vec![c; self.slots()], a.level(), const_scale)?;
             Ok(self.eval.multiply_plain(a, &pt)?)
         }
     }
@@ -183,8 +272,12 @@ impl SlotBackend for CkksBackend {
         if a.degree() < 2 {
             return Ok(a.clone());
         }
+        let rlk = self
+            .rlk
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported("no relinearization key".into()))?;
         self.stats.record_relinearization();
-        Ok(self.eval.relinearize(a, &self.rlk)?)
+        Ok(self.eval.relinearize(a, rlk)?)
     }
     fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext> {
         self.stats.record_rescale();
@@ -238,7 +331,7 @@ impl SlotBackend for CkksBackend {
 impl SlotClient for CkksBackend {
     fn encrypt(&self, values: &[f64], level: usize, scale: f64) -> Result<Ciphertext> {
         let sk = self.sk.as_ref().ok_or(Error::NoSecretKey)?;
-        let pt = self.encode(values, level, scale)?;
+        let pt = self.encoder.encode(&self.full(values)?, level, scale)?;
         Ok(Decryptor::new(sk).encrypt(&pt)?)
     }
     fn decrypt(&self, ct: &Ciphertext) -> Result<Vec<f64>> {

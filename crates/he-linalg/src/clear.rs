@@ -21,6 +21,12 @@ pub struct ClearPt {
     scale: f64,
 }
 
+impl crate::backend::PlaintextSize for ClearPt {
+    fn heap_bytes(&self) -> usize {
+        self.values.len() * std::mem::size_of::<f64>()
+    }
+}
+
 /// Cleartext backend over `slots` values with a chain of rescaling factors.
 #[derive(Debug)]
 pub struct ClearBackend {

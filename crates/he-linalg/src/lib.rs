@@ -25,8 +25,10 @@ pub mod ops;
 pub mod plan;
 pub mod poly;
 
-pub use backend::{OpCounts, OpStats, SCALE_TOLERANCE, SlotBackend, SlotClient, scales_match};
-pub use ckks_backend::CkksBackend;
+pub use backend::{
+    OpCounts, OpStats, PlaintextSize, SCALE_TOLERANCE, SlotBackend, SlotClient, scales_match,
+};
+pub use ckks_backend::{CkksBackend, CkksPlaintext};
 pub use clear::{ClearBackend, ClearCt, ClearPt};
 pub use error::{Error, Result};
 pub use layout::{ColumnOrder, Layout, PackedMatrix, PlainMatrix, decrypt_matrix, encrypt_matrix};

@@ -270,3 +270,63 @@ fn fused_plaintext_multiply_add_matches_unfused() {
     let mut wrong = cx.clone();
     assert!(b.mul_plain_add(&mut wrong, &cy, &pv).is_err());
 }
+
+#[test]
+fn compact_weights_from_a_keyless_encoder_give_bit_identical_results() {
+    let mut b = backend();
+    let enc = CkksBackend::encoder_only(b.params()).compact_plaintexts(true);
+    let slots = b.slots();
+    let mut r = rng(23);
+    let (n, din, dout) = (13, 40, 70);
+    let x = random_matrix(&mut r, n, din, 4.0);
+    let w = random_matrix(&mut r, din, dout, 1.0 / (din as f64).sqrt());
+    let bias = random_vec(&mut r, dout, 1.0);
+    let l = Layout::new(slots, n, din, ColumnOrder::Contiguous).unwrap();
+    let lin = |be: &CkksBackend| {
+        EncodedLinear::new(
+            be,
+            &w,
+            Some(&bias),
+            &l,
+            ColumnOrder::Contiguous,
+            3,
+            be.default_scale(),
+            LinearMethod::Bsgs,
+        )
+        .unwrap()
+    };
+    let (full, compact) = (lin(&b), lin(&enc));
+    assert_eq!(full.n_plaintexts(), compact.n_plaintexts());
+    assert_eq!(full.plan(), compact.plan());
+    let n_pts = compact.n_plaintexts() + compact.out_layout().n_cts();
+    assert_eq!(compact.heap_bytes(), n_pts * 2 * slots * 8);
+    assert!(
+        compact.heap_bytes() * 3 < full.heap_bytes(),
+        "level 3: 4 limbs vs one i64 per coefficient ({} vs {})",
+        compact.heap_bytes(),
+        full.heap_bytes()
+    );
+    with_keys(&mut b, full.plan().rotation_steps);
+    let ex = encrypt_matrix(&b, &x, &l, 3).unwrap();
+    let y_full = full.apply(&b, &ex).unwrap();
+    let y_compact = compact.apply(&b, &ex).unwrap();
+    assert_eq!(y_full.cts(), y_compact.cts(), "bit-identical outputs");
+    // Inputs and outputs are processed in parallel: one thread gives the same bits.
+    let serial = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| compact.apply(&b, &ex).unwrap());
+    assert_eq!(serial.cts(), y_compact.cts(), "serial == parallel");
+    let got = decrypt_matrix(&b, &y_compact).unwrap();
+    let want = add_bias(&x.matmul(&w).unwrap(), &bias);
+    let bits = precision_bits(&got, &want).unwrap();
+    assert!(bits >= MIN_BITS, "compact linear: {bits:.1} bits");
+
+    // The keyless encoder refuses to evaluate anything that needs a key.
+    let ct = ex.cts()[0].clone();
+    assert!(enc.rotate(&ct, 1).is_err());
+    let sq = enc.mul(&ct, &ct).unwrap();
+    assert!(enc.relinearize(&sq).is_err());
+    assert!(enc.relin_key().is_none());
+}

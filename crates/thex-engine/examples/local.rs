@@ -135,13 +135,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server_model = Arc::new(ServerModel::compile(&model, &engine)?);
     let plan = server_model.plan(bucket)?;
     println!(
-        "compiled: N = 2^{}, {} levels, log QP = {:.0}, bucket {bucket}: {} Galois keys, {} key switches, {} plaintexts, pre-encode {pre_encode} ({:.2} s)",
+        "compiled: N = 2^{}, {} levels, log QP = {:.0}, bucket {bucket}: {} Galois keys, {} key switches, {} plaintexts, {:.1} MB encoded weights, pre-encode {pre_encode} ({:.2} s)",
         server_model.params().log_n(),
         server_model.params().max_level(),
         server_model.params().log_qp(),
         plan.galois_steps.len(),
         plan.key_switches,
         plan.plaintexts,
+        plan.weight_bytes as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
 

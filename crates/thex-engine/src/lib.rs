@@ -16,7 +16,6 @@
 //! refreshed in the same round). See [`program`] for the schedule and levels.
 
 mod client;
-mod encode;
 mod error;
 mod local;
 mod messages;

@@ -21,15 +21,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use ckks::{Parameters, Plaintext};
+use ckks::Parameters;
 use he_linalg::attention::{AttentionValues, QkScores, row_sums_plan, scores_layout};
 use he_linalg::plan::{OpPlan, Plan};
 use he_linalg::{
-    ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, PlainMatrix, SlotBackend,
+    CkksBackend, CkksPlaintext, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix,
+    PlainMatrix, SlotBackend,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::encode::EncodeOnly;
 use crate::error::{EngineError, Result};
 use crate::params::{EngineParams, PIPELINE_DEPTH};
 use crate::weights::{EmbeddingTables, ModelDims, ModelWeights};
@@ -264,20 +264,59 @@ fn fold(w: &ModelWeights) -> Result<Vec<FoldedLayer>> {
 /// Encoded operations of one layer at one bucket.
 #[derive(Debug)]
 pub(crate) struct LayerProgram {
-    pub q: EncodedLinear<Plaintext>,
-    pub k: EncodedLinear<Plaintext>,
-    pub v: EncodedLinear<Plaintext>,
-    pub qk: QkScores<Plaintext>,
+    pub q: EncodedLinear<CkksPlaintext>,
+    pub k: EncodedLinear<CkksPlaintext>,
+    pub v: EncodedLinear<CkksPlaintext>,
+    pub qk: QkScores<CkksPlaintext>,
     pub shift: f64,
-    pub t1_mul: PlainMatrix<Plaintext>,
-    pub t1_add: PlainMatrix<Plaintext>,
-    pub t2: EncodedLinear<Plaintext>,
-    pub t3: EncodedLinear<Plaintext>,
-    pub av: AttentionValues<Plaintext>,
-    pub wo: EncodedLinear<Plaintext>,
-    pub w1: EncodedLinear<Plaintext>,
+    pub t1_mul: PlainMatrix<CkksPlaintext>,
+    pub t1_add: PlainMatrix<CkksPlaintext>,
+    pub t2: EncodedLinear<CkksPlaintext>,
+    pub t3: EncodedLinear<CkksPlaintext>,
+    pub av: AttentionValues<CkksPlaintext>,
+    pub wo: EncodedLinear<CkksPlaintext>,
+    pub w1: EncodedLinear<CkksPlaintext>,
     pub tail: LayerTail,
     pub plan: Plan,
+}
+
+impl LayerProgram {
+    /// Bytes of encoded weights and masks.
+    pub fn heap_bytes(&self) -> usize {
+        let pm = |m: &PlainMatrix<CkksPlaintext>| -> usize {
+            m.pts().iter().map(|p| p.heap_bytes()).sum()
+        };
+        let lins = [
+            &self.q, &self.k, &self.v, &self.t2, &self.t3, &self.wo, &self.w1,
+        ];
+        let tail: usize = match &self.tail {
+            LayerTail::Next { w2, g12 } => w2.heap_bytes() + pm(g12),
+            LayerTail::Logits { m1, m2, bias, .. } => {
+                m1.heap_bytes() + m2.heap_bytes() + bias.heap_bytes()
+            }
+        };
+        lins.iter().map(|l| l.heap_bytes()).sum::<usize>()
+            + self.qk.heap_bytes()
+            + self.av.heap_bytes()
+            + pm(&self.t1_mul)
+            + pm(&self.t1_add)
+            + tail
+    }
+
+    /// Encoded plaintexts of the linear maps.
+    fn linear_plaintexts(&self) -> usize {
+        let tail = match &self.tail {
+            LayerTail::Next { w2, .. } => w2.n_plaintexts(),
+            LayerTail::Logits { m1, m2, .. } => m1.n_plaintexts() + m2.n_plaintexts(),
+        };
+        [
+            &self.q, &self.k, &self.v, &self.t2, &self.t3, &self.wo, &self.w1,
+        ]
+        .iter()
+        .map(|x| x.n_plaintexts())
+        .sum::<usize>()
+            + tail
+    }
 }
 
 /// The end of a layer: the next layer's input, or the logits.
@@ -285,16 +324,16 @@ pub(crate) struct LayerProgram {
 #[allow(clippy::large_enum_variant)] // one per layer program, never moved in a hot loop
 pub(crate) enum LayerTail {
     Next {
-        w2: EncodedLinear<Plaintext>,
-        g12: PlainMatrix<Plaintext>,
+        w2: EncodedLinear<CkksPlaintext>,
+        g12: PlainMatrix<CkksPlaintext>,
     },
     Logits {
-        m1: EncodedLinear<Plaintext>,
-        m2: EncodedLinear<Plaintext>,
+        m1: EncodedLinear<CkksPlaintext>,
+        m2: EncodedLinear<CkksPlaintext>,
         /// Token-sum rotation steps `1, 2, 4, …, bucket/2`.
         steps: Vec<usize>,
         /// `c·Wc + bc` at the start of each label's chunk.
-        bias: Plaintext,
+        bias: CkksPlaintext,
     },
 }
 
@@ -335,7 +374,7 @@ fn reciprocal_mats(
 }
 
 fn encode_layer(
-    enc: &EncodeOnly,
+    enc: &CkksBackend,
     w: &ModelWeights,
     f: &FoldedLayer,
     l: &BucketLayouts,
@@ -475,6 +514,12 @@ fn encode_layer(
     })
 }
 
+/// The keyless backend that encodes the server's weights: compact plaintexts (one `i64` per
+/// coefficient), transformed to NTT form inside each product.
+fn weight_encoder(params: &Parameters) -> CkksBackend {
+    CkksBackend::encoder_only(params).compact_plaintexts(true)
+}
+
 /// Summary of one compiled bucket (for reports and the client bundle).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketPlan {
@@ -486,6 +531,10 @@ pub struct BucketPlan {
     pub key_switches: u64,
     /// Encoded plaintexts of all layers' linear maps.
     pub plaintexts: usize,
+    /// Bytes of the server's encoded weights and masks at this bucket (all layers; what
+    /// pre-encoding keeps in memory).
+    #[serde(default)]
+    pub weight_bytes: usize,
     /// Ciphertexts in each round's request (the same count goes back up), round by round.
     pub round_ciphertexts: Vec<usize>,
 }
@@ -570,19 +619,17 @@ impl ServerModel {
             plans: BTreeMap::new(),
             encoded: Mutex::new(BTreeMap::new()),
         };
-        let enc = EncodeOnly::new(&model.params);
+        let enc = weight_encoder(&model.params);
         for &b in &model.engine.buckets.clone() {
             let mut steps = BTreeSet::new();
-            let (mut ks, mut pts) = (0, 0);
+            let (mut ks, mut pts, mut bytes) = (0, 0, 0);
             let mut progs = Vec::new();
             for layer in 0..model.folded.len() {
                 let p = model.encode(&enc, b, layer)?;
                 steps.extend(p.plan.galois_steps());
                 ks += p.plan.key_switches();
-                pts += [&p.q, &p.k, &p.v, &p.t2, &p.t3, &p.wo, &p.w1]
-                    .iter()
-                    .map(|x| x.n_plaintexts())
-                    .sum::<usize>();
+                pts += p.linear_plaintexts();
+                bytes += p.heap_bytes();
                 if model.engine.pre_encode {
                     progs.push(Arc::new(p));
                 }
@@ -599,6 +646,7 @@ impl ServerModel {
                     galois_steps: steps.into_iter().collect(),
                     key_switches: ks,
                     plaintexts: pts,
+                    weight_bytes: bytes,
                     round_ciphertexts,
                 },
             );
@@ -613,7 +661,7 @@ impl ServerModel {
         Ok(model)
     }
 
-    fn encode(&self, enc: &EncodeOnly, bucket: usize, layer: usize) -> Result<LayerProgram> {
+    fn encode(&self, enc: &CkksBackend, bucket: usize, layer: usize) -> Result<LayerProgram> {
         let l = self.layouts(bucket)?;
         let lv = Levels {
             top: self.params.max_level(),
@@ -632,7 +680,7 @@ impl ServerModel {
             return Ok(p[layer].clone());
         }
         Ok(Arc::new(self.encode(
-            &EncodeOnly::new(&self.params),
+            &weight_encoder(&self.params),
             bucket,
             layer,
         )?))

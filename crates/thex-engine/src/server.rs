@@ -213,9 +213,12 @@ impl ServerSession {
         let t0 = Instant::now();
         let b = &self.backend;
         Self::tap(&mut self.taps, format!("layer{layer}.input"), &x);
-        let q = prog.q.apply(b, &x)?;
-        let k = prog.k.apply(b, &x)?;
-        let v = prog.v.apply(b, &x)?;
+        // Q, K and V are independent: computed in parallel (bit-identical to serial).
+        let (q, (k, v)) = rayon::join(
+            || prog.q.apply(b, &x),
+            || rayon::join(|| prog.k.apply(b, &x), || prog.v.apply(b, &x)),
+        );
+        let (q, k, v) = (q?, k?, v?);
         let y = prog.qk.apply(b, &q, &k)?;
         let y = ops::add_const(b, &y, prog.shift)?;
         self.compute
