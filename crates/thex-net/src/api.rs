@@ -1,0 +1,134 @@
+//! The HTTP interface shared by server and client: routes, headers and JSON documents.
+//!
+//! | method | path | body in | body out |
+//! |---|---|---|---|
+//! | `GET` | `/v1/info` | | [`ServerInfo`] (JSON) |
+//! | `GET` | `/v1/bundle` | | the client bundle ([`thex_engine::ClientBundle::to_bytes`]) |
+//! | `GET` | `/v1/tokenizer` | | `tokenizer.json` or `vocab.txt` (see [`TokenizerInfo`]) |
+//! | `POST` | `/v1/sessions?buckets=16,32` | [`thex_engine::EvaluationKeys`] | [`SessionCreated`] (JSON) |
+//! | `POST` | `/v1/sessions/{id}/infer` | [`thex_engine::EncryptedInput`] | the next step |
+//! | `POST` | `/v1/sessions/{id}/round` | [`thex_engine::ReluReply`] | the next step |
+//! | `DELETE` | `/v1/sessions/{id}` | | |
+//! | `GET` | `/v1/stats` | | [`ServerStats`] (JSON) |
+//!
+//! A step is a [`thex_engine::ReluRequest`] ([`STEP_HEADER`] `relu`, with [`ROUND_HEADER`]
+//! and a fresh [`ROUND_TOKEN_HEADER`] that the reply must echo) or the
+//! [`thex_engine::EncryptedLogits`] (`done`). Binary bodies are the engine's versioned
+//! messages; errors are `{"error": "..."}` with a 4xx/5xx status.
+
+use serde::{Deserialize, Serialize};
+
+/// Path prefix of every route.
+pub const PREFIX: &str = "/v1";
+/// Response header: SHA-256 (hex) of the body of `GET /v1/bundle` or `GET /v1/tokenizer`.
+pub const SHA256_HEADER: &str = "x-thex-sha256";
+/// Response header of a step: `relu` (a [`thex_engine::ReluRequest`]) or `done` (logits).
+pub const STEP_HEADER: &str = "x-thex-step";
+/// Response header of a `relu` step: the round number.
+pub const ROUND_HEADER: &str = "x-thex-round";
+/// Response header of a `relu` step, and request header of `POST .../round`: a random token
+/// binding the reply to the request of this session it answers.
+pub const ROUND_TOKEN_HEADER: &str = "x-thex-round-token";
+/// Response header of a step: server compute time in seconds (parsing, HE, serializing).
+pub const SERVER_SECONDS_HEADER: &str = "x-thex-server-seconds";
+
+/// `x-thex-step` value of a ReLU request.
+pub const STEP_RELU: &str = "relu";
+/// `x-thex-step` value of the final logits.
+pub const STEP_DONE: &str = "done";
+
+/// What `GET /v1/info` tells a client before it downloads anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Protocol name and version, `thex-net/1`.
+    pub protocol: String,
+    /// SHA-256 (hex) of the client bundle.
+    pub bundle_sha256: String,
+    /// Size of the client bundle in bytes.
+    pub bundle_bytes: usize,
+    /// The tokenizer the client must use.
+    pub tokenizer: TokenizerInfo,
+    /// Compiled length buckets.
+    pub buckets: Vec<usize>,
+    /// Client rounds per inference.
+    pub rounds: usize,
+    /// CKKS parameter id (hex).
+    pub params_id: String,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// Sessions without a request for this long are dropped (seconds).
+    pub idle_timeout_s: f64,
+    /// Sessions whose client leaves a round unanswered for this long are dropped (seconds).
+    pub round_timeout_s: f64,
+}
+
+/// The tokenizer file a server distributes with its bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerInfo {
+    /// File kind: `tokenizer.json` or `vocab.txt`.
+    pub kind: TokenizerKind,
+    /// Lowercase before WordPiece (for `vocab.txt`).
+    pub lowercase: bool,
+    /// Tokens kept per sequence, `[CLS]` and `[SEP]` included.
+    pub max_len: usize,
+    /// SHA-256 (hex) of the file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: usize,
+}
+
+/// Which tokenizer file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TokenizerKind {
+    /// A Hugging Face `tokenizer.json`.
+    #[serde(rename = "tokenizer.json")]
+    TokenizerJson,
+    /// A BERT WordPiece `vocab.txt`.
+    #[serde(rename = "vocab.txt")]
+    VocabTxt,
+}
+
+impl TokenizerKind {
+    /// The file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            TokenizerKind::TokenizerJson => "tokenizer.json",
+            TokenizerKind::VocabTxt => "vocab.txt",
+        }
+    }
+}
+
+/// Answer of `POST /v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    /// Session id: 128 random bits, hex. It is the session's only credential.
+    pub session: String,
+    /// Buckets the uploaded keys cover.
+    pub buckets: Vec<usize>,
+    /// Server-side size estimate of the keys held for this session, in bytes.
+    pub key_bytes: usize,
+}
+
+/// Answer of `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Estimated key memory of all sessions, in bytes.
+    pub key_bytes: usize,
+    /// Inferences finished since start.
+    pub inferences: u64,
+    /// Sessions dropped by the idle reaper since start.
+    pub reaped: u64,
+}
+
+/// Error body of every failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Protocol name announced in [`ServerInfo::protocol`].
+pub const PROTOCOL: &str = "thex-net/1";

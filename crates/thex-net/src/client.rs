@@ -1,0 +1,676 @@
+//! The blocking client: downloads (or reuses) the bundle and tokenizer, keeps the secret key
+//! local, uploads evaluation keys once per session and runs inferences round by round.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ckks::{Parameters, SecretKey};
+use serde::Serialize;
+use thex_engine::{
+    ClientBundle, ClientSession, EncryptedInput, EncryptedLogits, MessageLimits, PhaseTiming,
+    ReluRequest,
+};
+use thex_model::BertTokenizer;
+use ureq::Agent;
+use ureq::http::Response;
+use zeroize::Zeroizing;
+
+use crate::api::{
+    ErrorBody, PROTOCOL, ROUND_HEADER, ROUND_TOKEN_HEADER, SERVER_SECONDS_HEADER, SHA256_HEADER,
+    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, SessionCreated, TokenizerKind,
+};
+use crate::error::{NetError, Result};
+use crate::served::sha256_hex;
+
+/// How a [`Client`] connects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientOptions {
+    /// Where the bundle and tokenizer are cached by hash (none: download every time).
+    pub cache_dir: Option<PathBuf>,
+    /// Secret-key file: loaded if it exists, else created (mode 0600) with a fresh key.
+    /// Without one, every connection generates a fresh key that is never stored.
+    pub key_file: Option<PathBuf>,
+    /// Length buckets to upload rotation keys for (empty: every bucket the server offers).
+    pub buckets: Vec<usize>,
+    /// Timeout of one HTTP exchange (a round includes the server's compute).
+    pub timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: u64,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            key_file: None,
+            buckets: Vec::new(),
+            timeout: Duration::from_secs(900),
+            max_response_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What [`Client::connect_with`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectReport {
+    /// Client bundle size in bytes.
+    pub bundle_bytes: usize,
+    /// The bundle came from the cache (hash verified).
+    pub bundle_cached: bool,
+    /// The tokenizer came from the cache (hash verified).
+    pub tokenizer_cached: bool,
+    /// The secret key was loaded from `key_file` (false: generated).
+    pub key_loaded: bool,
+    /// Evaluation keys uploaded, in bytes (seeded).
+    pub key_bytes: usize,
+    /// Buckets the keys cover.
+    pub buckets: Vec<usize>,
+    /// Seconds to generate the evaluation keys.
+    pub keygen_seconds: f64,
+    /// Seconds to upload them and have the server load them.
+    pub upload_seconds: f64,
+}
+
+/// One HTTP exchange of an inference: the input (round 0) or the reply to a round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Exchange {
+    /// 0 for the input, else the round answered.
+    pub round: u32,
+    /// Bytes sent.
+    pub bytes_up: usize,
+    /// Bytes received.
+    pub bytes_down: usize,
+    /// Seconds from sending to having the whole answer (network and server).
+    pub wait_seconds: f64,
+    /// Of these, the server's compute as it reports it.
+    pub server_seconds: f64,
+}
+
+/// The outcome of one encrypted inference over the network.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetInference {
+    /// Predicted label name.
+    pub label: String,
+    /// Predicted label index.
+    pub label_id: usize,
+    /// Label names, index-aligned with `probabilities` and `logits`.
+    pub labels: Vec<String>,
+    /// Softmax of the logits.
+    pub probabilities: Vec<f64>,
+    /// Decrypted logits.
+    pub logits: Vec<f64>,
+    /// Tokens of the input (with `[CLS]`/`[SEP]`).
+    pub tokens: usize,
+    /// Length bucket used.
+    pub bucket: usize,
+    /// Client rounds.
+    pub rounds: usize,
+    /// Bytes sent (input and replies; keys excluded).
+    pub bytes_up: usize,
+    /// Bytes received (requests and logits).
+    pub bytes_down: usize,
+    /// Seconds per phase: `client.encrypt`, `client.rounds`, `client.decrypt`,
+    /// `client.serialization`, `server.compute` (as the server reports it) and `network`
+    /// (waiting minus server compute).
+    pub phases: Vec<PhaseTiming>,
+    /// Every exchange in order.
+    pub exchanges: Vec<Exchange>,
+    /// Wall time in seconds.
+    pub total_seconds: f64,
+}
+
+/// Reads a response body of at most `limit` bytes.
+fn read_body(resp: &mut Response<ureq::Body>, url: &str, limit: u64) -> Result<Vec<u8>> {
+    resp.body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| NetError::Transport {
+            url: url.into(),
+            message: format!("reading the answer: {e}"),
+        })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| NetError::io(dir, e))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| NetError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| NetError::io(path, e))
+}
+
+/// Loads the secret key of `path` for `bundle`, or creates the file (mode 0600) with a
+/// fresh key. Returns the client and whether the key was loaded.
+fn client_with_key_file(bundle: ClientBundle, path: &Path) -> Result<(ClientSession, bool)> {
+    let key_err = |reason: String| NetError::KeyFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if path.exists() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| NetError::io(path, e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(key_err(format!(
+                    "permissions {:o} let other users read it (chmod 600)",
+                    mode & 0o777
+                )));
+            }
+        }
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| NetError::io(path, e))?);
+        let params = Parameters::new(&bundle.params)?;
+        let sk = SecretKey::from_bytes_secret(&params, &bytes).map_err(|e| {
+            key_err(format!(
+                "not a secret key for this server's parameters: {e}"
+            ))
+        })?;
+        return Ok((ClientSession::with_secret_key(bundle, sk)?, true));
+    }
+    let client = ClientSession::new(bundle)?;
+    let bytes = Zeroizing::new(client.secret_key_bytes());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| NetError::io(dir, e))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| NetError::io(path, e))?;
+    if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_all()) {
+        let _ = std::fs::remove_file(path);
+        return Err(NetError::io(path, e));
+    }
+    Ok((client, false))
+}
+
+/// HTTP plumbing: one keep-alive agent; error answers become [`NetError`]s.
+struct Http {
+    base: String,
+    agent: Agent,
+    max_response_bytes: u64,
+}
+
+/// An answer: headers and the whole body.
+struct Answer {
+    response: Response<ureq::Body>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Http {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends one request; `session` marks session routes (a 404 there is an unknown session).
+    fn send(
+        &self,
+        what: &str,
+        path: &str,
+        session: Option<&str>,
+        request: impl FnOnce(&Agent, &str) -> std::result::Result<Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer> {
+        let url = self.url(path);
+        let mut response = request(&self.agent, &url).map_err(|e| NetError::Transport {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            let body = read_body(&mut response, &url, self.max_response_bytes)?;
+            return Ok(Answer { response, body });
+        }
+        if status == 404
+            && let Some(id) = session
+        {
+            return Err(NetError::UnknownSession {
+                session: id.chars().take(8).collect(),
+            });
+        }
+        let body = read_body(&mut response, &url, 1 << 16).unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        Err(NetError::Server {
+            what: what.into(),
+            status,
+            message,
+        })
+    }
+
+    fn get(&self, what: &str, path: &str) -> Result<Answer> {
+        self.send(what, path, None, |a, u| a.get(u).call())
+    }
+
+    fn post(
+        &self,
+        what: &str,
+        path: &str,
+        session: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer> {
+        self.send(what, path, session, |a, u| {
+            let mut r = a.post(u).header("content-type", "application/octet-stream");
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.send(body)
+        })
+    }
+
+    /// Downloads `path` unless `cache` holds a file with the expected hash; checks the hash
+    /// of what it downloads and stores it in `cache`. Returns the bytes and whether they came
+    /// from the cache.
+    fn fetch_verified(
+        &self,
+        what: &'static str,
+        path: &str,
+        expected: &str,
+        cache: Option<&Path>,
+    ) -> Result<(Vec<u8>, bool)> {
+        if let Some(file) = cache
+            && let Ok(bytes) = std::fs::read(file)
+            && sha256_hex(&bytes) == expected
+        {
+            return Ok((bytes, true));
+        }
+        let answer = self.get(what, path)?;
+        if let Some(h) = answer.header(SHA256_HEADER)
+            && h != expected
+        {
+            return Err(NetError::HashMismatch {
+                what,
+                expected: expected.into(),
+                got: h.into(),
+            });
+        }
+        let got = sha256_hex(&answer.body);
+        if got != expected {
+            return Err(NetError::HashMismatch {
+                what,
+                expected: expected.into(),
+                got,
+            });
+        }
+        if let Some(file) = cache {
+            write_atomic(file, &answer.body)?;
+        }
+        Ok((answer.body, false))
+    }
+}
+
+/// Loads the tokenizer file (written to `dir` if it is not there yet).
+fn load_tokenizer(
+    info: &crate::api::TokenizerInfo,
+    bytes: &[u8],
+    dir: &Path,
+) -> Result<BertTokenizer> {
+    let path = dir.join(info.kind.file_name());
+    if !path.is_file() {
+        write_atomic(&path, bytes)?;
+    }
+    Ok(match info.kind {
+        TokenizerKind::TokenizerJson => BertTokenizer::from_tokenizer_json(&path, info.max_len)?,
+        TokenizerKind::VocabTxt => BertTokenizer::from_vocab(&path, info.lowercase, info.max_len)?,
+    })
+}
+
+/// A connected client with an open session. The secret key stays in this process (and in
+/// the key file, if one was given).
+pub struct Client {
+    http: Http,
+    info: ServerInfo,
+    engine: ClientSession,
+    tokenizer: BertTokenizer,
+    session: String,
+    report: ConnectReport,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.http.base)
+            .field("session", &format!("{}…", self.session_prefix()))
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects with default options (no cache, a fresh key, keys for every bucket).
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &ClientOptions::default())
+    }
+
+    /// [`Client::prepare`], then [`Client::open_session`] for `options.buckets`.
+    pub fn connect_with(url: &str, options: &ClientOptions) -> Result<Self> {
+        let mut client = Self::prepare(url, options)?;
+        client.open_session(&options.buckets)?;
+        Ok(client)
+    }
+
+    /// Fetches the server info, the bundle and the tokenizer (from the cache when their
+    /// hashes match) and loads or creates the secret key; opens no session yet (see
+    /// [`Client::open_session`]).
+    pub fn prepare(url: &str, options: &ClientOptions) -> Result<Self> {
+        let http = Http {
+            base: url.trim_end_matches('/').to_string(),
+            agent: Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(10)))
+                .timeout_global(Some(options.timeout))
+                .build()
+                .into(),
+            max_response_bytes: options.max_response_bytes,
+        };
+        let answer = http.get("server info", "/v1/info")?;
+        let info: ServerInfo = serde_json::from_slice(&answer.body)
+            .map_err(|e| NetError::Protocol(format!("server info: {e}")))?;
+        if info.protocol != PROTOCOL {
+            return Err(NetError::Protocol(format!(
+                "server speaks {:?}, this client {PROTOCOL:?}",
+                info.protocol
+            )));
+        }
+
+        let cache = options.cache_dir.as_deref();
+        let bundle_file = cache.map(|d| {
+            d.join("bundles")
+                .join(format!("{}.thxb", info.bundle_sha256))
+        });
+        let (bundle_bytes, bundle_cached) = http.fetch_verified(
+            "client bundle",
+            "/v1/bundle",
+            &info.bundle_sha256,
+            bundle_file.as_deref(),
+        )?;
+        let bundle = ClientBundle::from_bytes(&bundle_bytes)?;
+
+        let tok = &info.tokenizer;
+        let temp;
+        let tok_dir = match cache {
+            Some(d) => d.join("tokenizers").join(&tok.sha256),
+            None => {
+                temp = tempfile::tempdir().map_err(|e| NetError::io("temporary directory", e))?;
+                temp.path().to_path_buf()
+            }
+        };
+        let tok_file = tok_dir.join(tok.kind.file_name());
+        let (tok_bytes, tokenizer_cached) =
+            http.fetch_verified("tokenizer", "/v1/tokenizer", &tok.sha256, Some(&tok_file))?;
+        let tokenizer = load_tokenizer(tok, &tok_bytes, &tok_dir)?;
+
+        let (engine, key_loaded) = match &options.key_file {
+            Some(path) => client_with_key_file(bundle, path)?,
+            None => (ClientSession::new(bundle)?, false),
+        };
+        Ok(Self {
+            http,
+            info,
+            engine: engine.with_tokenizer(tokenizer.clone()),
+            tokenizer,
+            session: String::new(),
+            report: ConnectReport {
+                bundle_bytes: bundle_bytes.len(),
+                bundle_cached,
+                tokenizer_cached,
+                key_loaded,
+                key_bytes: 0,
+                buckets: Vec::new(),
+                keygen_seconds: 0.0,
+                upload_seconds: 0.0,
+            },
+        })
+    }
+
+    /// The length bucket `text` needs (tokenizes locally).
+    pub fn bucket_for(&self, text: &str) -> Result<usize> {
+        Ok(self.engine.bundle().bucket_for(self.tokenize(text)?)?)
+    }
+
+    /// Number of tokens of `text` (with `[CLS]`/`[SEP]`).
+    pub fn tokenize(&self, text: &str) -> Result<usize> {
+        Ok(self.tokenizer.encode(text)?.len())
+    }
+
+    /// Generates evaluation keys for `buckets` (empty: all) and opens a new session with
+    /// them; the previous session, if any, is left to expire on the server.
+    pub fn open_session(&mut self, buckets: &[usize]) -> Result<()> {
+        let buckets = if buckets.is_empty() {
+            self.info.buckets.clone()
+        } else {
+            let mut b = buckets.to_vec();
+            b.sort_unstable();
+            b.dedup();
+            b
+        };
+        let t = Instant::now();
+        let keys = self.engine.evaluation_keys(&buckets)?;
+        let bytes = keys.to_bytes(self.engine.params());
+        drop(keys);
+        self.report.keygen_seconds = t.elapsed().as_secs_f64();
+        if bytes.len() > self.info.max_body_bytes {
+            return Err(NetError::Protocol(format!(
+                "the evaluation keys for buckets {buckets:?} are {} bytes, the server accepts at most {} per request (upload keys for fewer buckets)",
+                bytes.len(),
+                self.info.max_body_bytes
+            )));
+        }
+        let t = Instant::now();
+        let list: Vec<String> = buckets.iter().map(usize::to_string).collect();
+        let path = format!("/v1/sessions?buckets={}", list.join(","));
+        let answer = self
+            .http
+            .post("session creation", &path, None, &[], &bytes)?;
+        let created: SessionCreated = serde_json::from_slice(&answer.body)
+            .map_err(|e| NetError::Protocol(format!("session creation answer: {e}")))?;
+        self.report.upload_seconds = t.elapsed().as_secs_f64();
+        self.report.key_bytes = bytes.len();
+        self.report.buckets = created.buckets;
+        self.session = created.session;
+        Ok(())
+    }
+
+    /// What the server announced.
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// What connecting did (cache hits, key bytes, times).
+    pub fn connect_report(&self) -> &ConnectReport {
+        &self.report
+    }
+
+    /// The first 8 hex characters of the session id (the full id is a credential).
+    pub fn session_prefix(&self) -> &str {
+        &self.session[..8.min(self.session.len())]
+    }
+
+    /// The label names of the model.
+    pub fn labels(&self) -> &[String] {
+        &self.engine.bundle().dims.labels
+    }
+
+    /// Tokenizes, encrypts and classifies `text`.
+    pub fn infer(&mut self, text: &str) -> Result<NetInference> {
+        self.run(|c| c.encrypt_text(text), &mut |_| {})
+    }
+
+    /// [`Client::infer`], calling `on_round(r)` when round `r` has been answered (0: the
+    /// input was sent).
+    pub fn infer_with_progress(
+        &mut self,
+        text: &str,
+        on_round: &mut dyn FnMut(u32),
+    ) -> Result<NetInference> {
+        self.run(|c| c.encrypt_text(text), on_round)
+    }
+
+    /// Classifies token ids (with `[CLS]`/`[SEP]`), skipping the tokenizer.
+    pub fn infer_ids(&mut self, ids: &[u32]) -> Result<NetInference> {
+        self.run(|c| c.encrypt_ids(ids), &mut |_| {})
+    }
+
+    /// Closes the session on the server (its keys are dropped there).
+    pub fn close(self) -> Result<()> {
+        let path = format!("/v1/sessions/{}", self.session);
+        self.http
+            .send("session close", &path, Some(&self.session), |a, u| {
+                a.delete(u).call()
+            })
+            .map(|_| ())
+    }
+
+    fn run(
+        &mut self,
+        encrypt: impl FnOnce(&mut ClientSession) -> thex_engine::Result<EncryptedInput>,
+        on_round: &mut dyn FnMut(u32),
+    ) -> Result<NetInference> {
+        if self.session.is_empty() {
+            return Err(NetError::Protocol(
+                "no session is open (call open_session first)".into(),
+            ));
+        }
+        let start = Instant::now();
+        let params = self.engine.params().clone();
+        let limits = MessageLimits {
+            max_bytes: usize::try_from(self.http.max_response_bytes).unwrap_or(usize::MAX),
+            ..MessageLimits::default()
+        };
+        let (mut t_rounds, mut t_ser) = (0.0, 0.0);
+        let mut exchanges: Vec<Exchange> = Vec::new();
+
+        let t = Instant::now();
+        let input = encrypt(&mut self.engine)?;
+        let t_encrypt = t.elapsed().as_secs_f64();
+        let bucket = input.bucket;
+        let tokens = self.engine.tokens_in_flight().unwrap_or(0);
+        let t = Instant::now();
+        let mut body = input.to_bytes(&params);
+        drop(input);
+        t_ser += t.elapsed().as_secs_f64();
+
+        let infer_path = format!("/v1/sessions/{}/infer", self.session);
+        let round_path = format!("/v1/sessions/{}/round", self.session);
+        let mut round = 0u32;
+        let mut token = String::new();
+        let logits = loop {
+            let t = Instant::now();
+            let answer = if round == 0 {
+                self.http.post(
+                    "encrypted input",
+                    &infer_path,
+                    Some(&self.session),
+                    &[],
+                    &body,
+                )?
+            } else {
+                self.http.post(
+                    "round reply",
+                    &round_path,
+                    Some(&self.session),
+                    &[(ROUND_TOKEN_HEADER, &token)],
+                    &body,
+                )?
+            };
+            let server_seconds = answer
+                .header(SERVER_SECONDS_HEADER)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            on_round(round);
+            exchanges.push(Exchange {
+                round,
+                bytes_up: body.len(),
+                bytes_down: answer.body.len(),
+                wait_seconds: t.elapsed().as_secs_f64(),
+                server_seconds,
+            });
+            match answer.header(STEP_HEADER) {
+                Some(STEP_DONE) => {
+                    let t = Instant::now();
+                    let l = EncryptedLogits::from_bytes(&params, &answer.body, limits)?;
+                    t_ser += t.elapsed().as_secs_f64();
+                    break l;
+                }
+                Some(STEP_RELU) => {
+                    token = answer
+                        .header(ROUND_TOKEN_HEADER)
+                        .ok_or_else(|| NetError::Protocol("round without a round token".into()))?
+                        .to_string();
+                    let announced = answer.header(ROUND_HEADER).and_then(|r| r.parse().ok());
+                    let t = Instant::now();
+                    let req = ReluRequest::from_bytes(&params, &answer.body, limits)?;
+                    t_ser += t.elapsed().as_secs_f64();
+                    if announced != Some(req.round) {
+                        return Err(NetError::Protocol(format!(
+                            "header announces round {announced:?}, the request is round {}",
+                            req.round
+                        )));
+                    }
+                    round = req.round;
+                    let t = Instant::now();
+                    let reply = self.engine.answer(&req)?;
+                    drop(req);
+                    t_rounds += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    body = reply.to_bytes(&params);
+                    t_ser += t.elapsed().as_secs_f64();
+                }
+                other => {
+                    return Err(NetError::Protocol(format!(
+                        "unknown step {other:?} in the server's answer"
+                    )));
+                }
+            }
+        };
+        let t = Instant::now();
+        let pred = self.engine.decrypt_logits(&logits)?;
+        let t_decrypt = t.elapsed().as_secs_f64();
+
+        let wait: f64 = exchanges.iter().map(|e| e.wait_seconds).sum();
+        let server: f64 = exchanges.iter().map(|e| e.server_seconds).sum();
+        let phase = |name: &str, seconds: f64| PhaseTiming {
+            name: name.into(),
+            seconds,
+        };
+        Ok(NetInference {
+            label: pred.label,
+            label_id: pred.label_id,
+            labels: self.labels().to_vec(),
+            probabilities: pred.probabilities,
+            logits: pred.logits,
+            tokens,
+            bucket,
+            rounds: round as usize,
+            bytes_up: exchanges.iter().map(|e| e.bytes_up).sum(),
+            bytes_down: exchanges.iter().map(|e| e.bytes_down).sum(),
+            phases: vec![
+                phase("client.encrypt", t_encrypt),
+                phase("client.rounds", t_rounds),
+                phase("client.decrypt", t_decrypt),
+                phase("client.serialization", t_ser),
+                phase("server.compute", server),
+                phase("network", (wait - server).max(0.0)),
+            ],
+            exchanges,
+            total_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}

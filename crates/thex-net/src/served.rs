@@ -1,0 +1,111 @@
+//! What a server serves: the compiled program, the client bundle and the tokenizer file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use thex_engine::{ClientBundle, EngineParams, ServerModel};
+use thex_model::{LoadOptions, LoadedModel, load_model_dir};
+
+use crate::api::{TokenizerInfo, TokenizerKind};
+use crate::error::{NetError, Result};
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A tokenizer file as distributed to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerFile {
+    /// Kind, settings and hash.
+    pub info: TokenizerInfo,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl TokenizerFile {
+    /// Reads the tokenizer of a model directory: `tokenizer.json` if present, else
+    /// `vocab.txt` with `do_lower_case` from `tokenizer_config.json` (default true), the
+    /// same choice `thex-model` makes when loading the directory.
+    pub fn from_model_dir(dir: &Path, max_len: usize) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let (kind, path, lowercase) = if json.is_file() {
+            (TokenizerKind::TokenizerJson, json, true)
+        } else {
+            let lowercase = lowercase_setting(dir)?;
+            (TokenizerKind::VocabTxt, dir.join("vocab.txt"), lowercase)
+        };
+        let bytes = std::fs::read(&path).map_err(|e| NetError::io(&path, e))?;
+        Ok(Self {
+            info: TokenizerInfo {
+                kind,
+                lowercase,
+                max_len,
+                sha256: sha256_hex(&bytes),
+                bytes: bytes.len(),
+            },
+            bytes,
+        })
+    }
+}
+
+fn lowercase_setting(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| NetError::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        NetError::io(
+            &path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    Ok(v.get("do_lower_case")
+        .and_then(|b| b.as_bool())
+        .unwrap_or(true))
+}
+
+/// A compiled model ready to serve: the program, the bundle bytes with their hash, the
+/// tokenizer file.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// The compiled program (no key inside).
+    pub model: Arc<ServerModel>,
+    /// [`ClientBundle::to_bytes`] of the program.
+    pub bundle: Arc<Vec<u8>>,
+    /// SHA-256 of `bundle`, hex.
+    pub bundle_sha256: String,
+    /// The tokenizer clients download.
+    pub tokenizer: Arc<TokenizerFile>,
+}
+
+impl ServedModel {
+    /// Compiles a loaded THE-X model (CPU-heavy: weights are packed and encoded here when
+    /// `engine.pre_encode`).
+    pub fn compile(loaded: &LoadedModel, engine: &EngineParams) -> Result<Self> {
+        let max_len = loaded.model.config().max_position_embeddings;
+        let tokenizer = TokenizerFile::from_model_dir(&loaded.dir, max_len)?;
+        let model = ServerModel::compile(&loaded.model, engine)?;
+        Ok(Self::new(Arc::new(model), tokenizer))
+    }
+
+    /// Loads a THE-X model directory and compiles it.
+    pub fn load(dir: &Path, engine: &EngineParams) -> Result<Self> {
+        let loaded = load_model_dir(dir, &LoadOptions::default())?;
+        Self::compile(&loaded, engine)
+    }
+
+    /// Serves an already compiled program with a tokenizer file.
+    pub fn new(model: Arc<ServerModel>, tokenizer: TokenizerFile) -> Self {
+        let bundle = model.client_bundle().to_bytes();
+        let bundle_sha256 = ClientBundle::hash_hex(&bundle);
+        Self {
+            model,
+            bundle: Arc::new(bundle),
+            bundle_sha256,
+            tokenizer: Arc::new(tokenizer),
+        }
+    }
+}

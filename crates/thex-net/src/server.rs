@@ -1,0 +1,865 @@
+//! The HTTP server: one compiled model, many client sessions.
+//!
+//! Each session holds one client's evaluation keys in a [`ServerSession`] behind its own
+//! mutex; the session map is behind another. The homomorphic work (parsing ciphertexts,
+//! `start`/`resume`, serializing) runs on tokio's blocking pool, never on the async workers,
+//! and a session runs one request at a time (a concurrent one gets `409`). A reaper task
+//! drops sessions idle for longer than [`ServerLimits::idle_timeout`], including those whose
+//! client vanished in the middle of an inference.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ckks::Parameters;
+use rand::RngCore;
+use thex_engine::{
+    EncryptedInput, EngineError, EvaluationKeys, MessageLimits, ReluReply, ServerSession, Step,
+};
+use tokio::sync::oneshot;
+
+use crate::api::{
+    ErrorBody, PROTOCOL, ROUND_HEADER, ROUND_TOKEN_HEADER, SERVER_SECONDS_HEADER, SHA256_HEADER,
+    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, ServerStats, SessionCreated,
+};
+use crate::error::{NetError, Result};
+use crate::served::ServedModel;
+
+/// Resource limits of a server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerLimits {
+    /// Largest request body in bytes (evaluation keys included); larger ones get `413`.
+    pub max_body_bytes: usize,
+    /// Most open sessions; more get `503`.
+    pub max_sessions: usize,
+    /// Most evaluation-key memory over all sessions, in bytes (estimated as twice the
+    /// uploaded seeded keys: the server expands every seed); more gets `503`.
+    pub max_key_memory: usize,
+    /// Sessions without a request for this long are dropped.
+    pub idle_timeout: Duration,
+    /// A session whose client has not answered a pending round for this long is dropped with
+    /// its inference (the client vanished mid-round).
+    pub round_timeout: Duration,
+    /// Bounds checked while parsing every message (its `max_bytes` is capped by
+    /// `max_body_bytes`).
+    pub messages: MessageLimits,
+    /// Threads for the homomorphic work (tokio's blocking pool).
+    pub compute_threads: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 30,
+            max_sessions: 16,
+            max_key_memory: 8 << 30,
+            idle_timeout: Duration::from_secs(600),
+            round_timeout: Duration::from_secs(120),
+            messages: MessageLimits::default(),
+            compute_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+struct Pending {
+    round: u32,
+    token: String,
+}
+
+struct Core {
+    engine: ServerSession,
+    pending: Option<Pending>,
+}
+
+struct Session {
+    /// First 8 hex characters of the id, for logs (the full id is the session's credential).
+    short: String,
+    core: Mutex<Core>,
+    activity: Mutex<Activity>,
+    key_bytes: usize,
+}
+
+/// When the session last saw a request, and whether a round is waiting for its client.
+#[derive(Clone, Copy)]
+struct Activity {
+    at: Instant,
+    round_pending: bool,
+}
+
+impl Session {
+    fn touch(&self, round_pending: Option<bool>) {
+        let mut a = lock(&self.activity);
+        a.at = Instant::now();
+        if let Some(p) = round_pending {
+            a.round_pending = p;
+        }
+    }
+    /// Whether the session has outlived its timeout: `round` while a round waits for the
+    /// client, `idle` otherwise.
+    fn expired(&self, idle: Duration, round: Duration) -> bool {
+        let a = *lock(&self.activity);
+        a.at.elapsed() > if a.round_pending { round } else { idle }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (plain counters and
+/// timestamps).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Registry {
+    sessions: HashMap<String, Arc<Session>>,
+    key_bytes: usize,
+    /// Sessions being created (keys parsing) and their reserved key memory.
+    reserved: usize,
+    reserved_bytes: usize,
+}
+
+struct Shared {
+    served: ServedModel,
+    params: Parameters,
+    limits: ServerLimits,
+    messages: MessageLimits,
+    info: ServerInfo,
+    registry: Mutex<Registry>,
+    inferences: AtomicU64,
+    reaped: AtomicU64,
+}
+
+impl Shared {
+    fn stats(&self) -> ServerStats {
+        let r = lock(&self.registry);
+        ServerStats {
+            sessions: r.sessions.len(),
+            key_bytes: r.key_bytes,
+            inferences: self.inferences.load(Ordering::Relaxed),
+            reaped: self.reaped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn session(&self, id: &str) -> std::result::Result<Arc<Session>, ApiError> {
+        lock(&self.registry)
+            .sessions
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, unknown_session(id)))
+    }
+
+    fn remove(&self, id: &str) -> bool {
+        let mut r = lock(&self.registry);
+        match r.sessions.remove(id) {
+            Some(s) => {
+                r.key_bytes -= s.key_bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops expired sessions whose compute is not running.
+    fn reap(&self) -> usize {
+        let (idle, round) = (self.limits.idle_timeout, self.limits.round_timeout);
+        let mut r = lock(&self.registry);
+        let stale: Vec<String> = r
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expired(idle, round) && s.core.try_lock().is_ok())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &stale {
+            if let Some(s) = r.sessions.remove(id) {
+                r.key_bytes -= s.key_bytes;
+                tracing::info!(
+                    target: "thex_net::request",
+                    event = "reaped",
+                    session = %s.short,
+                    round_pending = lock(&s.activity).round_pending,
+                    idle_s = lock(&s.activity).at.elapsed().as_secs_f64(),
+                    key_bytes = s.key_bytes,
+                    "session dropped after its timeout"
+                );
+            }
+        }
+        self.reaped.fetch_add(stale.len() as u64, Ordering::Relaxed);
+        stale.len()
+    }
+}
+
+fn unknown_session(id: &str) -> String {
+    let short: String = id.chars().take(8).collect();
+    format!(
+        "unknown session {short}…: it expired after the idle timeout, was closed, or the server restarted"
+    )
+}
+
+/// An error answer: status and message, sent as `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::UnexpectedMessage { .. } | EngineError::WrongRound { .. } => {
+                StatusCode::CONFLICT
+            }
+            EngineError::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            EngineError::Malformed(_)
+            | EngineError::WrongCount { .. }
+            | EngineError::WrongItem { .. }
+            | EngineError::BadCiphertext { .. }
+            | EngineError::UnknownBucket { .. }
+            | EngineError::SequenceTooLong { .. }
+            | EngineError::MissingRotationKeys { .. }
+            | EngineError::Ckks(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body exceeds the server's limit".to_string()
+        } else {
+            r.body_text()
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.message,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// What one request did, logged as one line.
+struct RequestLog {
+    route: &'static str,
+    session: String,
+    started: Instant,
+    bytes_in: usize,
+    bytes_out: usize,
+    round: Option<u32>,
+    compute_s: f64,
+}
+
+impl RequestLog {
+    fn new(route: &'static str, bytes_in: usize) -> Self {
+        Self {
+            route,
+            session: String::new(),
+            started: Instant::now(),
+            bytes_in,
+            bytes_out: 0,
+            round: None,
+            compute_s: 0.0,
+        }
+    }
+
+    fn finish(self, result: std::result::Result<Response, ApiError>) -> Response {
+        let response = result.unwrap_or_else(|e| {
+            tracing::warn!(
+                target: "thex_net::request",
+                route = self.route,
+                session = %self.session,
+                status = e.status.as_u16(),
+                bytes_in = self.bytes_in,
+                error = %e.message,
+                total_s = self.started.elapsed().as_secs_f64(),
+                "request failed"
+            );
+            e.into_response()
+        });
+        if response.status().is_success() {
+            tracing::info!(
+                target: "thex_net::request",
+                route = self.route,
+                session = %self.session,
+                status = response.status().as_u16(),
+                round = self.round.map_or(-1, i64::from),
+                bytes_in = self.bytes_in,
+                bytes_out = self.bytes_out,
+                compute_s = self.compute_s,
+                total_s = self.started.elapsed().as_secs_f64(),
+                "request"
+            );
+        }
+        response
+    }
+}
+
+type St = State<Arc<Shared>>;
+
+/// Builds the router over the shared state.
+fn router(shared: Arc<Shared>) -> Router {
+    let limit = shared.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/stats", get(stats))
+        .route("/v1/bundle", get(bundle))
+        .route("/v1/tokenizer", get(tokenizer))
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{id}", axum::routing::delete(delete_session))
+        .route("/v1/sessions/{id}/infer", post(infer))
+        .route("/v1/sessions/{id}/round", post(round))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+async fn info(State(s): St) -> Response {
+    axum::Json(s.info.clone()).into_response()
+}
+
+async fn stats(State(s): St) -> Response {
+    axum::Json(s.stats()).into_response()
+}
+
+fn binary(bytes: Vec<u8>, sha256: &str) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(sha256) {
+        headers.insert(SHA256_HEADER, v);
+    }
+    (headers, bytes).into_response()
+}
+
+async fn bundle(State(s): St) -> Response {
+    let mut log = RequestLog::new("GET bundle", 0);
+    log.bytes_out = s.served.bundle.len();
+    let r = binary(s.served.bundle.to_vec(), &s.served.bundle_sha256);
+    log.finish(Ok(r))
+}
+
+async fn tokenizer(State(s): St) -> Response {
+    let mut log = RequestLog::new("GET tokenizer", 0);
+    let t = &s.served.tokenizer;
+    log.bytes_out = t.bytes.len();
+    log.finish(Ok(binary(t.bytes.clone(), &t.info.sha256)))
+}
+
+/// Parses `buckets=16,32` (absent: every compiled bucket).
+fn parse_buckets(
+    query: Option<&str>,
+    compiled: &[usize],
+) -> std::result::Result<Vec<usize>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let mut out = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "buckets" {
+            return Err(bad(format!("unknown query parameter {k:?}")));
+        }
+        for b in v.split(',').filter(|b| !b.is_empty()) {
+            let b: usize = b
+                .parse()
+                .map_err(|_| bad(format!("bucket {b:?} is not a number")))?;
+            if !compiled.contains(&b) {
+                return Err(bad(format!("length bucket {b} is not one of {compiled:?}")));
+            }
+            if !out.contains(&b) {
+                out.push(b);
+            }
+        }
+    }
+    if out.is_empty() {
+        out = compiled.to_vec();
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Releases a session reservation when dropped (also when the request is cancelled).
+struct Reservation {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut r = lock(&self.shared.registry);
+        r.reserved -= 1;
+        r.reserved_bytes -= self.bytes;
+    }
+}
+
+fn reserve(shared: &Arc<Shared>, bytes: usize) -> std::result::Result<Reservation, ApiError> {
+    let mut r = lock(&shared.registry);
+    let l = &shared.limits;
+    if r.sessions.len() + r.reserved >= l.max_sessions {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("session limit reached ({} sessions)", l.max_sessions),
+        ));
+    }
+    if r.key_bytes + r.reserved_bytes + bytes > l.max_key_memory {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "key memory limit: {} bytes held, {bytes} more requested, limit {}",
+                r.key_bytes + r.reserved_bytes,
+                l.max_key_memory
+            ),
+        ));
+    }
+    r.reserved += 1;
+    r.reserved_bytes += bytes;
+    Ok(Reservation {
+        shared: shared.clone(),
+        bytes,
+    })
+}
+
+fn new_session_id() -> String {
+    let mut id = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    hex::encode(id)
+}
+
+fn json_created(created: &SessionCreated) -> std::result::Result<(Response, usize), ApiError> {
+    let body = serde_json::to_vec(created)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let n = body.len();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(((StatusCode::CREATED, headers, body).into_response(), n))
+}
+
+async fn create_session(
+    State(s): St,
+    RawQuery(query): RawQuery,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut log = RequestLog::new("POST sessions", 0);
+    let result = async {
+        let body = body?;
+        log.bytes_in = body.len();
+        let buckets = parse_buckets(query.as_deref(), s.served.model.buckets())?;
+        let key_bytes = 2 * body.len();
+        let reservation = reserve(&s, key_bytes)?;
+        let t = Instant::now();
+        let shared = s.clone();
+        let keys_buckets = buckets.clone();
+        let engine = tokio::task::spawn_blocking(move || {
+            let keys = EvaluationKeys::from_bytes(&shared.params, &body, shared.messages)?;
+            ServerSession::new(shared.served.model.clone(), keys, &keys_buckets)
+        })
+        .await
+        .map_err(join_error)??;
+        log.compute_s = t.elapsed().as_secs_f64();
+        let id = new_session_id();
+        let session = Arc::new(Session {
+            short: id[..8].to_string(),
+            core: Mutex::new(Core {
+                engine,
+                pending: None,
+            }),
+            activity: Mutex::new(Activity {
+                at: Instant::now(),
+                round_pending: false,
+            }),
+            key_bytes,
+        });
+        log.session = session.short.clone();
+        {
+            let mut r = lock(&s.registry);
+            r.sessions.insert(id.clone(), session);
+            r.key_bytes += key_bytes;
+        }
+        drop(reservation);
+        let (response, n) = json_created(&SessionCreated {
+            session: id,
+            buckets,
+            key_bytes,
+        })?;
+        log.bytes_out = n;
+        Ok(response)
+    }
+    .await;
+    log.finish(result)
+}
+
+async fn delete_session(State(s): St, Path(id): Path<String>) -> Response {
+    let mut log = RequestLog::new("DELETE session", 0);
+    log.session = id.chars().take(8).collect();
+    let result = if s.remove(&id) {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, unknown_session(&id)))
+    };
+    log.finish(result)
+}
+
+fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("server computation failed: {e}"),
+    )
+}
+
+/// A step computed by the blocking pool.
+struct StepOut {
+    bytes: Vec<u8>,
+    relu: Option<(u32, String)>,
+    seconds: f64,
+}
+
+enum Work {
+    Start(Bytes),
+    Round(Bytes, Option<String>),
+}
+
+/// Parses the message, runs `start`/`resume` and serializes the next step, holding the
+/// session's lock; a second request meanwhile gets `409`.
+fn compute(
+    shared: &Shared,
+    session: &Session,
+    work: Work,
+) -> std::result::Result<StepOut, ApiError> {
+    let t = Instant::now();
+    let mut core = match session.core.try_lock() {
+        Ok(c) => c,
+        Err(TryLockError::WouldBlock) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "session busy: another request of this session is being computed",
+            ));
+        }
+        Err(TryLockError::Poisoned(_)) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "session broken by an earlier failure; open a new session",
+            ));
+        }
+    };
+    let params = &shared.params;
+    let step = match work {
+        Work::Start(body) => {
+            let input = EncryptedInput::from_bytes(params, &body, shared.messages)?;
+            core.engine.start(input)?
+        }
+        Work::Round(body, token) => {
+            let Some(pending) = &core.pending else {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "no round is pending in this session",
+                ));
+            };
+            if token.as_deref() != Some(pending.token.as_str()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the reply does not answer this session's pending round {} (round token mismatch)",
+                        pending.round
+                    ),
+                ));
+            }
+            let reply = ReluReply::from_bytes(params, &body, shared.messages)?;
+            core.engine.resume(reply)?
+        }
+    };
+    let out = match step {
+        Step::NeedRelu(req) => {
+            let mut token = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut token);
+            let token = hex::encode(token);
+            core.pending = Some(Pending {
+                round: req.round,
+                token: token.clone(),
+            });
+            StepOut {
+                bytes: req.to_bytes(params),
+                relu: Some((req.round, token)),
+                seconds: 0.0,
+            }
+        }
+        Step::Done(logits) => {
+            core.pending = None;
+            shared.inferences.fetch_add(1, Ordering::Relaxed);
+            StepOut {
+                bytes: logits.to_bytes(params),
+                relu: None,
+                seconds: 0.0,
+            }
+        }
+    };
+    Ok(StepOut {
+        seconds: t.elapsed().as_secs_f64(),
+        ..out
+    })
+}
+
+async fn run_step(
+    s: Arc<Shared>,
+    id: String,
+    route: &'static str,
+    body: std::result::Result<Bytes, BytesRejection>,
+    token: Option<String>,
+) -> Response {
+    let mut log = RequestLog::new(route, 0);
+    log.session = id.chars().take(8).collect();
+    let result = async {
+        let body = body?;
+        log.bytes_in = body.len();
+        let session = s.session(&id)?;
+        session.touch(None);
+        let work = match token {
+            None => Work::Start(body),
+            Some(t) if t.is_empty() => Work::Round(body, None),
+            Some(t) => Work::Round(body, Some(t)),
+        };
+        let (shared, sess) = (s.clone(), session.clone());
+        let out = tokio::task::spawn_blocking(move || compute(&shared, &sess, work))
+            .await
+            .map_err(join_error)?;
+        // A round now waits for the client, or the inference ended; errors leave it as is.
+        session.touch(out.as_ref().ok().map(|o| o.relu.is_some()));
+        let out = out?;
+        log.compute_s = out.seconds;
+        log.bytes_out = out.bytes.len();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(
+            SERVER_SECONDS_HEADER,
+            HeaderValue::from_str(&format!("{:.6}", out.seconds)).expect("a number"),
+        );
+        match &out.relu {
+            Some((round, token)) => {
+                log.round = Some(*round);
+                headers.insert(STEP_HEADER, HeaderValue::from_static(STEP_RELU));
+                headers.insert(ROUND_HEADER, HeaderValue::from(*round));
+                headers.insert(
+                    ROUND_TOKEN_HEADER,
+                    HeaderValue::from_str(token).expect("hex"),
+                );
+            }
+            None => {
+                headers.insert(STEP_HEADER, HeaderValue::from_static(STEP_DONE));
+            }
+        }
+        Ok((headers, out.bytes).into_response())
+    }
+    .await;
+    log.finish(result)
+}
+
+async fn infer(
+    State(s): St,
+    Path(id): Path<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    run_step(s, id, "POST infer", body, None).await
+}
+
+async fn round(
+    State(s): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let token = headers
+        .get(ROUND_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    run_step(s, id, "POST round", body, Some(token)).await
+}
+
+/// A running server on a background thread with its own tokio runtime.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<SharedDebug>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// `Shared` with a `Debug` impl that prints only the counters.
+struct SharedDebug(Arc<Shared>);
+
+impl std::fmt::Debug for SharedDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("stats", &self.0.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Binds `addr` (port 0 picks a free port) and serves `served` until
+    /// [`ServerHandle::shutdown`] or drop. Bind errors are returned here.
+    pub fn start(served: ServedModel, addr: SocketAddr, limits: ServerLimits) -> Result<Self> {
+        let listener = StdListener::bind(addr).map_err(|e| NetError::Transport {
+            url: addr.to_string(),
+            message: format!("cannot listen: {e}"),
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| NetError::io(addr.to_string(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| NetError::io(addr.to_string(), e))?;
+        let params = served.model.params().clone();
+        let messages = MessageLimits {
+            max_bytes: limits.messages.max_bytes.min(limits.max_body_bytes),
+            ..limits.messages
+        };
+        let info = ServerInfo {
+            protocol: PROTOCOL.into(),
+            bundle_sha256: served.bundle_sha256.clone(),
+            bundle_bytes: served.bundle.len(),
+            tokenizer: served.tokenizer.info.clone(),
+            buckets: served.model.buckets().to_vec(),
+            rounds: served.model.rounds(),
+            params_id: format!("{:016x}", params.id()),
+            max_body_bytes: limits.max_body_bytes,
+            idle_timeout_s: limits.idle_timeout.as_secs_f64(),
+            round_timeout_s: limits.round_timeout.as_secs_f64(),
+        };
+        let shared = Arc::new(Shared {
+            served,
+            params,
+            messages,
+            info,
+            registry: Mutex::new(Registry::default()),
+            inferences: AtomicU64::new(0),
+            reaped: AtomicU64::new(0),
+            limits,
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(2)
+            .max_blocking_threads(shared.limits.compute_threads.max(1))
+            .thread_name("thex-net")
+            .build()
+            .map_err(|e| NetError::io("tokio runtime", e))?;
+        let state = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("thex-net-server".into())
+            .spawn(move || {
+                let result = runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let reaper_state = state.clone();
+                    let every = (reaper_state
+                        .limits
+                        .idle_timeout
+                        .min(reaper_state.limits.round_timeout)
+                        / 4)
+                    .clamp(Duration::from_millis(20), Duration::from_secs(5));
+                    let reaper = tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(every);
+                        loop {
+                            tick.tick().await;
+                            reaper_state.reap();
+                        }
+                    });
+                    let served = axum::serve(listener, router(state))
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.await;
+                        })
+                        .await;
+                    reaper.abort();
+                    served
+                });
+                runtime.shutdown_timeout(Duration::from_secs(10));
+                result
+            })
+            .map_err(|e| NetError::io("server thread", e))?;
+        Ok(Self {
+            addr,
+            shared: Arc::new(SharedDebug(shared)),
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sessions, key memory and counters now.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.0.stats()
+    }
+
+    /// What `GET /v1/info` answers.
+    pub fn info(&self) -> &ServerInfo {
+        &self.shared.0.info
+    }
+
+    /// Stops accepting, finishes running requests and joins the server thread.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    /// Blocks until the server stops (it only stops on error or when the process ends).
+    pub fn wait(mut self) -> Result<()> {
+        self.wait_thread()
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait_thread()
+    }
+
+    fn wait_thread(&mut self) -> Result<()> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => Err(NetError::io(self.addr.to_string(), e)),
+            Some(Err(_)) => Err(NetError::Protocol("server thread panicked".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
