@@ -17,7 +17,7 @@ use crate::error::{EngineError, Result};
 use crate::messages::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest,
 };
-use crate::program::{BucketLayouts, BucketPlan, ItemKind, round_items};
+use crate::program::{BucketLayouts, BucketPlan, ItemKind, input_level, reply_level, round_items};
 use crate::weights::{EmbeddingTables, ModelDims};
 
 /// What the server gives the client once: CKKS parameters, model shapes, buckets with their
@@ -326,10 +326,11 @@ impl ClientSession {
         let padded = Matrix::from_fn(bucket, x.cols(), |t, c| {
             if t < x.rows() { x.get(t, c) } else { 0.0 }
         });
+        let level = input_level(&self.params);
         let cts = layout
             .pack(&padded)?
             .iter()
-            .map(|v| self.encrypt_fresh(v))
+            .map(|v| self.encrypt_fresh(v, level))
             .collect::<Result<Vec<_>>>()?;
         self.state = ClientState::Running {
             bucket,
@@ -339,10 +340,10 @@ impl ClientSession {
         Ok(EncryptedInput { bucket, cts })
     }
 
-    fn encrypt_fresh(&self, values: &[f64]) -> Result<SeededCiphertext> {
-        let pt =
-            self.encoder
-                .encode(values, self.params.max_level(), self.params.default_scale())?;
+    fn encrypt_fresh(&self, values: &[f64], level: usize) -> Result<SeededCiphertext> {
+        let pt = self
+            .encoder
+            .encode(values, level, self.params.default_scale())?;
         Ok(Decryptor::new(&self.sk).encrypt_seeded(&pt)?)
     }
 
@@ -370,7 +371,7 @@ impl ClientSession {
 
     /// Answers a ReLU round: checks it is the next round of the schedule with the expected
     /// items and ciphertext counts, decrypts, applies the item's function (ReLU, power, masks,
-    /// row weights) and re-encrypts fresh at the top level.
+    /// row weights) and re-encrypts fresh at the item's [`reply_level`].
     pub fn answer(&mut self, req: &ReluRequest) -> Result<ReluReply> {
         let ClientState::Running {
             bucket,
@@ -472,6 +473,7 @@ impl ClientSession {
             });
         }
         let weights = self.item_weights(it.kind, bucket, tokens, last)?;
+        let level = reply_level(&self.params, it.kind, last);
         let slots = self.params.max_slots();
         let power = self.bundle.dims.softmax_power as i32;
         it.cts
@@ -499,7 +501,7 @@ impl ClientSession {
                         if m == 0.0 { 0.0 } else { y * m }
                     })
                     .collect();
-                self.encrypt_fresh(&out)
+                self.encrypt_fresh(&out, level)
             })
             .collect()
     }

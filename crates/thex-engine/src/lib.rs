@@ -32,7 +32,9 @@ pub use messages::{
     ReluRequest, Step,
 };
 pub use params::{DEFAULT_BUCKETS, EngineParams, PIPELINE_DEPTH};
-pub use program::{BucketLayouts, BucketPlan, ItemKind, ServerModel};
+pub use program::{
+    BucketLayouts, BucketPlan, ItemKind, ServerModel, decrypt_level, input_level, reply_level,
+};
 pub use server::{ServerSession, Tap};
 pub use weights::{
     EmbeddingTables, LayerWeights, ModelDims, ModelWeights, ReciprocalWeights, split_model,

@@ -1,8 +1,9 @@
 //! The compiled server program: folded weights, per-bucket layouts and encoded operations,
 //! levels, the exact Galois key set and the round schedule.
 //!
-//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L` for
-//! the first layer and `L - 1` afterwards):
+//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L - 1`;
+//! every request is dropped to [`decrypt_level`] before it is sent, and replies come back at
+//! [`reply_level`]):
 //!
 //! | segment | server computes | client round |
 //! |---|---|---|
@@ -344,8 +345,33 @@ struct Levels {
 }
 
 impl Levels {
-    fn input(&self, layer: usize) -> usize {
-        if layer == 0 { self.top } else { self.top - 1 }
+    fn input(&self, _layer: usize) -> usize {
+        self.top - 1
+    }
+}
+
+/// The level every ciphertext the client decrypts is sent at: `max_level - PIPELINE_DEPTH`
+/// (the engine's `extra_levels`, 1 by default: two primes, enough headroom above the scale).
+/// The server drops requests and logits to it before sending them.
+pub fn decrypt_level(params: &Parameters) -> usize {
+    params.max_level().saturating_sub(PIPELINE_DEPTH)
+}
+
+/// The level the client encrypts its input at: every layer's input sits one level below a
+/// fresh ciphertext (the value projection must survive until attention · V).
+pub fn input_level(params: &Parameters) -> usize {
+    params.max_level() - 1
+}
+
+/// The level the client encrypts a reply item at: the lowest from which the server's next
+/// segment still ends at [`decrypt_level`]. The reciprocal network's first hidden layer and the
+/// last layer's FFN/residual feed one linear map before the next decryption; the others
+/// feed the deep segments and come back fresh at the top level.
+pub fn reply_level(params: &Parameters, kind: ItemKind, last_layer: bool) -> usize {
+    match kind {
+        ItemKind::ReciprocalHidden1 => decrypt_level(params) + 1,
+        ItemKind::Ffn | ItemKind::Residual if last_layer => decrypt_level(params) + 1,
+        _ => params.max_level(),
     }
 }
 
@@ -409,7 +435,8 @@ fn encode_layer(
     let (mul, add, t2m, t2b, t3m) = reciprocal_mats(w, l);
     let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, top, enc.rescale_factor(top))?;
     let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, delta)?;
-    let t2 = lin(&t2m, Some(&t2b), &l.reciprocal, l.reciprocal.order(), top)?;
+    let low = top - PIPELINE_DEPTH + 1;
+    let t2 = lin(&t2m, Some(&t2b), &l.reciprocal, l.reciprocal.order(), low)?;
     let t3_bias = vec![w.reciprocal.b3; d.heads * l.bucket];
     let t3 = lin(&t3m, Some(&t3_bias), &l.reciprocal, l.scores.order(), top)?;
 
@@ -449,14 +476,14 @@ fn encode_layer(
             (LayerTail::Next { w2, g12 }, p)
         }
         FoldedTail::Logits { m1, m2, bias } => {
-            let m1 = lin(m1, None, &l.ffn, ColumnOrder::Contiguous, top)?;
-            let m2 = lin(m2, None, &l.hidden, ColumnOrder::Contiguous, top)?;
+            let m1 = lin(m1, None, &l.ffn, ColumnOrder::Contiguous, low)?;
+            let m2 = lin(m2, None, &l.hidden, ColumnOrder::Contiguous, low)?;
             let steps: Vec<usize> = (0..l.bucket.trailing_zeros()).map(|j| 1 << j).collect();
             let mut v = vec![0.0; enc.slots()];
             for (c, b) in bias.iter().enumerate() {
                 v[l.logits.position(0, c).1] = *b;
             }
-            let bias = enc.encode(&v, top - 1, delta)?;
+            let bias = enc.encode(&v, low - 1, delta)?;
             let sum = OpPlan {
                 name: format!("token sum x{}", l.bucket),
                 rotation_steps: steps.iter().copied().collect(),

@@ -12,7 +12,10 @@ use crate::error::{EngineError, Result};
 use crate::messages::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest, Step,
 };
-use crate::program::{BucketLayouts, ItemKind, LayerProgram, LayerTail, ServerModel, round_items};
+use crate::program::{
+    BucketLayouts, ItemKind, LayerProgram, LayerTail, ServerModel, decrypt_level, input_level,
+    reply_level, round_items,
+};
 
 type Packed = PackedMatrix<Ciphertext>;
 
@@ -66,6 +69,7 @@ fn check_fresh(
     params: &Parameters,
     cts: Vec<SeededCiphertext>,
     expected: usize,
+    level: usize,
     what: &str,
 ) -> Result<Vec<Ciphertext>> {
     if cts.len() != expected {
@@ -84,11 +88,10 @@ fn check_fresh(
                 index: i,
                 problem,
             };
-            if ct.level() != params.max_level() {
+            if ct.level() != level {
                 return Err(bad(format!(
-                    "level {}, a fresh ciphertext has level {}",
+                    "level {}, expected a fresh ciphertext at level {level}",
                     ct.level(),
-                    params.max_level()
                 )));
             }
             if !scales_match(ct.scale(), params.default_scale()) {
@@ -191,10 +194,12 @@ impl ServerSession {
             });
         }
         let layouts = self.model.layouts(input.bucket)?.clone();
+        let params = self.model.params();
         let cts = check_fresh(
-            self.model.params(),
+            params,
             input.cts,
             layouts.hidden.n_cts(),
+            input_level(params),
             "input",
         )?;
         self.compute.clear();
@@ -223,7 +228,7 @@ impl ServerSession {
         let y = ops::add_const(b, &y, prog.shift)?;
         self.compute
             .push((format!("layer{layer}.attention_scores"), t0.elapsed()));
-        let req = request(round, layer, vec![(ItemKind::Softmax, y)]);
+        let req = self.request(round, layer, vec![(ItemKind::Softmax, y)])?;
         self.state = Some(Running {
             bucket,
             layer,
@@ -232,6 +237,29 @@ impl ServerSession {
             pending: Pending::Softmax { x, v },
         });
         Ok(Step::NeedRelu(req))
+    }
+
+    /// A round request, every ciphertext dropped to the level the client decrypts at (fewer
+    /// limbs to send).
+    fn request(
+        &self,
+        round: u32,
+        layer: usize,
+        items: Vec<(ItemKind, Packed)>,
+    ) -> Result<ReluRequest> {
+        let (b, level) = (&self.backend, decrypt_level(self.model.params()));
+        let items = items
+            .into_iter()
+            .map(|(kind, m)| {
+                let cts = m
+                    .into_cts()
+                    .iter()
+                    .map(|c| b.drop_to_level(c, level.min(c.level())))
+                    .collect::<he_linalg::Result<Vec<_>>>()?;
+                Ok(ReluItem { kind, layer, cts })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ReluRequest { round, items })
     }
 
     /// Continues with the client's answer to the pending round.
@@ -249,7 +277,7 @@ impl ServerSession {
             });
         }
         let layouts = self.model.layouts(run.bucket)?.clone();
-        let (_, kinds) = round_items(self.model.layers(), run.round).ok_or_else(|| {
+        let (layer, kinds) = round_items(self.model.layers(), run.round).ok_or_else(|| {
             EngineError::UnexpectedMessage {
                 got: "ReLU reply",
                 state: "past the last round".into(),
@@ -265,7 +293,10 @@ impl ServerSession {
         let mut fresh = Vec::with_capacity(kinds.len());
         for (cts, &k) in reply.items.into_iter().zip(kinds) {
             let layout = k.layout(&layouts);
-            let cts = check_fresh(self.model.params(), cts, layout.n_cts(), &format!("{k:?}"))?;
+            let params = self.model.params();
+            let last = layer + 1 == self.model.layers();
+            let level = reply_level(params, k, last);
+            let cts = check_fresh(params, cts, layout.n_cts(), level, &format!("{k:?}"))?;
             fresh.push(PackedMatrix::new(layout.clone(), cts)?);
         }
         // Validated: the round is consumed whatever happens next.
@@ -297,12 +328,12 @@ impl ServerSession {
                     vec![s.cts()[0].clone(); l.reciprocal.n_cts()],
                 )?;
                 let z1 = ops::add_plain(b, &ops::mul_plain(b, &s, &prog.t1_mul)?, &prog.t1_add)?;
-                let req = request(next, layer, vec![(ItemKind::ReciprocalHidden1, z1)]);
+                let req = self.request(next, layer, vec![(ItemKind::ReciprocalHidden1, z1)])?;
                 ("reciprocal1", req, Pending::Reciprocal1 { x, v, e })
             }
             Pending::Reciprocal1 { x, v, e } => {
                 let z2 = prog.t2.apply(b, &fresh.remove(0))?;
-                let req = request(next, layer, vec![(ItemKind::ReciprocalHidden2, z2)]);
+                let req = self.request(next, layer, vec![(ItemKind::ReciprocalHidden2, z2)])?;
                 ("reciprocal2", req, Pending::Reciprocal2 { x, v, e })
             }
             Pending::Reciprocal2 { x, v, e } => {
@@ -315,11 +346,11 @@ impl ServerSession {
                 Self::tap(&mut self.taps, format!("layer{layer}.reciprocal"), &t);
                 Self::tap(&mut self.taps, format!("layer{layer}.probs"), &p);
                 Self::tap(&mut self.taps, format!("layer{layer}.context"), &ctx);
-                let req = request(
+                let req = self.request(
                     next,
                     layer,
                     vec![(ItemKind::Ffn, u), (ItemKind::Residual, s1)],
-                );
+                )?;
                 ("attention_ffn_in", req, Pending::Ffn)
             }
             Pending::Ffn => {
@@ -345,6 +376,7 @@ impl ServerSession {
                             b.add_assign(&mut acc, &r)?;
                         }
                         let ct = b.add_plain(&acc, bias)?;
+                        let ct = b.drop_to_level(&ct, decrypt_level(self.model.params()))?;
                         self.compute
                             .push((format!("layer{layer}.logits"), t0.elapsed()));
                         return Ok(Step::Done(EncryptedLogits { bucket, ct }));
@@ -362,19 +394,5 @@ impl ServerSession {
             pending,
         });
         Ok(Step::NeedRelu(step))
-    }
-}
-
-fn request(round: u32, layer: usize, items: Vec<(ItemKind, Packed)>) -> ReluRequest {
-    ReluRequest {
-        round,
-        items: items
-            .into_iter()
-            .map(|(kind, m)| ReluItem {
-                kind,
-                layer,
-                cts: m.into_cts(),
-            })
-            .collect(),
     }
 }

@@ -289,12 +289,40 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     assert_eq!((r.rounds, r.bucket, r.tokens), (8, 16, 16));
     let p: f64 = r.probabilities.iter().sum();
     assert!((p - 1.0).abs() < 1e-12);
-    // Every round carries ciphertexts both ways: at least one seeded ciphertext (c0 at the top
-    // level) per request item up, and the request ciphertexts down.
+    // Requests (and the logits) travel at the decryption level; replies at their reply level
+    // (seeded: c0 only), the input at the input level. Byte counts within 1% of the limb data.
     let params = c.params();
-    let seeded_ct = (params.max_level() + 1) * params.n() * 8;
-    assert!(r.bytes_up > (1 + 10) * seeded_ct, "{}", r.bytes_up);
-    assert!(r.bytes_down > 8 * params.n() * 16, "{}", r.bytes_down);
+    let limb = params.n() * 8;
+    let d = decrypt_level(params);
+    let plan = s.server.plan(16).unwrap();
+    let request_cts: usize = plan.round_ciphertexts.iter().sum();
+    let down = (request_cts + 1) * 2 * (d + 1) * limb;
+    assert!(
+        r.bytes_down >= down && r.bytes_down < down + down / 100,
+        "{} vs {down}",
+        r.bytes_down
+    );
+    let l = s.server.layouts(16).unwrap();
+    let layers = s.server.layers();
+    let mut up = l.hidden.n_cts() * (input_level(params) + 1) * limb;
+    for round in 1..=s.server.rounds() {
+        let layer = (round - 1) / 4;
+        for &k in [
+            &[ItemKind::Softmax][..],
+            &[ItemKind::ReciprocalHidden1],
+            &[ItemKind::ReciprocalHidden2],
+            &[ItemKind::Ffn, ItemKind::Residual],
+        ][(round - 1) % 4]
+        {
+            let level = reply_level(params, k, layer + 1 == layers);
+            up += k.layout(l).n_cts() * (level + 1) * limb;
+        }
+    }
+    assert!(
+        r.bytes_up >= up && r.bytes_up < up + up / 100,
+        "{} vs {up}",
+        r.bytes_up
+    );
     assert!(r.timings.iter().any(|t| t.name == "server.layer1.logits"));
 }
 
