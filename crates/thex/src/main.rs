@@ -28,6 +28,12 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Accuracy of a classifier on a labelled TSV (GLUE format).
     Eval(cmd::train::EvalArgs),
+    /// Serve encrypted inference over HTTP on a THE-X model directory.
+    Serve(cmd::serve::ServeArgs),
+    /// Classify a text on a `thex serve` server (the secret key stays local).
+    Infer(cmd::infer::InferArgs),
+    /// Encrypted inference end to end on this machine (server and client over loopback HTTP).
+    Demo(cmd::demo::DemoArgs),
     /// Benchmarks with medians and ratios against a baseline run in the same process or script.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -41,6 +47,9 @@ fn main() -> std::process::ExitCode {
         Command::Predict(a) => cmd::infer_plain::predict(a),
         Command::Train(a) => cmd::train::train(a),
         Command::Eval(a) => cmd::train::eval(a),
+        Command::Serve(a) => cmd::serve::serve(a),
+        Command::Infer(a) => cmd::infer::infer(a),
+        Command::Demo(a) => cmd::demo::demo(a),
         Command::Bench(c) => cmd::bench::run(c),
     };
     match result {

@@ -2,6 +2,9 @@
 
 pub mod bench;
 pub mod bench_e2e;
+pub mod demo;
+pub mod infer;
 pub mod infer_plain;
 pub mod model;
+pub mod serve;
 pub mod train;

@@ -1,0 +1,85 @@
+//! `thex serve`: the THE-X HTTP server on a model directory.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use thex_engine::EngineParams;
+use thex_net::{ServedModel, ServerHandle, ServerLimits};
+
+/// Arguments of `thex serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// THE-X model directory (e.g. from `thex model fetch --name sst2-thex`).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Length buckets to compile (powers of two; inputs are padded to the next one).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+    buckets: Vec<usize>,
+    /// Encode the weights for every request instead of once at start (far less memory).
+    #[arg(long)]
+    lazy_encode: bool,
+    /// Most open sessions.
+    #[arg(long, default_value_t = 16)]
+    max_sessions: usize,
+    /// Seconds without a request after which a session (and its running inference) is dropped.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Largest request body in MiB (evaluation keys included).
+    #[arg(long, default_value_t = 1024)]
+    max_body_mib: usize,
+    /// Most evaluation-key memory over all sessions, in MiB.
+    #[arg(long, default_value_t = 8192)]
+    max_key_mib: usize,
+}
+
+/// Runs `thex serve` until the process is stopped.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let engine = EngineParams {
+        buckets: args.buckets.clone(),
+        pre_encode: !args.lazy_encode,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let served = ServedModel::load(&args.model, &engine)
+        .with_context(|| format!("compiling {}", args.model.display()))?;
+    let m = &served.model;
+    eprintln!(
+        "compiled {} ({} layers, N = 2^{}, {} levels, log QP = {:.0}, buckets {:?}, {} rounds) in {:.1} s",
+        args.model.display(),
+        m.layers(),
+        m.params().log_n(),
+        m.params().max_level(),
+        m.params().log_qp(),
+        m.buckets(),
+        m.rounds(),
+        t.elapsed().as_secs_f64()
+    );
+    let bundle_hash = served.bundle_sha256.clone();
+    let limits = ServerLimits {
+        max_body_bytes: args.max_body_mib << 20,
+        max_sessions: args.max_sessions,
+        max_key_memory: args.max_key_mib << 20,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        ..Default::default()
+    };
+    let server = ServerHandle::start(served, args.addr, limits)?;
+    // Scripts read the URL from the last line; a closed stdout must not stop the server.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "bundle sha256 {bundle_hash}");
+    let _ = writeln!(out, "listening {}", server.url());
+    let _ = out.flush();
+    server.wait()?;
+    Ok(())
+}

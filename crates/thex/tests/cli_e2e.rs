@@ -1,0 +1,148 @@
+//! `thex serve` and `thex infer --json` through the real binary, over loopback HTTP, on a
+//! small synthetic THE-X model (128-bit secure parameters, one length bucket).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use thex_model::synthetic::{SMALL, write_dir};
+
+/// The server process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn thex(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thex"))
+        .args(args)
+        .output()
+        .expect("run thex")
+}
+
+/// Starts `thex serve` on a free port; returns the process and its URL.
+fn serve(model: &Path, log: &Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_thex"))
+        .args(["serve", "--model", model.to_str().unwrap()])
+        .args(["--addr", "127.0.0.1:0", "--buckets", "16"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start thex serve");
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut url = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(u) = line.strip_prefix("listening ") {
+            url = Some(u.to_string());
+            break;
+        }
+    }
+    let url = url.unwrap_or_else(|| {
+        panic!(
+            "thex serve did not start:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    });
+    (server, url)
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn serve_and_infer_json_match_the_plaintext_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    write_dir(SMALL, 5, &model).unwrap();
+    let log = tmp.path().join("serve.log");
+    let (_server, url) = serve(&model, &log);
+
+    let text = "a good film with a dull plot";
+    let key = tmp.path().join("client/secret.key");
+    let cache = tmp.path().join("cache");
+    let args = [
+        "infer",
+        "--server",
+        &url,
+        "--text",
+        text,
+        "--key",
+        key.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+    ];
+    let out = thex(&args);
+    assert!(
+        out.status.success(),
+        "{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rounds"], 4 * SMALL.layers);
+    assert_eq!(v["bucket"], 16);
+    assert!(v["bytes_up"].as_u64().unwrap() > 0 && v["bytes_down"].as_u64().unwrap() > 0);
+    assert!(v["key_bytes"].as_u64().unwrap() > 0);
+    for phase in ["client.encrypt", "client.rounds", "client.decrypt", "server.compute"] {
+        assert!(v["phases"][phase].as_f64().unwrap() >= 0.0, "{phase}");
+    }
+    let probs = floats(&v["probabilities"]);
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert_eq!(v["setup"]["key_loaded"], false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Against `thex predict` on the same model directory (plaintext).
+    let plain = thex(&["predict", "--model", model.to_str().unwrap(), "--text", text, "--json"]);
+    assert!(plain.status.success());
+    let p: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(v["label"], p["label"]);
+    let (enc, pl) = (floats(&v["logits"]), floats(&p["logits"]));
+    let scale = pl.iter().fold(1f64, |m, x| m.max(x.abs()));
+    let diff = enc.iter().zip(&pl).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-3 * scale, "encrypted {enc:?} vs plaintext {pl:?}");
+
+    // Again: the cached bundle and the stored key are reused.
+    let out = thex(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v2["setup"]["key_loaded"], true);
+    assert_eq!(v2["setup"]["bundle_cached"], true);
+    assert_eq!(v2["label"], v["label"]);
+
+    // One log line per request, with the session and byte counts.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("route=\"POST round\""), "{logs}");
+    assert!(logs.contains("bytes_in="), "{logs}");
+}
+
+#[test]
+fn infer_without_a_server_fails_clearly() {
+    let out = thex(&[
+        "infer",
+        "--server",
+        "http://127.0.0.1:9",
+        "--text",
+        "a film",
+        "--no-cache",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connecting to http://127.0.0.1:9"), "{err}");
+}
