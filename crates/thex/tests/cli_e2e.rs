@@ -95,7 +95,12 @@ fn serve_and_infer_json_match_the_plaintext_model() {
     assert_eq!(v["bucket"], 16);
     assert!(v["bytes_up"].as_u64().unwrap() > 0 && v["bytes_down"].as_u64().unwrap() > 0);
     assert!(v["key_bytes"].as_u64().unwrap() > 0);
-    for phase in ["client.encrypt", "client.rounds", "client.decrypt", "server.compute"] {
+    for phase in [
+        "client.encrypt",
+        "client.rounds",
+        "client.decrypt",
+        "server.compute",
+    ] {
         assert!(v["phases"][phase].as_f64().unwrap() >= 0.0, "{phase}");
     }
     let probs = floats(&v["probabilities"]);
@@ -109,18 +114,35 @@ fn serve_and_infer_json_match_the_plaintext_model() {
     }
 
     // Against `thex predict` on the same model directory (plaintext).
-    let plain = thex(&["predict", "--model", model.to_str().unwrap(), "--text", text, "--json"]);
+    let plain = thex(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--text",
+        text,
+        "--json",
+    ]);
     assert!(plain.status.success());
     let p: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
     assert_eq!(v["label"], p["label"]);
     let (enc, pl) = (floats(&v["logits"]), floats(&p["logits"]));
     let scale = pl.iter().fold(1f64, |m, x| m.max(x.abs()));
-    let diff = enc.iter().zip(&pl).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff <= 1e-3 * scale, "encrypted {enc:?} vs plaintext {pl:?}");
+    let diff = enc
+        .iter()
+        .zip(&pl)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-3 * scale,
+        "encrypted {enc:?} vs plaintext {pl:?}"
+    );
 
     // Again: the cached bundle and the stored key are reused.
     let out = thex(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v2["setup"]["key_loaded"], true);
     assert_eq!(v2["setup"]["bundle_cached"], true);
