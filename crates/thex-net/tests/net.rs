@@ -7,11 +7,12 @@ mod common;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ckks::{Parameters, SecretKey};
+use ckks::{KeyGenerator, Parameters, SecretKey};
 use thex_engine::{
-    ClientBundle, ClientSession, EngineParams, ReluReply, ServerModel, ServerSession, run_local,
+    ClientBundle, ClientSession, EngineParams, EvaluationKeys, ReluReply, ServerModel,
+    ServerSession, run_local,
 };
-use thex_model::{BertTokenizer, LoadOptions, load_model_dir};
+use thex_model::{LoadOptions, load_model_dir};
 use thex_net::api::{ROUND_TOKEN_HEADER, STEP_HEADER, ServerInfo, SessionCreated};
 use thex_net::{Client, ClientOptions, NetError, ServerHandle, ServerLimits};
 
@@ -59,6 +60,30 @@ fn foreign_bundle() -> &'static ClientBundle {
     })
 }
 
+/// One secret key and its evaluation keys (serialized), generated once per test binary and
+/// shared by the hand-driven sessions (key generation dominates the cost of a session).
+fn shared_keys() -> &'static (Vec<u8>, Vec<u8>) {
+    static K: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    K.get_or_init(|| {
+        let c = ClientSession::new(served().1.model.client_bundle()).unwrap();
+        let keys = c.evaluation_keys(&[]).unwrap().to_bytes(c.params());
+        (c.secret_key_bytes(), keys)
+    })
+}
+
+/// A client state machine with the shared secret key and the model's tokenizer.
+fn shared_client() -> ClientSession {
+    let bundle = served().1.model.client_bundle();
+    let params = Parameters::new(&bundle.params).unwrap();
+    let sk = SecretKey::from_bytes_secret(&params, &shared_keys().0).unwrap();
+    let tok = load_model_dir(&served().0, &LoadOptions::default())
+        .unwrap()
+        .tokenizer;
+    ClientSession::with_secret_key(bundle, sk)
+        .unwrap()
+        .with_tokenizer(tok)
+}
+
 const TEXT: &str = "w5 w17 w9 w33 w41 w8 w12";
 
 #[test]
@@ -96,18 +121,11 @@ fn inference_over_http_matches_local_protocol_and_plaintext() {
     assert_eq!(net.bucket, 16);
     assert_eq!(net.tokens, 9);
 
-    // The same protocol in process, with the same secret key.
-    let (dir, model) = served();
-    let bundle = model.model.client_bundle();
-    let params = Parameters::new(&bundle.params).unwrap();
-    let key = std::fs::read(tmp.path().join("keys/secret.key")).unwrap();
-    let sk = SecretKey::from_bytes_secret(&params, &key).unwrap();
-    let loaded = load_model_dir(dir, &LoadOptions::default()).unwrap();
-    let mut local = ClientSession::with_secret_key(bundle, sk)
-        .unwrap()
-        .with_tokenizer(loaded.tokenizer.clone());
-    let keys = local.evaluation_keys(&[16]).unwrap();
-    let mut srv = ServerSession::new(model.model.clone(), keys, &[16]).unwrap();
+    // The same protocol in process (another key: the noise differs, the function does not).
+    let mut local = shared_client();
+    let keys =
+        EvaluationKeys::from_bytes(local.params(), &shared_keys().1, Default::default()).unwrap();
+    let mut srv = ServerSession::new(served().1.model.clone(), keys, &[16]).unwrap();
     let loc = run_local(&mut local, &mut srv, TEXT).unwrap();
     assert_eq!(loc.rounds, net.rounds);
     // Same messages, so exactly the same byte counts.
@@ -139,8 +157,8 @@ fn inference_over_http_matches_local_protocol_and_plaintext() {
     assert_eq!(server.stats().sessions, 0);
     assert_eq!(server.stats().key_bytes, 0);
 
-    // Reconnecting reuses the cached bundle and tokenizer and the stored key.
-    let client = Client::connect_with(&server.url(), &options).unwrap();
+    // Preparing again reuses the cached bundle and tokenizer and the stored key.
+    let client = Client::prepare(&server.url(), &options).unwrap();
     let rep = client.connect_report();
     assert!(rep.bundle_cached && rep.tokenizer_cached && rep.key_loaded);
 }
@@ -179,16 +197,10 @@ struct RawSession {
 
 fn raw_session(server: &ServerHandle) -> RawSession {
     let base = server.url();
-    let bundle =
-        thex_engine::ClientBundle::from_bytes(&get(&format!("{base}/v1/bundle")).body).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    common::write_vocab(dir.path());
-    let tok = BertTokenizer::from_vocab(&dir.path().join("vocab.txt"), true, 64).unwrap();
-    let client = ClientSession::new(bundle).unwrap().with_tokenizer(tok);
-    let keys = client
-        .evaluation_keys(&[])
-        .unwrap()
-        .to_bytes(client.params());
+    let bundle = ClientBundle::from_bytes(&get(&format!("{base}/v1/bundle")).body).unwrap();
+    assert_eq!(bundle, served().1.model.client_bundle());
+    let client = shared_client();
+    let keys = shared_keys().1.clone();
     let r = post(&format!("{base}/v1/sessions"), &keys, &[]);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let created: SessionCreated = serde_json::from_slice(&r.body).unwrap();
@@ -335,11 +347,19 @@ fn ciphertexts_and_keys_of_other_parameters_get_400() {
     let r = post(&s.url("infer"), &input.to_bytes(foreign.params()), &[]);
     assert_eq!(r.status, 400);
     assert!(r.error().contains("parameters"), "{}", r.error());
-    let keys = foreign
-        .evaluation_keys(&[])
-        .unwrap()
-        .to_bytes(foreign.params());
-    let r = post(&format!("{}/v1/sessions", s.base), &keys, &[]);
+    // Well-formed evaluation keys of the foreign parameters (one rotation key suffices).
+    let fparams = foreign.params().clone();
+    let sk = SecretKey::from_bytes_secret(&fparams, &foreign.secret_key_bytes()).unwrap();
+    let mut kg = KeyGenerator::new(&fparams);
+    let keys = EvaluationKeys {
+        relin: kg.relin_key(&sk).unwrap(),
+        galois: kg.galois_keys(&sk, &[1], false).unwrap(),
+    };
+    let r = post(
+        &format!("{}/v1/sessions", s.base),
+        &keys.to_bytes(&fparams),
+        &[],
+    );
     assert_eq!(r.status, 400);
     assert!(r.error().contains("parameters"), "{}", r.error());
 
@@ -427,9 +447,7 @@ fn server_restart_gives_unknown_session() {
     let err = client.infer(TEXT).unwrap_err();
     assert!(matches!(err, NetError::UnknownSession { .. }), "{err}");
     assert!(err.to_string().contains("reconnect"), "{err}");
-    // Reconnecting works.
-    let mut client = Client::connect(&restarted.url()).unwrap();
-    assert_eq!(client.infer(TEXT).unwrap().rounds, 4 * LAYERS);
+    assert_eq!(restarted.stats().sessions, 0);
 }
 
 #[test]
