@@ -863,3 +863,68 @@ impl Drop for ServerHandle {
         let _ = self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_queries_are_parsed_and_checked() {
+        let compiled = [16, 32, 64];
+        assert_eq!(parse_buckets(None, &compiled).unwrap(), vec![16, 32, 64]);
+        assert_eq!(
+            parse_buckets(Some(""), &compiled).unwrap(),
+            vec![16, 32, 64]
+        );
+        assert_eq!(
+            parse_buckets(Some("buckets=64,16,64"), &compiled).unwrap(),
+            vec![16, 64]
+        );
+        for (q, needle) in [
+            ("buckets=8", "bucket 8 is not one of"),
+            ("buckets=x", "not a number"),
+            ("size=16", "unknown query parameter"),
+        ] {
+            let e = parse_buckets(Some(q), &compiled).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");
+            assert!(e.message.contains(needle), "{q}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn engine_errors_map_to_client_or_server_statuses() {
+        let status = |e: EngineError| ApiError::from(e).status;
+        assert_eq!(
+            status(EngineError::Malformed("x".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(EngineError::WrongRound {
+                got: 2,
+                expected: 1
+            }),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(EngineError::LimitExceeded {
+                what: "message bytes",
+                value: 2,
+                limit: 1
+            }),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            status(EngineError::UnsupportedModel("x".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn session_ids_are_128_random_bits() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -438,6 +438,27 @@ fn vanished_client_is_reaped_and_others_continue() {
 }
 
 #[test]
+fn idle_session_is_reaped_and_its_keys_released() {
+    let server = start(ServerLimits {
+        idle_timeout: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let s = raw_session(&server);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.stats().reaped == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle session was never reaped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = server.stats();
+    assert_eq!((stats.sessions, stats.key_bytes), (0, 0));
+    let r = post(&s.url("infer"), b"x", &[]);
+    assert_eq!(r.status, 404);
+}
+
+#[test]
 fn server_restart_gives_unknown_session() {
     let server = start(ServerLimits::default());
     let addr = server.addr();
