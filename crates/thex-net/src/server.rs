@@ -268,7 +268,10 @@ struct RequestLog {
     started: Instant,
     bytes_in: usize,
     bytes_out: usize,
-    round: Option<u32>,
+    /// The round a reply answered (0: the input).
+    answered: Option<u32>,
+    /// What the answer is: the next round's request, or the logits.
+    next: Option<String>,
     compute_s: f64,
 }
 
@@ -280,7 +283,8 @@ impl RequestLog {
             started: Instant::now(),
             bytes_in,
             bytes_out: 0,
-            round: None,
+            answered: None,
+            next: None,
             compute_s: 0.0,
         }
     }
@@ -305,7 +309,8 @@ impl RequestLog {
                 route = self.route,
                 session = %self.session,
                 status = response.status().as_u16(),
-                round = self.round.map_or(-1, i64::from),
+                answered = self.answered.map_or(-1, i64::from),
+                next = self.next.as_deref().unwrap_or("-"),
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
                 compute_s = self.compute_s,
@@ -535,6 +540,8 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
 /// A step computed by the blocking pool.
 struct StepOut {
     bytes: Vec<u8>,
+    /// The round the message answered (0: the input).
+    answered: u32,
     relu: Option<(u32, String)>,
     seconds: f64,
 }
@@ -568,6 +575,7 @@ fn compute(
         }
     };
     let params = &shared.params;
+    let mut answered = 0;
     let step = match work {
         Work::Start(body) => {
             let input = EncryptedInput::from_bytes(params, &body, shared.messages)?;
@@ -589,6 +597,7 @@ fn compute(
                     ),
                 ));
             }
+            answered = pending.round;
             let reply = ReluReply::from_bytes(params, &body, shared.messages)?;
             core.engine.resume(reply)?
         }
@@ -604,6 +613,7 @@ fn compute(
             });
             StepOut {
                 bytes: req.to_bytes(params),
+                answered: 0,
                 relu: Some((req.round, token)),
                 seconds: 0.0,
             }
@@ -613,6 +623,7 @@ fn compute(
             shared.inferences.fetch_add(1, Ordering::Relaxed);
             StepOut {
                 bytes: logits.to_bytes(params),
+                answered: 0,
                 relu: None,
                 seconds: 0.0,
             }
@@ -620,6 +631,7 @@ fn compute(
     };
     Ok(StepOut {
         seconds: t.elapsed().as_secs_f64(),
+        answered,
         ..out
     })
 }
@@ -661,9 +673,10 @@ async fn run_step(
             SERVER_SECONDS_HEADER,
             HeaderValue::from_str(&format!("{:.6}", out.seconds)).expect("a number"),
         );
+        log.answered = Some(out.answered);
         match &out.relu {
             Some((round, token)) => {
-                log.round = Some(*round);
+                log.next = Some(format!("round{round}"));
                 headers.insert(STEP_HEADER, HeaderValue::from_static(STEP_RELU));
                 headers.insert(ROUND_HEADER, HeaderValue::from(*round));
                 headers.insert(
@@ -672,6 +685,7 @@ async fn run_step(
                 );
             }
             None => {
+                log.next = Some("logits".into());
                 headers.insert(STEP_HEADER, HeaderValue::from_static(STEP_DONE));
             }
         }
