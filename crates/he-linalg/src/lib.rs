@@ -32,6 +32,6 @@ pub use ckks_backend::{CkksBackend, CkksPlaintext};
 pub use clear::{ClearBackend, ClearCt, ClearPt};
 pub use error::{Error, Result};
 pub use layout::{ColumnOrder, Layout, PackedMatrix, PlainMatrix, decrypt_matrix, encrypt_matrix};
-pub use linear::{EncodedLinear, LinearMethod};
+pub use linear::{EncodedLinear, LinearMethod, LinearSpec};
 pub use matrix::{Matrix, precision_bits};
 pub use plan::{OpPlan, Plan};

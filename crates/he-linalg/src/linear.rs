@@ -10,7 +10,9 @@
 //!
 //! [`LinearMethod::Bsgs`] splits `i = g·k2 + k1`: the `k1` rotations of each input are hoisted
 //! and shared by all outputs, the `k2` rotations are applied once per output to sums of
-//! pre-rotated diagonals. [`LinearMethod::Diagonal`] is the plain baseline (one non-hoisted
+//! pre-rotated diagonals. [`EncodedLinear::new_shared`] and [`EncodedLinear::apply_many`]
+//! share the hoisted baby rotations of one input between several maps (the Q, K and V
+//! projections). [`LinearMethod::Diagonal`] is the plain baseline (one non-hoisted
 //! rotation per nonzero diagonal index and input ciphertext). Zero diagonals are skipped, so
 //! any sizes work, padded or not.
 
@@ -61,22 +63,107 @@ pub struct EncodedLinear<P> {
 /// Nonzero diagonal indices per (input ct, output ct).
 type DiagSet = Vec<Vec<BTreeSet<usize>>>;
 
-fn key_switches_for(nz: &DiagSet, g: usize) -> (usize, usize) {
-    let baby: usize = nz
-        .iter()
-        .map(|row| {
-            let s: BTreeSet<usize> = row.iter().flatten().map(|i| i % g).collect();
-            s.iter().filter(|&&k| k != 0).count()
+/// Baby steps `i mod g` per input ciphertext of the diagonal sets `nzs` (union over them).
+fn baby_sets(nzs: &[&DiagSet], g: usize) -> Vec<BTreeSet<usize>> {
+    let c_in = nzs.first().map_or(0, |nz| nz.len());
+    (0..c_in)
+        .map(|a| {
+            nzs.iter()
+                .flat_map(|nz| nz[a].iter().flatten())
+                .map(|i| i % g)
+                .collect()
         })
+        .collect()
+}
+
+/// `(baby, giant)` key switches of the maps with diagonal sets `nzs` sharing the hoisted baby
+/// rotations of one input at giant step `g`.
+fn key_switches_for(nzs: &[&DiagSet], g: usize) -> (usize, usize) {
+    let baby: usize = baby_sets(nzs, g)
+        .iter()
+        .map(|s| s.iter().filter(|&&k| k != 0).count())
         .sum();
-    let n_out = nz.first().map_or(0, Vec::len);
-    let giant: usize = (0..n_out)
-        .map(|b| {
-            let s: BTreeSet<usize> = nz.iter().flat_map(|row| &row[b]).map(|i| i / g).collect();
-            s.iter().filter(|&&k| k != 0).count()
+    let giant: usize = nzs
+        .iter()
+        .map(|nz| {
+            let n_out = nz.first().map_or(0, Vec::len);
+            (0..n_out)
+                .map(|b| {
+                    let s: BTreeSet<usize> =
+                        nz.iter().flat_map(|row| &row[b]).map(|i| i / g).collect();
+                    s.iter().filter(|&&k| k != 0).count()
+                })
+                .sum::<usize>()
         })
         .sum();
     (baby, giant)
+}
+
+/// One weight matrix of [`EncodedLinear::new_shared`]: `X·weights + bias` with outputs in
+/// `out_order`.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearSpec<'a> {
+    /// Weights, `d_in × d_out`.
+    pub weights: &'a Matrix,
+    /// Optional bias, `d_out`.
+    pub bias: Option<&'a [f64]>,
+    /// Column order of the output layout.
+    pub out_order: ColumnOrder,
+}
+
+/// Physical weights and nonzero diagonals of one map, before encoding.
+struct Prepared {
+    out_layout: Layout,
+    /// Physical weights, indexed `[p_in][p_out]`.
+    pw: Vec<f64>,
+    nz: DiagSet,
+}
+
+fn prepare(spec: &LinearSpec<'_>, in_layout: &Layout) -> Result<Prepared> {
+    let weights = spec.weights;
+    if weights.rows() != in_layout.cols() {
+        return Err(Error::DimensionMismatch {
+            what: "weight rows vs input columns",
+            expected: in_layout.cols(),
+            got: weights.rows(),
+        });
+    }
+    if let Some(bias) = spec.bias
+        && bias.len() != weights.cols()
+    {
+        return Err(Error::DimensionMismatch {
+            what: "bias length vs output columns",
+            expected: weights.cols(),
+            got: bias.len(),
+        });
+    }
+    let out_layout = in_layout.with_cols(weights.cols(), spec.out_order)?;
+    let f = in_layout.chunks();
+    let (c_in, c_out) = (in_layout.n_cts(), out_layout.n_cts());
+    let pw_cols = out_layout.phys_cols();
+    let mut pw = vec![0.0; in_layout.phys_cols() * pw_cols];
+    let mut nz: DiagSet = vec![vec![BTreeSet::new(); c_out]; c_in];
+    let out_phys: Vec<usize> = (0..weights.cols())
+        .map(|c| out_layout.phys_col(c))
+        .collect();
+    for r in 0..weights.rows() {
+        let pi = in_layout.phys_col(r);
+        for (c, &po) in out_phys.iter().enumerate() {
+            let w = weights.get(r, c);
+            if w != 0.0 {
+                pw[pi * pw_cols + po] = w;
+                let i = (pi % f + f - po % f) % f;
+                nz[pi / f][po / f].insert(i);
+            }
+        }
+    }
+    // Every output needs at least one term to produce a ciphertext.
+    for bo in 0..c_out {
+        if nz.iter().all(|row| row[bo].is_empty()) {
+            nz[0][bo].insert(0);
+        }
+    }
+    Ok(Prepared { out_layout, pw, nz })
 }
 
 impl<P> EncodedLinear<P> {
@@ -94,22 +181,34 @@ impl<P> EncodedLinear<P> {
         scale: f64,
         method: LinearMethod,
     ) -> Result<Self> {
+        let spec = LinearSpec {
+            weights,
+            bias,
+            out_order,
+        };
+        let mut one = Self::new_shared(b, &[spec], in_layout, level, scale, method)?;
+        one.pop()
+            .ok_or_else(|| Error::Unsupported("internal: no map encoded".into()))
+    }
+
+    /// Encodes several maps of the same input (e.g. the Q, K and V projections) for
+    /// [`EncodedLinear::apply_many`]: one giant step for all of them, chosen to minimise the
+    /// key switches when the hoisted baby rotations of the input are shared (union of their
+    /// baby steps once, plus every map's giant steps). Each map alone is also valid input to
+    /// [`EncodedLinear::apply`].
+    pub fn new_shared<B: SlotBackend<Pt = P>>(
+        b: &B,
+        specs: &[LinearSpec<'_>],
+        in_layout: &Layout,
+        level: usize,
+        scale: f64,
+        method: LinearMethod,
+    ) -> Result<Vec<Self>> {
         check_slots(b, in_layout)?;
-        if weights.rows() != in_layout.cols() {
-            return Err(Error::DimensionMismatch {
-                what: "weight rows vs input columns",
-                expected: in_layout.cols(),
-                got: weights.rows(),
-            });
-        }
-        if let Some(bias) = bias
-            && bias.len() != weights.cols()
-        {
-            return Err(Error::DimensionMismatch {
-                what: "bias length vs output columns",
-                expected: weights.cols(),
-                got: bias.len(),
-            });
+        if specs.is_empty() {
+            return Err(Error::Unsupported(
+                "new_shared needs at least one map".into(),
+            ));
         }
         if level == 0 || level > b.max_level() {
             return Err(Error::NotEnoughLevels {
@@ -117,44 +216,19 @@ impl<P> EncodedLinear<P> {
                 available: level.min(b.max_level()),
             });
         }
-        let out_layout = in_layout.with_cols(weights.cols(), out_order)?;
+        let prepared = specs
+            .iter()
+            .map(|s| prepare(s, in_layout))
+            .collect::<Result<Vec<_>>>()?;
         let f = in_layout.chunks();
-        let stride = in_layout.row_stride();
-        let slots = b.slots();
-        let (c_in, c_out) = (in_layout.n_cts(), out_layout.n_cts());
-
-        // Physical weights, indexed [p_in][p_out].
-        let pw_cols = out_layout.phys_cols();
-        let mut pw = vec![0.0; in_layout.phys_cols() * pw_cols];
-        let mut nz: DiagSet = vec![vec![BTreeSet::new(); c_out]; c_in];
-        let out_phys: Vec<usize> = (0..weights.cols())
-            .map(|c| out_layout.phys_col(c))
-            .collect();
-        for r in 0..weights.rows() {
-            let pi = in_layout.phys_col(r);
-            for (c, &po) in out_phys.iter().enumerate() {
-                let w = weights.get(r, c);
-                if w != 0.0 {
-                    pw[pi * pw_cols + po] = w;
-                    let i = (pi % f + f - po % f) % f;
-                    nz[pi / f][po / f].insert(i);
-                }
-            }
-        }
-        // Every output needs at least one term to produce a ciphertext.
-        for bo in 0..c_out {
-            if nz.iter().all(|row| row[bo].is_empty()) {
-                nz[0][bo].insert(0);
-            }
-        }
-
+        let nzs: Vec<&DiagSet> = prepared.iter().map(|p| &p.nz).collect();
         let giant = match method {
             LinearMethod::Diagonal => f,
             LinearMethod::Bsgs => {
                 let mut best = (usize::MAX, usize::MAX, f);
                 let mut g = 1;
                 while g <= f {
-                    let (bs, gs) = key_switches_for(&nz, g);
+                    let (bs, gs) = key_switches_for(&nzs, g);
                     if (bs + gs, gs) < (best.0, best.1) {
                         best = (bs + gs, gs, g);
                     }
@@ -163,13 +237,34 @@ impl<P> EncodedLinear<P> {
                 best.2
             }
         };
+        prepared
+            .into_iter()
+            .zip(specs)
+            .map(|(p, spec)| Self::build(b, p, spec.bias, in_layout, level, scale, method, giant))
+            .collect()
+    }
 
-        let baby: Vec<Vec<usize>> = nz
-            .iter()
-            .map(|row| {
-                let s: BTreeSet<usize> = row.iter().flatten().map(|i| i % giant).collect();
-                s.into_iter().collect()
-            })
+    /// Encodes the diagonals of a prepared map at giant step `giant`.
+    #[allow(clippy::too_many_arguments)]
+    fn build<B: SlotBackend<Pt = P>>(
+        b: &B,
+        p: Prepared,
+        bias: Option<&[f64]>,
+        in_layout: &Layout,
+        level: usize,
+        scale: f64,
+        method: LinearMethod,
+        giant: usize,
+    ) -> Result<Self> {
+        let Prepared { out_layout, pw, nz } = p;
+        let f = in_layout.chunks();
+        let stride = in_layout.row_stride();
+        let slots = b.slots();
+        let c_out = out_layout.n_cts();
+        let pw_cols = out_layout.phys_cols();
+        let baby: Vec<Vec<usize>> = baby_sets(&[&nz], giant)
+            .into_iter()
+            .map(|s| s.into_iter().collect())
             .collect();
         let wscale = b.rescale_factor(level);
         let n = in_layout.rows();
@@ -207,7 +302,7 @@ impl<P> EncodedLinear<P> {
         let bias = match bias {
             None => None,
             Some(bias) => {
-                let m = Matrix::from_fn(n, weights.cols(), |_, c| bias[c]);
+                let m = Matrix::from_fn(n, out_layout.cols(), |_, c| bias[c]);
                 Some(
                     out_layout
                         .pack(&m)?
@@ -281,12 +376,25 @@ impl<P> EncodedLinear<P> {
 
     /// Rotation steps, key switches and depth of [`EncodedLinear::apply`].
     pub fn plan(&self) -> OpPlan {
-        let stride = self.in_layout.row_stride();
-        let slots = self.in_layout.slots();
+        Self::plan_of(&[self])
+    }
+
+    /// Rotation steps, key switches and depth of [`EncodedLinear::apply_many`] on `maps`
+    /// (which must come from one [`EncodedLinear::new_shared`] call or agree in input layout,
+    /// level, scale, method and giant step).
+    pub fn plan_many(maps: &[&Self]) -> Result<OpPlan> {
+        check_shared(maps)?;
+        Ok(Self::plan_of(maps))
+    }
+
+    fn plan_of(maps: &[&Self]) -> OpPlan {
+        let first = maps[0];
+        let stride = first.in_layout.row_stride();
+        let slots = first.in_layout.slots();
         let mut steps = BTreeSet::new();
         let mut baby_rots = 0u64;
-        for row in &self.baby {
-            for &k1 in row {
+        for row in shared_baby(maps) {
+            for k1 in row {
                 let s = (k1 * stride) % slots;
                 if s != 0 {
                     steps.insert(s);
@@ -295,27 +403,33 @@ impl<P> EncodedLinear<P> {
             }
         }
         let mut giant_rots = 0u64;
-        for groups in &self.blocks {
-            for (k2, _) in groups {
-                let s = (self.giant * k2 * stride) % slots;
-                if s != 0 {
-                    steps.insert(s);
-                    giant_rots += 1;
+        for m in maps {
+            for groups in &m.blocks {
+                for (k2, _) in groups {
+                    let s = (m.giant * k2 * stride) % slots;
+                    if s != 0 {
+                        steps.insert(s);
+                        giant_rots += 1;
+                    }
                 }
             }
         }
+        let outs: Vec<String> = maps
+            .iter()
+            .map(|m| m.out_layout.cols().to_string())
+            .collect();
         OpPlan {
             name: format!(
                 "linear {}x{}·{}x{} ({:?})",
-                self.in_layout.rows(),
-                self.in_layout.cols(),
-                self.in_layout.cols(),
-                self.out_layout.cols(),
-                self.method
+                first.in_layout.rows(),
+                first.in_layout.cols(),
+                first.in_layout.cols(),
+                outs.join("+"),
+                first.method
             ),
             rotation_steps: steps,
             rotations: baby_rots + giant_rots,
-            hoisted_rotations: if self.method == LinearMethod::Bsgs {
+            hoisted_rotations: if first.method == LinearMethod::Bsgs {
                 baby_rots
             } else {
                 0
@@ -334,65 +448,108 @@ impl<P> EncodedLinear<P> {
     where
         P: Send + Sync,
     {
-        if x.layout() != &self.in_layout {
+        let mut out = Self::apply_many(b, &[self], x)?;
+        out.pop()
+            .ok_or_else(|| Error::Unsupported("internal: no output".into()))
+    }
+
+    /// `X·W_m + bias_m` for every map `m` of `maps` on the same input, rotating each input
+    /// ciphertext once by the union of their baby steps (hoisted) instead of once per map.
+    /// Bit-identical to separate [`EncodedLinear::apply`] calls; the maps must agree as in
+    /// [`EncodedLinear::plan_many`].
+    pub fn apply_many<B: SlotBackend<Pt = P>>(
+        b: &B,
+        maps: &[&Self],
+        x: &PackedMatrix<B::Ct>,
+    ) -> Result<Vec<PackedMatrix<B::Ct>>>
+    where
+        P: Send + Sync,
+    {
+        check_shared(maps)?;
+        let first = maps[0];
+        if x.layout() != &first.in_layout {
             return Err(Error::LayoutMismatch {
                 what: "linear input layout",
             });
         }
-        let stride = self.in_layout.row_stride();
+        let stride = first.in_layout.row_stride();
         let slots = b.slots();
+        let baby = shared_baby(maps);
         // Input ciphertexts and output ciphertexts are independent: both loops run in
         // parallel (results are bit-identical to a serial run: every output's sum is formed in
         // the same order by one task).
         let rotated: Vec<Vec<B::Ct>> = x
             .cts()
             .par_iter()
-            .enumerate()
-            .map(|(a, ct)| {
-                if b.level(ct) < self.level {
+            .zip(&baby)
+            .map(|(ct, ks)| {
+                if b.level(ct) < first.level {
                     return Err(Error::NotEnoughLevels {
-                        needed: self.level,
+                        needed: first.level,
                         available: b.level(ct),
                     });
                 }
-                if !scales_match(b.scale(ct), self.scale) {
+                if !scales_match(b.scale(ct), first.scale) {
                     return Err(Error::ScaleMismatch {
                         left: b.scale(ct),
-                        right: self.scale,
+                        right: first.scale,
                     });
                 }
                 // No copy when the input already is at the working level.
                 let dropped;
-                let ct = if b.level(ct) == self.level {
+                let ct = if b.level(ct) == first.level {
                     ct
                 } else {
-                    dropped = b.drop_to_level(ct, self.level)?;
+                    dropped = b.drop_to_level(ct, first.level)?;
                     &dropped
                 };
-                let steps: Vec<usize> = self.baby[a].iter().map(|k| (k * stride) % slots).collect();
-                match self.method {
+                let steps: Vec<usize> = ks.iter().map(|k| (k * stride) % slots).collect();
+                match first.method {
                     LinearMethod::Bsgs => b.rotate_hoisted(ct, &steps),
                     LinearMethod::Diagonal => steps.iter().map(|&s| b.rotate(ct, s)).collect(),
                 }
             })
             .collect::<Result<_>>()?;
-        let out = self
-            .blocks
-            .par_iter()
+        // Per map and input ciphertext: index of each own baby step in the shared list.
+        let index: Vec<Vec<Vec<usize>>> = maps
+            .iter()
+            .map(|m| {
+                m.baby
+                    .iter()
+                    .zip(&baby)
+                    .map(|(own, all)| {
+                        own.iter()
+                            .map(|k| {
+                                all.binary_search(k).map_err(|_| {
+                                    Error::Unsupported("internal: shared baby step missing".into())
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let jobs: Vec<(usize, usize)> = maps
+            .iter()
             .enumerate()
-            .map(|(bo, groups)| {
+            .flat_map(|(mi, m)| (0..m.blocks.len()).map(move |bo| (mi, bo)))
+            .collect();
+        let mut outs = jobs
+            .par_iter()
+            .map(|&(mi, bo)| {
+                let m = maps[mi];
                 let mut acc: Option<B::Ct> = None;
-                for (k2, terms) in groups {
+                for (k2, terms) in &m.blocks[bo] {
                     let mut inner: Option<B::Ct> = None;
                     for t in terms {
-                        let src = &rotated[t.input][t.baby];
+                        let src = &rotated[t.input][index[mi][t.input][t.baby]];
                         match inner.as_mut() {
                             None => inner = Some(b.mul_plain(src, &t.pt)?),
                             Some(s) => b.mul_plain_add(s, src, &t.pt)?,
                         }
                     }
                     let Some(mut inner) = inner else { continue };
-                    let s = (self.giant * k2 * stride) % slots;
+                    let s = (m.giant * k2 * stride) % slots;
                     if s != 0 {
                         inner = b.rotate(&inner, s)?;
                     }
@@ -403,12 +560,62 @@ impl<P> EncodedLinear<P> {
                 }
                 let acc = acc.ok_or_else(|| Error::Unsupported("internal: empty output".into()))?;
                 let mut y = b.rescale(&acc)?;
-                if let Some(bias) = &self.bias {
+                if let Some(bias) = &m.bias {
                     y = b.add_plain(&y, &bias[bo])?;
                 }
                 Ok(y)
             })
-            .collect::<Result<Vec<_>>>()?;
-        PackedMatrix::new(self.out_layout.clone(), out)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        maps.iter()
+            .map(|m| {
+                let cts: Vec<B::Ct> = outs.by_ref().take(m.blocks.len()).collect();
+                PackedMatrix::new(m.out_layout.clone(), cts)
+            })
+            .collect()
     }
+}
+
+/// Checks that `maps` can share their input's baby rotations.
+fn check_shared<P>(maps: &[&EncodedLinear<P>]) -> Result<()> {
+    let Some(first) = maps.first() else {
+        return Err(Error::Unsupported(
+            "apply_many needs at least one map".into(),
+        ));
+    };
+    for m in &maps[1..] {
+        if m.in_layout != first.in_layout {
+            return Err(Error::LayoutMismatch {
+                what: "shared linear maps' input layouts",
+            });
+        }
+        if !scales_match(m.scale, first.scale) {
+            return Err(Error::ScaleMismatch {
+                left: m.scale,
+                right: first.scale,
+            });
+        }
+        if m.level != first.level || m.method != first.method || m.giant != first.giant {
+            return Err(Error::Unsupported(format!(
+                "shared linear maps need one level, method and giant step: \
+                 {}/{:?}/{} vs {}/{:?}/{}",
+                first.level, first.method, first.giant, m.level, m.method, m.giant
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Union of the maps' baby steps, per input ciphertext, sorted.
+fn shared_baby<P>(maps: &[&EncodedLinear<P>]) -> Vec<Vec<usize>> {
+    let c_in = maps.first().map_or(0, |m| m.baby.len());
+    (0..c_in)
+        .map(|a| {
+            let s: BTreeSet<usize> = maps
+                .iter()
+                .flat_map(|m| m.baby[a].iter().copied())
+                .collect();
+            s.into_iter().collect()
+        })
+        .collect()
 }

@@ -12,8 +12,8 @@ use he_linalg::attention::{
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
-    CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, SlotBackend, SlotClient,
-    decrypt_matrix, encrypt_matrix, ops, precision_bits,
+    CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec, Matrix, SlotBackend,
+    SlotClient, decrypt_matrix, encrypt_matrix, ops, precision_bits,
 };
 
 const MIN_BITS: f64 = 16.0;
@@ -269,6 +269,68 @@ fn fused_plaintext_multiply_add_matches_unfused() {
     // The accumulator's scale must be the product's scale.
     let mut wrong = cx.clone();
     assert!(b.mul_plain_add(&mut wrong, &cy, &pv).is_err());
+}
+
+#[test]
+fn shared_baby_rotations_give_bit_identical_outputs() {
+    // Three maps of one input with different sparsity (so different own baby steps): rotating
+    // the input once by the union of their baby steps gives the same bits as each map alone.
+    let mut b = backend();
+    let slots = b.slots();
+    let mut r = rng(29);
+    let (n, din) = (13, 40);
+    let x = random_matrix(&mut r, n, din, 4.0);
+    let mut ws: Vec<Matrix> = [70, 30, 40]
+        .iter()
+        .map(|&d| random_matrix(&mut r, din, d, 1.0 / (din as f64).sqrt()))
+        .collect();
+    for i in 0..din {
+        for j in 0..30 {
+            if (i + 2 * j) % 5 != 0 {
+                ws[1].set(i, j, 0.0);
+            }
+        }
+    }
+    let biases: Vec<Vec<f64>> = ws
+        .iter()
+        .map(|w| random_vec(&mut r, w.cols(), 1.0))
+        .collect();
+    let l = Layout::new(slots, n, din, ColumnOrder::Contiguous).unwrap();
+    let specs: Vec<LinearSpec> = ws
+        .iter()
+        .zip(&biases)
+        .map(|(w, bias)| LinearSpec {
+            weights: w,
+            bias: Some(bias),
+            out_order: ColumnOrder::Contiguous,
+        })
+        .collect();
+    let maps = EncodedLinear::new_shared(&b, &specs, &l, 3, b.default_scale(), LinearMethod::Bsgs)
+        .unwrap();
+    let refs: Vec<&EncodedLinear<_>> = maps.iter().collect();
+    let plan = EncodedLinear::plan_many(&refs).unwrap();
+    with_keys(&mut b, plan.rotation_steps.clone());
+    let ex = encrypt_matrix(&b, &x, &l, 4).unwrap();
+    let before = b.stats().snapshot();
+    let outs = EncodedLinear::apply_many(&b, &refs, &ex).unwrap();
+    assert!(
+        plan.matches(&b.stats().snapshot().since(&before)),
+        "{plan:?}"
+    );
+    let separate: u64 = maps.iter().map(|m| m.plan().key_switches()).sum();
+    assert!(
+        plan.key_switches() < separate,
+        "{} vs {separate}",
+        plan.key_switches()
+    );
+    for ((out, m), (w, bias)) in outs.iter().zip(&maps).zip(ws.iter().zip(&biases)) {
+        assert_eq!(out.cts(), m.apply(&b, &ex).unwrap().cts(), "bit-identical");
+        assert_eq!(ops::level(&b, out), 2);
+        let got = decrypt_matrix(&b, out).unwrap();
+        let want = add_bias(&x.matmul(w).unwrap(), bias);
+        let bits = precision_bits(&got, &want).unwrap();
+        assert!(bits >= MIN_BITS, "shared linear: {bits:.1} bits");
+    }
 }
 
 #[test]

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use he_linalg::{
-    ClearBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, SlotBackend, decrypt_matrix,
-    encrypt_matrix, precision_bits,
+    ClearBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec, SlotBackend,
+    decrypt_matrix, encrypt_matrix, precision_bits,
 };
 
 fn check(slots: usize, n: usize, d_in: usize, d_out: usize, out_order: ColumnOrder, seed: u64) {
@@ -100,6 +100,135 @@ fn minilm_projection_key_switches() {
     assert_eq!(diag.key_switches(), 3 * 127);
     assert_eq!(bsgs.key_switches(), 66);
     assert!(diag.key_switches() >= 4 * bsgs.key_switches());
+}
+
+#[test]
+fn shared_baby_steps_for_three_projections() {
+    // Q/K/V of MiniLM at 64 tokens: 384 x 384 each, inputs in 3 ciphertexts of 128 columns,
+    // outputs head-interleaved in 4 (12 heads padded to 16). Separately 73 key switches each;
+    // sharing X's baby rotations (g = 32): 3·31 hoisted baby + 12·3 giant = 129.
+    let b = ClearBackend::like_ckks(8192, 2).unwrap();
+    let mut r = rng(21);
+    let n = 64;
+    let ws: Vec<_> = (0..3)
+        .map(|_| random_matrix(&mut r, 384, 384, 0.05))
+        .collect();
+    let biases: Vec<_> = (0..3).map(|_| random_vec(&mut r, 384, 1.0)).collect();
+    let lin = Layout::new(8192, n, 384, ColumnOrder::Contiguous).unwrap();
+    let order = ColumnOrder::HeadInterleaved {
+        heads: 12,
+        head_dim: 32,
+    };
+    let s = b.default_scale();
+    let specs: Vec<LinearSpec> = ws
+        .iter()
+        .zip(&biases)
+        .map(|(w, bias)| LinearSpec {
+            weights: w,
+            bias: Some(bias),
+            out_order: order,
+        })
+        .collect();
+    let shared = EncodedLinear::new_shared(&b, &specs, &lin, 2, s, LinearMethod::Bsgs).unwrap();
+    let maps: Vec<&EncodedLinear<_>> = shared.iter().collect();
+    let plan = EncodedLinear::plan_many(&maps).unwrap();
+    assert_eq!(plan.key_switches(), 129);
+    assert_eq!(plan.hoisted_rotations, 93);
+    let separate: u64 = ws
+        .iter()
+        .map(|w| {
+            EncodedLinear::new(&b, w, None, &lin, order, 2, s, LinearMethod::Bsgs)
+                .unwrap()
+                .plan()
+                .key_switches()
+        })
+        .sum();
+    assert_eq!(separate, 3 * 73);
+
+    let x = random_matrix(&mut r, n, 384, 4.0);
+    let ex = encrypt_matrix(&b, &x, &lin, 2).unwrap();
+    b.stats().reset();
+    let outs = EncodedLinear::apply_many(&b, &maps, &ex).unwrap();
+    assert!(plan.matches(&b.stats().snapshot()), "{plan:?}");
+    assert_eq!(plan.rotation_steps, b.stats().used_steps());
+    for ((out, map), (w, bias)) in outs.iter().zip(&shared).zip(ws.iter().zip(&biases)) {
+        assert_eq!(
+            out.cts(),
+            map.apply(&b, &ex).unwrap().cts(),
+            "same as apply"
+        );
+        let got = decrypt_matrix(&b, out).unwrap();
+        let want = add_bias(&x.matmul(w).unwrap(), bias);
+        let bits = precision_bits(&got, &want).unwrap();
+        assert!(bits >= 30.0, "{bits:.1} bits");
+    }
+}
+
+#[test]
+fn shared_maps_must_agree() {
+    let b = ClearBackend::like_ckks(64, 2).unwrap();
+    let lin = Layout::new(64, 4, 8, ColumnOrder::Contiguous).unwrap();
+    let s = b.default_scale();
+    let mut r = rng(3);
+    let w = random_matrix(&mut r, 8, 8, 1.0);
+    let at = |level| {
+        EncodedLinear::new(
+            &b,
+            &w,
+            None,
+            &lin,
+            ColumnOrder::Contiguous,
+            level,
+            s,
+            LinearMethod::Bsgs,
+        )
+        .unwrap()
+    };
+    let (a, c) = (at(2), at(1));
+    let ex = encrypt_matrix(&b, &random_matrix(&mut r, 4, 8, 1.0), &lin, 2).unwrap();
+    assert!(EncodedLinear::apply_many(&b, &[&a, &c], &ex).is_err());
+    assert!(EncodedLinear::plan_many(&[&a, &c]).is_err());
+    assert!(EncodedLinear::<he_linalg::ClearPt>::plan_many(&[]).is_err());
+    assert!(EncodedLinear::apply_many::<ClearBackend>(&b, &[], &ex).is_err());
+    let diag = EncodedLinear::new(
+        &b,
+        &w,
+        None,
+        &lin,
+        ColumnOrder::Contiguous,
+        2,
+        s,
+        LinearMethod::Diagonal,
+    )
+    .unwrap();
+    assert!(EncodedLinear::plan_many(&[&a, &diag]).is_err());
+    let other_in = Layout::new(64, 2, 8, ColumnOrder::Contiguous).unwrap();
+    let d = EncodedLinear::new(
+        &b,
+        &w,
+        None,
+        &other_in,
+        ColumnOrder::Contiguous,
+        2,
+        s,
+        LinearMethod::Bsgs,
+    )
+    .unwrap();
+    assert!(EncodedLinear::plan_many(&[&a, &d]).is_err());
+    let bad = [LinearSpec {
+        weights: &he_linalg::Matrix::zeros(9, 8),
+        bias: None,
+        out_order: ColumnOrder::Contiguous,
+    }];
+    assert!(EncodedLinear::new_shared(&b, &bad, &lin, 2, s, LinearMethod::Bsgs).is_err());
+    assert!(
+        EncodedLinear::<he_linalg::ClearPt>::new_shared(&b, &[], &lin, 2, s, LinearMethod::Bsgs)
+            .is_err()
+    );
+    // Two equal maps applied together give what each gives alone.
+    let outs = EncodedLinear::apply_many(&b, &[&a, &a], &ex).unwrap();
+    assert_eq!(outs[0].cts(), a.apply(&b, &ex).unwrap().cts());
+    assert_eq!(outs[1].cts(), outs[0].cts());
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! phase timings, rounds, bytes and key sizes.
 //!
 //! `cargo run --release -p thex-engine --example local -- (--model DIR | --random SHAPE)
-//!  [--text "..." | --tokens N] [--layers K] [--pre-encode] [--repeat R]`
+//!  [--text "..." | --tokens N] [--layers K] [--pre-encode] [--repeat R] [--breakdown]
+//!  [--plan-only]`
 //!
 //! `DIR` is a THE-X model directory (with `thex.json`), or a plain BERT directory such as the
 //! MiniLM-L6 cache: then its first `K` layers (default 2) get every THE-X approximation with
@@ -12,6 +13,8 @@
 //! heads, FFN 1536) builds a model with seeded random weights instead. `--tokens N` runs on N
 //! synthetic token ids instead of a text. The server encodes the weights of the one bucket the
 //! input needs: per inference by default, once at compile time with `--pre-encode`.
+//! `--breakdown` prints the planned key switches of layer 0 per operation and of every layer;
+//! `--plan-only` prints them and stops before key generation.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
@@ -37,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut layers = 2usize;
     let mut pre_encode = false;
     let mut repeat = 1usize;
+    let mut breakdown = false;
+    let mut plan_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -48,6 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--layers" => layers = val()?.parse()?,
             "--pre-encode" => pre_encode = true,
             "--repeat" => repeat = val()?.parse()?,
+            "--breakdown" => breakdown = true,
+            "--plan-only" => plan_only = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -145,6 +152,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         plan.weight_bytes as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
+    if breakdown || plan_only {
+        print_breakdown(server_model.layer_plans(bucket)?);
+    }
+    if plan_only {
+        return Ok(());
+    }
 
     let t = Instant::now();
     let mut client = ClientSession::new(server_model.client_bundle())?;
@@ -194,6 +207,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// `n` token ids spread over the vocabulary (skipping the first 1000 special/unused ids when
 /// the vocabulary is large).
+/// Key switches (rotations, hoisted, relinearizations) of each operation of layer 0, and
+/// the total of every layer.
+fn print_breakdown(plans: &[he_linalg::plan::Plan]) {
+    if let Some(p) = plans.first() {
+        println!("layer 0 key switches by operation:");
+        for op in p.ops() {
+            println!(
+                "  {:<44} {:>5} ks = {:>4} rot ({:>4} hoisted) + {:>3} relin, {:>3} steps, depth {}",
+                op.name,
+                op.key_switches(),
+                op.rotations,
+                op.hoisted_rotations,
+                op.relinearizations,
+                op.rotation_steps.len(),
+                op.depth
+            );
+        }
+    }
+    for (i, p) in plans.iter().enumerate() {
+        println!(
+            "layer {i}: {} key switches ({} rotations, {} relinearizations), {} Galois steps",
+            p.key_switches(),
+            p.rotations(),
+            p.relinearizations(),
+            p.galois_steps().len()
+        );
+    }
+}
+
 fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
     let base = if vocab > 2000 { 1000 } else { 2 };
     (0..n)

@@ -26,8 +26,8 @@ use ckks::Parameters;
 use he_linalg::attention::{AttentionValues, QkScores, row_sums_plan, scores_layout};
 use he_linalg::plan::{OpPlan, Plan};
 use he_linalg::{
-    CkksBackend, CkksPlaintext, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix,
-    PlainMatrix, SlotBackend,
+    CkksBackend, CkksPlaintext, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec,
+    Matrix, PlainMatrix, SlotBackend,
 };
 use serde::{Deserialize, Serialize};
 
@@ -424,9 +424,20 @@ fn encode_layer(
     let heads_order = l.heads.order();
     let lx = lv.input(layer);
     need(lx, 3)?;
-    let q = lin(&f.wq, Some(&f.bq), &l.hidden, heads_order, lx)?;
-    let k = lin(&f.wk, Some(&f.bk), &l.hidden, heads_order, lx)?;
-    let v = lin(&f.wv, Some(&f.bv), &l.hidden, heads_order, lx)?;
+    // Q, K and V share the baby-step rotations of X (one giant step for the three).
+    let specs =
+        [(&f.wq, &f.bq), (&f.wk, &f.bk), (&f.wv, &f.bv)].map(|(weights, bias)| LinearSpec {
+            weights,
+            bias: Some(bias.as_slice()),
+            out_order: heads_order,
+        });
+    let mut qkv = EncodedLinear::new_shared(enc, &specs, &l.hidden, lx, delta, LinearMethod::Bsgs)?
+        .into_iter();
+    let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+        return Err(
+            he_linalg::Error::Unsupported("internal: Q/K/V projections missing".into()).into(),
+        );
+    };
     let d = &w.dims;
     let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
     let qk = QkScores::new(enc, &l.heads, lx - 1, delta, delta, factor)?;
@@ -506,7 +517,9 @@ fn encode_layer(
     };
 
     let mut plan = Plan::new();
-    plan.alongside(vec![q.plan(), k.plan(), v.plan()])
+    let mut qkv_plan = EncodedLinear::plan_many(&[&q, &k, &v])?;
+    qkv_plan.name = format!("Q/K/V shared {}", qkv_plan.name);
+    plan.then(qkv_plan)
         .then(qk.plan())
         .then(OpPlan::plaintext("softmax shift", 0))
         .then(row_sums_plan(&l.scores)?)
@@ -575,6 +588,7 @@ pub struct ServerModel {
     embeddings: EmbeddingTables,
     layouts: BTreeMap<usize, BucketLayouts>,
     plans: BTreeMap<usize, BucketPlan>,
+    layer_plans: BTreeMap<usize, Vec<Plan>>,
     encoded: Mutex<BTreeMap<usize, Arc<Vec<Arc<LayerProgram>>>>>,
 }
 
@@ -644,6 +658,7 @@ impl ServerModel {
             embeddings,
             layouts,
             plans: BTreeMap::new(),
+            layer_plans: BTreeMap::new(),
             encoded: Mutex::new(BTreeMap::new()),
         };
         let enc = weight_encoder(&model.params);
@@ -651,8 +666,10 @@ impl ServerModel {
             let mut steps = BTreeSet::new();
             let (mut ks, mut pts, mut bytes) = (0, 0, 0);
             let mut progs = Vec::new();
+            let mut layer_plans = Vec::new();
             for layer in 0..model.folded.len() {
                 let p = model.encode(&enc, b, layer)?;
+                layer_plans.push(p.plan.clone());
                 steps.extend(p.plan.galois_steps());
                 ks += p.plan.key_switches();
                 pts += p.linear_plaintexts();
@@ -661,6 +678,7 @@ impl ServerModel {
                     progs.push(Arc::new(p));
                 }
             }
+            model.layer_plans.insert(b, layer_plans);
             let l = &model.layouts[&b];
             let round_ciphertexts = (0..model.folded.len())
                 .flat_map(|_| LAYER_ROUNDS.iter())
@@ -746,6 +764,18 @@ impl ServerModel {
                 available: self.engine.buckets.clone(),
             })
     }
+    /// The per-operation plans of every layer at a compiled bucket (key switches, rotation
+    /// steps and depth of each operation, in execution order).
+    pub fn layer_plans(&self, bucket: usize) -> Result<&[Plan]> {
+        self.layer_plans
+            .get(&bucket)
+            .map(Vec::as_slice)
+            .ok_or_else(|| EngineError::UnknownBucket {
+                bucket,
+                available: self.engine.buckets.clone(),
+            })
+    }
+
     /// The plan summary of a compiled bucket.
     pub fn plan(&self, bucket: usize) -> Result<&BucketPlan> {
         self.plans

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use ckks::{Ciphertext, Parameters, SeededCiphertext};
 use he_linalg::attention::row_sums;
-use he_linalg::{CkksBackend, OpCounts, PackedMatrix, SlotBackend, ops, scales_match};
+use he_linalg::{
+    CkksBackend, EncodedLinear, OpCounts, PackedMatrix, SlotBackend, ops, scales_match,
+};
 
 use crate::error::{EngineError, Result};
 use crate::messages::{
@@ -218,12 +220,15 @@ impl ServerSession {
         let t0 = Instant::now();
         let b = &self.backend;
         Self::tap(&mut self.taps, format!("layer{layer}.input"), &x);
-        // Q, K and V are independent: computed in parallel (bit-identical to serial).
-        let (q, (k, v)) = rayon::join(
-            || prog.q.apply(b, &x),
-            || rayon::join(|| prog.k.apply(b, &x), || prog.v.apply(b, &x)),
-        );
-        let (q, k, v) = (q?, k?, v?);
+        // Q, K and V share the hoisted baby rotations of X; their outputs are computed in
+        // parallel (bit-identical to serial).
+        let mut qkv = EncodedLinear::apply_many(b, &[&prog.q, &prog.k, &prog.v], &x)?.into_iter();
+        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            return Err(he_linalg::Error::Unsupported(
+                "internal: Q/K/V projections missing".into(),
+            )
+            .into());
+        };
         let y = prog.qk.apply(b, &q, &k)?;
         let y = ops::add_const(b, &y, prog.shift)?;
         self.compute

@@ -138,6 +138,23 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
     };
     assert_eq!(requests.len(), 4 * d.layers);
     assert_eq!(s.server.rounds(), 4 * d.layers);
+    // The plan's key switches and rotations are exactly what the server executed.
+    let counts = srv.op_counts();
+    let plans = s.server.layer_plans(16).unwrap();
+    assert_eq!(plans.len(), d.layers);
+    assert_eq!(counts.key_switches, s.server.plan(16).unwrap().key_switches);
+    assert_eq!(
+        counts.rotations,
+        plans.iter().map(|p| p.rotations()).sum::<u64>()
+    );
+    assert_eq!(
+        counts.hoisted_rotations,
+        plans
+            .iter()
+            .flat_map(|p| p.ops())
+            .map(|o| o.hoisted_rotations)
+            .sum::<u64>()
+    );
     let taps = srv.take_taps();
     let tap = |name: &str| {
         let t = taps
