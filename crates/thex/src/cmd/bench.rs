@@ -160,9 +160,13 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             let spinner = crate::progress::spinner(json);
             let mut runs = Vec::new();
             for (name, m, tokens) in &targets {
-                runs.extend(super::bench_e2e::measure(name, m, tokens, repeats, &mut |msg| {
-                    spinner.set_message(msg.to_string())
-                })?);
+                runs.extend(super::bench_e2e::measure(
+                    name,
+                    m,
+                    tokens,
+                    repeats,
+                    &mut |msg| spinner.set_message(msg.to_string()),
+                )?);
             }
             spinner.finish_and_clear();
             if json {
