@@ -213,7 +213,11 @@ pub fn write_dir(s: Shape, seed: u64, dir: &Path) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = tensors(s, seed, &Device::Cpu)?.into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     write_safetensors(&named, &dir.join("model.safetensors"))?;
-    std::fs::write(dir.join("vocab.txt"), vocabulary(s.vocab)?.join("\n") + "\n").map_err(io)
+    std::fs::write(
+        dir.join("vocab.txt"),
+        vocabulary(s.vocab)?.join("\n") + "\n",
+    )
+    .map_err(io)
 }
 
 #[cfg(test)]
@@ -226,7 +230,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_dir(SMALL, 7, dir.path()).unwrap();
         let loaded = load_model_dir(dir.path(), &Default::default()).unwrap();
-        let p = loaded.predict_batch(&["a good film", "the plot was dull"]).unwrap();
+        let p = loaded
+            .predict_batch(&["a good film", "the plot was dull"])
+            .unwrap();
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].logits.len(), 2);
         let ids = loaded.tokenize("a good film").unwrap();

@@ -71,7 +71,12 @@ pub fn evaluate(
         .map(|e| model.tokenize(&e.text))
         .collect::<Result<_, _>>()?;
     let max_bucket = thex_engine::DEFAULT_BUCKETS[thex_engine::DEFAULT_BUCKETS.len() - 1];
-    let bucket_of = |n: usize| thex_engine::DEFAULT_BUCKETS.iter().copied().find(|&b| b >= n);
+    let bucket_of = |n: usize| {
+        thex_engine::DEFAULT_BUCKETS
+            .iter()
+            .copied()
+            .find(|&b| b >= n)
+    };
     let mut buckets: Vec<(usize, usize)> = Vec::new();
     for (i, x) in ids.iter().enumerate() {
         let b = bucket_of(x.len()).with_context(|| {

@@ -40,19 +40,37 @@ fn default_model_installs_repairs_and_meets_its_accuracy() {
     let dest = tmp.path().join("sst2-thex");
     let d = dest.to_str().unwrap();
     let first = ok_json(&thex(&[
-        "model", "fetch", "--name", "sst2-thex", "--dir", d, "--json",
+        "model",
+        "fetch",
+        "--name",
+        "sst2-thex",
+        "--dir",
+        d,
+        "--json",
     ]));
     assert_eq!(first["installed"], true);
     assert_eq!(Path::new(first["dir"].as_str().unwrap()), dest);
     let again = ok_json(&thex(&[
-        "model", "fetch", "--name", "sst2-thex", "--dir", d, "--json",
+        "model",
+        "fetch",
+        "--name",
+        "sst2-thex",
+        "--dir",
+        d,
+        "--json",
     ]));
     assert_eq!(again["installed"], false);
     assert_eq!(again["sha256"], first["sha256"]);
     // A damaged install is detected and replaced.
     fs::write(dest.join("model.safetensors"), b"garbage").unwrap();
     let repaired = ok_json(&thex(&[
-        "model", "fetch", "--name", "sst2-thex", "--dir", d, "--json",
+        "model",
+        "fetch",
+        "--name",
+        "sst2-thex",
+        "--dir",
+        d,
+        "--json",
     ]));
     assert_eq!(repaired["installed"], true);
     assert_eq!(repaired["sha256"], first["sha256"]);
@@ -152,7 +170,11 @@ fn eval_and_train_reject_bad_input_clearly() {
 
     let out = thex(&["eval", "--model", "/nonexistent/model", "--data", "x.tsv"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/nonexistent/model"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/model"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = thex(&["train", "--out", tmp.path().join("run").to_str().unwrap()]);
     assert!(!out.status.success());
@@ -168,7 +190,11 @@ fn eval_and_train_reject_bad_input_clearly() {
         "b.tsv",
     ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/nonexistent/base"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/base"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = thex(&["train", "--from-stage", "bogus"]);
     assert!(!out.status.success());
@@ -215,10 +241,7 @@ fn bench_e2e_reports_every_run_in_json() {
         .collect();
     assert_eq!(
         got,
-        [
-            ("small".to_string(), 8),
-            ("bert-tiny-shape".to_string(), 4)
-        ]
+        [("small".to_string(), 8), ("bert-tiny-shape".to_string(), 4)]
     );
     for r in runs {
         assert_eq!(r["rounds"], 8, "{r}");
@@ -226,7 +249,10 @@ fn bench_e2e_reports_every_run_in_json() {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
         }
         let phases = r["phases"].as_object().unwrap();
-        assert!(phases.keys().any(|k| k.starts_with("server.layer1.")), "{r}");
+        assert!(
+            phases.keys().any(|k| k.starts_with("server.layer1.")),
+            "{r}"
+        );
         let layers = r["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 2);
         let server: f64 = layers.iter().map(|x| x.as_f64().unwrap()).sum();
