@@ -89,21 +89,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         (None, Some(shape)) => {
             let s = match shape.as_str() {
-                "bert-tiny" => common::Shape {
-                    layers: 2,
-                    hidden: 128,
-                    heads: 2,
-                    ffn: 512,
-                    vocab: 1000,
-                    labels: 2,
-                },
+                "bert-tiny" => thex_model::synthetic::BERT_TINY,
                 "minilm" => common::Shape {
                     layers,
                     hidden: 384,
                     heads: 12,
                     ffn: 1536,
-                    vocab: 1000,
-                    labels: 2,
+                    ..thex_model::synthetic::BERT_TINY
                 },
                 other => return Err(format!("unknown --random shape {other}").into()),
             };

@@ -592,6 +592,7 @@ fn minilm_shaped_model_agrees_slow() {
         ffn: 1536,
         vocab: 50,
         labels: 2,
+        max_positions: 128,
     };
     let model = random_model(shape, 3);
     let engine = EngineParams {
