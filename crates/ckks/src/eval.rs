@@ -335,14 +335,31 @@ impl Evaluator {
     }
 
     fn check_plain_product(ct: &Ciphertext, pt: &Plaintext) -> Result<()> {
-        check_slots(ct.slots, pt.slots)?;
-        if pt.level() < ct.level() {
+        Self::check_plaintext_operand(ct, pt.slots, pt.level())
+    }
+
+    /// A plaintext of `slots` slots at `level` can multiply `ct`.
+    fn check_plaintext_operand(ct: &Ciphertext, slots: usize, level: usize) -> Result<()> {
+        check_slots(ct.slots, slots)?;
+        if level < ct.level() {
             return Err(Error::LevelMismatch {
                 left: ct.level(),
-                right: pt.level(),
+                right: level,
             });
         }
         Ok(())
+    }
+
+    /// `acc` can accumulate `ct` times a plaintext of scale `pt_scale`.
+    fn check_accumulator(acc: &Ciphertext, ct: &Ciphertext, pt_scale: f64) -> Result<()> {
+        if acc.level() != ct.level() {
+            return Err(Error::LevelMismatch {
+                left: acc.level(),
+                right: ct.level(),
+            });
+        }
+        check_scale(acc.scale, ct.scale * pt_scale)?;
+        check_slots(acc.slots, ct.slots)
     }
 
     /// `ct *= pt` (scales multiply; the plaintext may be at a higher level).
@@ -412,14 +429,7 @@ impl Evaluator {
         pt: &Plaintext,
     ) -> Result<()> {
         Self::check_plain_product(ct, pt)?;
-        if acc.level() != ct.level() {
-            return Err(Error::LevelMismatch {
-                left: acc.level(),
-                right: ct.level(),
-            });
-        }
-        check_scale(acc.scale, ct.scale * pt.scale)?;
-        check_slots(acc.slots, ct.slots)?;
+        Self::check_accumulator(acc, ct, pt.scale)?;
         let ctx = self.ctx();
         for (i, p) in ct.polys.iter().enumerate() {
             if i < acc.polys.len() {
@@ -443,21 +453,8 @@ impl Evaluator {
         ct: &Ciphertext,
         pt: &CompactPlaintext,
     ) -> Result<()> {
-        check_slots(ct.slots, pt.slots)?;
-        if pt.level < ct.level() {
-            return Err(Error::LevelMismatch {
-                left: ct.level(),
-                right: pt.level,
-            });
-        }
-        if acc.level() != ct.level() {
-            return Err(Error::LevelMismatch {
-                left: acc.level(),
-                right: ct.level(),
-            });
-        }
-        check_scale(acc.scale, ct.scale * pt.scale)?;
-        check_slots(acc.slots, ct.slots)?;
+        Self::check_plaintext_operand(ct, pt.slots, pt.level)?;
+        Self::check_accumulator(acc, ct, pt.scale)?;
         let ctx = self.ctx();
         let (n, nq) = (ctx.n, ct.level() + 1);
         while acc.polys.len() < ct.polys.len() {
