@@ -238,32 +238,18 @@ mod tests {
         let ids = loaded.tokenize("a good film").unwrap();
         assert_eq!(ids.len(), 5, "{ids:?}");
         assert!(!ids.contains(&1), "known words must not be [UNK]: {ids:?}");
-        let m = model(SMALL, 7).unwrap();
-        let batch = crate::Batch::new(std::slice::from_ref(&ids), 0, m.device()).unwrap();
-        let logits: Vec<f32> = m
-            .forward(&batch, false)
-            .unwrap()
-            .logits
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let batch = crate::Batch::new(std::slice::from_ref(&ids), 0, &Device::Cpu).unwrap();
+        let logits_of = |seed: u64| -> Vec<f32> {
+            let m = model(SMALL, seed).unwrap();
+            let out = m.forward(&batch, false).unwrap().logits.unwrap();
+            out.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let logits = logits_of(7);
         for (a, b) in logits.iter().zip(&p[0].logits) {
             assert!((a - b).abs() < 1e-5, "{logits:?} vs {:?}", p[0].logits);
         }
         // A different seed gives a different model; too small a vocabulary is refused.
-        let other = model(SMALL, 8).unwrap();
-        let l2: Vec<f32> = other
-            .forward(&batch, false)
-            .unwrap()
-            .logits
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_ne!(logits, l2);
+        assert_ne!(logits, logits_of(8));
         let tiny = Shape { vocab: 10, ..SMALL };
         assert!(write_dir(tiny, 1, dir.path()).is_err());
     }
