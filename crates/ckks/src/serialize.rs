@@ -3,7 +3,10 @@
 //! by the parameters before allocating, and check every residue is reduced.
 //!
 //! Public keys, relinearization and Galois keys are stored seeded (only `b`; `a` is regenerated
-//! from a 32-byte seed), as are [`SeededCiphertext`]s. Residues are stored as little-endian `u64`.
+//! from a 32-byte seed), as are [`SeededCiphertext`]s. Residues are bit-packed: limb `k` of a
+//! polynomial takes `N·b_k` bits, `b_k` the bit length of its prime (so a 40-bit prime costs 40
+//! bits, not 64), little-endian, zero-padded to a byte. Version 1 (residues as little-endian
+//! `u64`) is still read.
 //! The format has no MAC: flips of low-order payload bits give another valid object.
 
 use crate::encoder::Plaintext;
@@ -18,8 +21,10 @@ use rand_core::SeedableRng;
 
 /// Magic number `THXC` (little-endian).
 pub const MAGIC: u32 = u32::from_le_bytes(*b"THXC");
-/// Current format version.
-pub const VERSION: u16 = 1;
+/// Current format version (written); versions 1 and 2 are read.
+pub const VERSION: u16 = 2;
+/// The first version with bit-packed residues.
+const PACKED_SINCE: u16 = 2;
 
 /// Object type tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,18 +76,44 @@ impl Writer {
     fn bytes(&mut self, b: &[u8]) {
         self.0.extend_from_slice(b);
     }
-    fn poly(&mut self, p: &Poly<Ntt>) {
+    fn poly(&mut self, ctx: &Context, p: &Poly<Ntt>) {
         self.u8(p.nq as u8);
         self.u8(p.np as u8);
-        for &x in &p.data {
-            self.u64(x);
+        for (k, limb) in p.data.chunks_exact(ctx.n).enumerate() {
+            let bits = limb_bits(ctx, p.nq, k);
+            let mut acc = 0u128;
+            let mut filled = 0u32;
+            for &x in limb {
+                acc |= (x as u128) << filled;
+                filled += bits;
+                if filled >= 64 {
+                    self.u64(acc as u64);
+                    acc >>= 64;
+                    filled -= 64;
+                }
+            }
+            let tail = filled.div_ceil(8) as usize;
+            self.bytes(&(acc as u64).to_le_bytes()[..tail]);
         }
     }
+}
+
+/// Bit length of the prime of limb `k` of a polynomial with `nq` q-limbs.
+fn limb_bits(ctx: &Context, nq: usize, k: usize) -> u32 {
+    let q = ctx.moduli[ctx.modulus_index(nq, k)].value();
+    64 - (q - 1).leading_zeros()
+}
+
+/// Bytes of one bit-packed limb of `n` residues of `bits` bits.
+fn packed_limb_bytes(n: usize, bits: u32) -> usize {
+    (n * bits as usize).div_ceil(8)
 }
 
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Format version from the header.
+    version: u16,
 }
 
 impl<'a> Reader<'a> {
@@ -162,12 +193,13 @@ impl<'a> Reader<'a> {
             return Err(DE::BadMagic { found: magic });
         }
         let version = self.u16()?;
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(DE::BadVersion {
                 found: version,
                 supported: VERSION,
             });
         }
+        self.version = version;
         let t = self.u8()?;
         if t != ty as u8 {
             return Err(DE::WrongType {
@@ -212,20 +244,32 @@ impl<'a> Reader<'a> {
                 value: np as u64,
             });
         }
-        let count = ctx.n * (nq + np);
-        self.need(count * 8)?;
-        let mut data = Vec::with_capacity(count);
+        let packed = self.version >= PACKED_SINCE;
+        let total: usize = (0..nq + np)
+            .map(|k| match packed {
+                true => packed_limb_bytes(ctx.n, limb_bits(ctx, nq, k)),
+                false => 8 * ctx.n,
+            })
+            .sum();
+        self.need(total)?;
+        let mut data = Vec::with_capacity(ctx.n * (nq + np));
         for k in 0..nq + np {
             let q = ctx.moduli[ctx.modulus_index(nq, k)].value();
-            for _ in 0..ctx.n {
-                let v = self.u64()?;
-                if v >= q {
-                    return Err(DE::Unreduced {
-                        value: v,
-                        modulus: q,
-                    });
+            let start = data.len();
+            if packed {
+                let bits = limb_bits(ctx, nq, k);
+                let bytes = self.take(packed_limb_bytes(ctx.n, bits))?;
+                unpack_limb(bytes, bits, ctx.n, &mut data)?;
+            } else {
+                for _ in 0..ctx.n {
+                    data.push(self.u64()?);
                 }
-                data.push(v);
+            }
+            if let Some(&v) = data[start..].iter().find(|&&v| v >= q) {
+                return Err(DE::Unreduced {
+                    value: v,
+                    modulus: q,
+                });
             }
         }
         Ok(Poly::from_data(data, ctx.n, nq, np))
@@ -238,24 +282,63 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn reader(bytes: &[u8]) -> Reader<'_> {
-    Reader { buf: bytes, pos: 0 }
+/// Appends `n` residues of `bits` bits unpacked from `bytes` to `out`; the padding bits after
+/// the last residue must be zero.
+fn unpack_limb(
+    bytes: &[u8],
+    bits: u32,
+    n: usize,
+    out: &mut Vec<u64>,
+) -> std::result::Result<(), DE> {
+    let mask = (1u128 << bits) - 1;
+    let mut words = bytes.chunks(8);
+    let mut acc = 0u128;
+    let mut filled = 0u32;
+    for _ in 0..n {
+        if filled < bits {
+            let chunk = words.next().unwrap_or(&[]);
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            acc |= (u64::from_le_bytes(w) as u128) << filled;
+            filled += 8 * chunk.len() as u32;
+        }
+        out.push((acc & mask) as u64);
+        acc >>= bits;
+        filled -= bits;
+    }
+    if acc != 0 {
+        return Err(DE::InvalidValue {
+            field: "padding bits",
+            value: acc as u64,
+        });
+    }
+    Ok(())
 }
 
-fn poly_bytes(p: &Poly<Ntt>) -> usize {
-    2 + p.data.len() * 8
+fn reader(bytes: &[u8]) -> Reader<'_> {
+    Reader {
+        buf: bytes,
+        pos: 0,
+        version: VERSION,
+    }
+}
+
+fn poly_bytes(ctx: &Context, p: &Poly<Ntt>) -> usize {
+    2 + (0..p.nq + p.np)
+        .map(|k| packed_limb_bytes(ctx.n, limb_bits(ctx, p.nq, k)))
+        .sum::<usize>()
 }
 
 impl Ciphertext {
     /// Serializes under `params` (header, degree, scale, slots, polynomials).
     pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let size = self.polys.iter().map(poly_bytes).sum::<usize>() + 13;
+        let size = self.polys.iter().map(|p| poly_bytes(&params.ctx, p)).sum::<usize>() + 13;
         let mut w = Writer::new(params, ObjectType::Ciphertext, size);
         w.u8(self.polys.len() as u8);
         w.f64(self.scale);
         w.u32(self.slots as u32);
         for p in &self.polys {
-            w.poly(p);
+            w.poly(&params.ctx, p);
         }
         w.0
     }
@@ -296,12 +379,12 @@ impl SeededCiphertext {
         let mut w = Writer::new(
             params,
             ObjectType::SeededCiphertext,
-            poly_bytes(&self.c0) + 44,
+            poly_bytes(&params.ctx, &self.c0) + 44,
         );
         w.f64(self.scale);
         w.u32(self.slots as u32);
         w.bytes(&self.seed);
-        w.poly(&self.c0);
+        w.poly(&params.ctx, &self.c0);
         w.0
     }
 
@@ -327,10 +410,10 @@ impl SeededCiphertext {
 impl Plaintext {
     /// Serializes under `params`.
     pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let mut w = Writer::new(params, ObjectType::Plaintext, poly_bytes(&self.poly) + 12);
+        let mut w = Writer::new(params, ObjectType::Plaintext, poly_bytes(&params.ctx, &self.poly) + 12);
         w.f64(self.scale);
         w.u32(self.slots as u32);
-        w.poly(&self.poly);
+        w.poly(&params.ctx, &self.poly);
         w.0
     }
 
@@ -353,10 +436,10 @@ impl PublicKey {
         let mut w = Writer::new(
             &self.params,
             ObjectType::PublicKey,
-            poly_bytes(&self.b) + 32,
+            poly_bytes(&self.params.ctx, &self.b) + 32,
         );
         w.bytes(&self.seed);
-        w.poly(&self.b);
+        w.poly(&self.params.ctx, &self.b);
         w.0
     }
 
@@ -378,15 +461,19 @@ impl PublicKey {
     }
 }
 
-fn write_ksk(w: &mut Writer, k: &KeySwitchKey) {
+fn write_ksk(w: &mut Writer, ctx: &Context, k: &KeySwitchKey) {
     w.bytes(&k.seed);
     for b in &k.b {
-        w.poly(b);
+        w.poly(ctx, b);
     }
 }
 
+/// Bytes of one serialized key-switching key (a lower bound for version 1).
 fn ksk_bytes(ctx: &Context) -> usize {
-    32 + ctx.dnum * (2 + 8 * ctx.n * (ctx.q_count + ctx.p_count))
+    let limbs: usize = (0..ctx.q_count + ctx.p_count)
+        .map(|k| packed_limb_bytes(ctx.n, limb_bits(ctx, ctx.q_count, k)))
+        .sum();
+    32 + ctx.dnum * (2 + limbs)
 }
 
 fn read_ksk(r: &mut Reader<'_>, ctx: &Context) -> std::result::Result<KeySwitchKey, DE> {
@@ -409,7 +496,7 @@ impl RelinKey {
             ObjectType::RelinKey,
             ksk_bytes(&self.params.ctx),
         );
-        write_ksk(&mut w, &self.key);
+        write_ksk(&mut w, &self.params.ctx, &self.key);
         w.0
     }
 
@@ -439,7 +526,7 @@ impl GaloisKeys {
         w.u32(self.keys.len() as u32);
         for (&g, k) in &self.keys {
             w.u64(g);
-            write_ksk(&mut w, &k.key);
+            write_ksk(&mut w, &self.params.ctx, &k.key);
         }
         w.0
     }

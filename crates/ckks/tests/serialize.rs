@@ -113,6 +113,51 @@ fn round_trips() {
     let full = o.seeded.expand(p).to_bytes(p).len();
     let seeded = o.seeded.to_bytes(p).len();
     assert!(seeded * 2 < full + 100, "{seeded} vs {full}");
+    // Residues are bit-packed: 2^5 coefficients x the primes' bit lengths per polynomial.
+    assert_eq!(o.ct.polys()[0].q_limbs(), 3);
+    let bits: u32 = p.q_moduli().iter().map(|q| 64 - (q - 1).leading_zeros()).sum();
+    assert!(bits < 3 * 40, "{:?}", p.q_moduli());
+    assert_eq!(full, 15 + 1 + 8 + 4 + 2 * (2 + 32 * bits as usize / 8));
+}
+
+/// Version-1 bytes of a ciphertext: residues as little-endian `u64`.
+fn version1_bytes(p: &Parameters, ct: &Ciphertext) -> Vec<u8> {
+    let mut v = MAGIC.to_le_bytes().to_vec();
+    v.extend(1u16.to_le_bytes());
+    v.push(1);
+    v.extend(p.id().to_le_bytes());
+    v.push(ct.polys().len() as u8);
+    v.extend(ct.scale().to_bits().to_le_bytes());
+    v.extend((ct.slots() as u32).to_le_bytes());
+    for poly in ct.polys() {
+        v.push(poly.q_limbs() as u8);
+        v.push(poly.p_limbs() as u8);
+        for k in 0..poly.q_limbs() {
+            for &x in poly.limb(k) {
+                v.extend(x.to_le_bytes());
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn version_1_is_still_read() {
+    let o = objects(toy(30));
+    let p = &o.params;
+    let v1 = version1_bytes(p, &o.ct);
+    assert_eq!(Ciphertext::from_bytes(p, &v1).unwrap(), o.ct);
+    assert!(v1.len() > o.ct.to_bytes(p).len());
+    // Unreduced residues are still rejected there.
+    let mut bad = v1.clone();
+    let end = bad.len();
+    bad[end - 8..].fill(0xFF);
+    assert!(Ciphertext::from_bytes(p, &bad).is_err());
+    // The secret key format did not change: a version-1 file still loads.
+    let mut sk = o.sk.to_bytes_secret();
+    sk[4..6].copy_from_slice(&1u16.to_le_bytes());
+    let sk1 = SecretKey::from_bytes_secret(p, &sk).unwrap();
+    assert_eq!(sk1.to_bytes_secret(), o.sk.to_bytes_secret());
 }
 
 #[test]
@@ -141,15 +186,16 @@ fn corrupted_inputs_are_rejected_without_panics() {
             assert!(parse(&o.params, &b).is_err(), "{name}: header bit {bit}");
             checked += 1;
         }
-        // A high-bit flip makes a residue unreduced: the last polynomial's residues (at least
-        // 32 x 3 of them, little-endian u64) end the buffer in every type but the secret key.
+        // Eight 0xFF bytes hold at least one whole bit-packed residue, which then is all ones
+        // (>= its prime): the last polynomial's residues (at least 32 x 3 of >= 30 bits, 360
+        // bytes) end the buffer in every type but the secret key.
         if name != "secret key" {
-            for pos in (0..96).map(|j| bytes.len() - 1 - 8 * j) {
+            for end in (0..45).map(|j| bytes.len() - 8 * j) {
                 let mut b = bytes.clone();
-                b[pos] ^= 0x80;
+                b[end - 8..end].fill(0xFF);
                 assert!(
                     parse(&o.params, &b).is_err(),
-                    "{name}: high bit at byte {pos}"
+                    "{name}: all-ones bytes ending at {end}"
                 );
                 checked += 1;
             }
