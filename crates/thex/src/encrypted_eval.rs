@@ -1,12 +1,14 @@
 //! `thex eval --encrypted`: every sentence through the encrypted engine (client and server in
 //! this process, every message through its byte form), compared with the plaintext THE-X model.
 
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
 use thex_model::LoadedModel;
 use thex_train::{Dataset, EvalReport};
@@ -52,11 +54,107 @@ fn progress(n: usize, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// One sentence's encrypted and plaintext results: a line of the `--records` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Index of the sentence in the data file (0-based).
+    pub index: usize,
+    /// Gold label.
+    pub label: u32,
+    /// Token count (with `[CLS]` and `[SEP]`).
+    pub tokens: usize,
+    /// Label of the encrypted inference.
+    pub encrypted_label: u32,
+    /// Label of the plaintext THE-X model.
+    pub plaintext_label: u32,
+    /// Decrypted logits.
+    pub logits: Vec<f64>,
+    /// Plaintext logits.
+    pub plaintext_logits: Vec<f64>,
+    /// Seconds of the encrypted inference.
+    pub seconds: f64,
+    /// Bytes client to server (keys excluded) and server to client.
+    pub bytes_up: usize,
+    /// Bytes server to client.
+    pub bytes_down: usize,
+    /// Client rounds.
+    pub rounds: usize,
+}
+
+/// Recorded plaintext logits may differ from this run's by this much (CPU kernels); more means
+/// the records were made with another model.
+const PLAINTEXT_LOGIT_TOLERANCE: f64 = 1e-3;
+
+/// Reads a records file: one JSON [`Record`] per line. A last line without its newline (a run
+/// killed while writing it) is dropped and cut from the file.
+fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    if complete < text.len() {
+        let f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.set_len(complete as u64)
+            .with_context(|| format!("cutting the partial last line of {}", path.display()))?;
+    }
+    text[..complete]
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not a record", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Checks that earlier records belong to these sentences and this model.
+fn check_records(
+    records: &[Record],
+    data: &Dataset,
+    ids: &[Vec<u32>],
+    plain: &[thex_model::Prediction],
+) -> anyhow::Result<()> {
+    let mut seen = vec![false; data.examples.len()];
+    for r in records {
+        let i = r.index;
+        let fits = i < data.examples.len()
+            && r.label == data.examples[i].label
+            && r.tokens == ids[i].len()
+            && r.plaintext_logits.len() == plain[i].logits.len();
+        anyhow::ensure!(
+            fits,
+            "record of sentence {} does not match the data (another data file or --limit?)",
+            i + 1
+        );
+        anyhow::ensure!(!seen[i], "sentence {} is recorded twice", i + 1);
+        seen[i] = true;
+        let drift = r
+            .plaintext_logits
+            .iter()
+            .zip(&plain[i].logits)
+            .map(|(a, b)| (a - f64::from(*b)).abs())
+            .fold(0.0, f64::max);
+        anyhow::ensure!(
+            drift <= PLAINTEXT_LOGIT_TOLERANCE,
+            "record of sentence {}: plaintext logits differ by {drift:.1e} from this model's \
+             (records made with another model?)",
+            i + 1
+        );
+    }
+    Ok(())
+}
+
 /// Runs `data` through the encrypted engine compiled from `model` and compares with the
-/// plaintext predictions.
+/// plaintext predictions. With `records`, every sentence's result is appended to that file as
+/// it finishes and sentences already there are skipped, so a long run can stop and resume; the
+/// report covers all recorded sentences.
 pub fn evaluate(
     model: &LoadedModel,
     data: &Dataset,
+    records_path: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<EncryptedEvalReport> {
     let labels = model
@@ -94,63 +192,134 @@ pub fn evaluate(
     buckets.sort_unstable();
     let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
     let plain = model.predict_batch(&texts)?;
-
-    let engine = EngineParams {
-        buckets: buckets.iter().map(|&(b, _)| b).collect(),
-        ..EngineParams::default()
-    };
-    let server_model = Arc::new(ServerModel::compile(&model.model, &engine)?);
-    let all: Vec<usize> = server_model.buckets().to_vec();
-    let mut client = ClientSession::new(server_model.client_bundle())?;
-    let keys = client.evaluation_keys(&all)?;
-    let mut server = ServerSession::new(server_model.clone(), keys, &all)?;
-
-    let bar = progress(ids.len(), quiet);
-    let (mut pairs, mut agree) = (Vec::new(), 0usize);
-    let (mut max_err, mut sum_err, mut count) = (0f64, 0f64, 0usize);
-    let (mut up, mut down, mut rounds) = (0usize, 0usize, 0usize);
-    let start = Instant::now();
-    for ((x, e), p) in ids.iter().zip(&data.examples).zip(&plain) {
-        let r = run_local_ids(&mut client, &mut server, x)?;
+    for e in &data.examples {
         anyhow::ensure!(
-            r.logits.len() == labels && (e.label as usize) < labels,
-            "label {} or {} logits do not fit the {labels}-label head",
-            e.label,
-            r.logits.len()
+            (e.label as usize) < labels,
+            "label {} does not fit the {labels}-label head",
+            e.label
         );
-        for (a, b) in r.logits.iter().zip(&p.logits) {
-            let d = (a - f64::from(*b)).abs();
-            max_err = max_err.max(d);
-            sum_err += d;
-            count += 1;
-        }
-        agree += usize::from(r.label_id == p.label_id);
-        pairs.push((e.label, r.label_id as u32));
-        (up, down, rounds) = (up + r.bytes_up, down + r.bytes_down, r.rounds);
-        bar.set_message(format!(
-            "agreement {agree}/{} max err {max_err:.1e}",
-            pairs.len()
-        ));
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-    let n = pairs.len().max(1) as f64;
+
+    let mut records = match records_path {
+        Some(p) => read_records(p)?,
+        None => Vec::new(),
+    };
+    check_records(&records, data, &ids, &plain)?;
+    let done: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
+    let todo: Vec<usize> = (0..ids.len()).filter(|i| !done.contains(i)).collect();
+    if !todo.is_empty() {
+        let mut file = match records_path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let needed: Vec<usize> = buckets
+            .iter()
+            .map(|&(b, _)| b)
+            .filter(|&b| todo.iter().any(|&i| bucket_of(ids[i].len()) == Some(b)))
+            .collect();
+        let engine = EngineParams {
+            buckets: needed,
+            ..EngineParams::default()
+        };
+        let server_model = Arc::new(ServerModel::compile(&model.model, &engine)?);
+        let all: Vec<usize> = server_model.buckets().to_vec();
+        let mut client = ClientSession::new(server_model.client_bundle())?;
+        let keys = client.evaluation_keys(&all)?;
+        let mut server = ServerSession::new(server_model.clone(), keys, &all)?;
+
+        let bar = progress(ids.len(), quiet);
+        bar.set_position(records.len() as u64);
+        bar.reset_eta();
+        for i in todo {
+            let start = Instant::now();
+            let r = run_local_ids(&mut client, &mut server, &ids[i])?;
+            let seconds = start.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                r.logits.len() == labels,
+                "{} logits do not fit the {labels}-label head",
+                r.logits.len()
+            );
+            let rec = Record {
+                index: i,
+                label: data.examples[i].label,
+                tokens: ids[i].len(),
+                encrypted_label: r.label_id as u32,
+                plaintext_label: plain[i].label_id as u32,
+                logits: r.logits.clone(),
+                plaintext_logits: plain[i].logits.iter().map(|&x| f64::from(x)).collect(),
+                seconds,
+                bytes_up: r.bytes_up,
+                bytes_down: r.bytes_down,
+                rounds: r.rounds,
+            };
+            if let (Some(f), Some(p)) = (file.as_mut(), records_path) {
+                let mut line = serde_json::to_string(&rec)?;
+                line.push('\n');
+                f.write_all(line.as_bytes())
+                    .and_then(|()| f.flush())
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            records.push(rec);
+            let agree = records
+                .iter()
+                .filter(|r| r.encrypted_label == r.plaintext_label)
+                .count();
+            bar.set_message(format!("agreement {agree}/{}", records.len()));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    }
+    Ok(report(&records, data, &plain, buckets))
+}
+
+/// The report over all records.
+fn report(
+    records: &[Record],
+    data: &Dataset,
+    plain: &[thex_model::Prediction],
+    buckets: Vec<(usize, usize)>,
+) -> EncryptedEvalReport {
+    let n = records.len().max(1) as f64;
+    let pairs: Vec<(u32, u32)> = records
+        .iter()
+        .map(|r| (r.label, r.encrypted_label))
+        .collect();
+    let errors: Vec<f64> = records
+        .iter()
+        .flat_map(|r| {
+            r.logits
+                .iter()
+                .zip(&r.plaintext_logits)
+                .map(|(a, b)| (a - b).abs())
+        })
+        .collect();
     let plain_pairs: Vec<(u32, u32)> = data
         .examples
         .iter()
-        .zip(&plain)
+        .zip(plain)
         .map(|(e, p)| (e.label, p.label_id as u32))
         .collect();
-    Ok(EncryptedEvalReport {
+    let mean = |f: fn(&Record) -> f64| records.iter().map(f).sum::<f64>() / n;
+    EncryptedEvalReport {
         eval: EvalReport::from_pairs(&pairs),
         plaintext_accuracy: EvalReport::from_pairs(&plain_pairs).accuracy,
-        agreement: agree as f64 / n,
-        max_logit_error: max_err,
-        mean_logit_error: sum_err / count.max(1) as f64,
-        rounds,
-        mean_seconds: start.elapsed().as_secs_f64() / n,
-        mean_bytes_up: up as f64 / n,
-        mean_bytes_down: down as f64 / n,
+        agreement: records
+            .iter()
+            .filter(|r| r.encrypted_label == r.plaintext_label)
+            .count() as f64
+            / n,
+        max_logit_error: errors.iter().copied().fold(0.0, f64::max),
+        mean_logit_error: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        rounds: records.iter().map(|r| r.rounds).max().unwrap_or(0),
+        mean_seconds: mean(|r| r.seconds),
+        mean_bytes_up: mean(|r| r.bytes_up as f64),
+        mean_bytes_down: mean(|r| r.bytes_down as f64),
         buckets,
-    })
+    }
 }

@@ -149,6 +149,72 @@ fn encrypted_eval_agrees_with_the_plaintext_model() {
         "--json",
     ]));
     assert_eq!(two["n"], 2);
+
+    // --records: a run stopped after two sentences resumes with the other three; the result
+    // equals the one-go run's; a third call computes nothing new.
+    let records = tmp.path().join("records.jsonl");
+    let rec = records.to_str().unwrap();
+    let eval_records = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            m,
+            "--data",
+            data.to_str().unwrap(),
+            "--encrypted",
+            "--records",
+            rec,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        thex(&args)
+    };
+    let first = ok_json(&eval_records(&["--limit", "2"]));
+    assert_eq!(first["n"], 2);
+    assert_eq!(fs::read_to_string(&records).unwrap().lines().count(), 2);
+    // A run killed while writing leaves a partial line: it is dropped.
+    let mut text = fs::read_to_string(&records).unwrap();
+    text.push_str("{\"index\":4,\"lab");
+    fs::write(&records, text).unwrap();
+    let resumed = ok_json(&eval_records(&[]));
+    for key in ["n", "accuracy", "agreement", "plaintext_accuracy", "rounds"] {
+        assert_eq!(resumed[key], enc[key], "{key}: {resumed} vs {enc}");
+    }
+    let lines = fs::read_to_string(&records).unwrap();
+    assert_eq!(lines.lines().count(), 5, "{lines}");
+    let again = ok_json(&eval_records(&[]));
+    assert_eq!(again["max_logit_error"], resumed["max_logit_error"]);
+    assert_eq!(fs::read_to_string(&records).unwrap(), lines);
+    // Records of other sentences are refused.
+    let out = thex(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--encrypted",
+        "--records",
+        rec,
+        "--limit",
+        "3",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not match the data"),
+        "{}",
+        stderr(&out)
+    );
+    // --records needs --encrypted.
+    let out = thex(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        data.to_str().unwrap(),
+        "--records",
+        rec,
+    ]);
+    assert!(!out.status.success());
 }
 
 #[test]

@@ -59,6 +59,11 @@ pub struct EvalArgs {
     /// Evaluate only the first N examples.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    /// With `--encrypted`: append each sentence's result to FILE (JSON lines) as it finishes and
+    /// skip the sentences already there, so a long run can be stopped and resumed; the report
+    /// covers every recorded sentence.
+    #[arg(long, value_name = "FILE", requires = "encrypted")]
+    records: Option<PathBuf>,
     /// Print JSON: `{"accuracy", "n", "per_label", "mcc"}`; with `--encrypted` also
     /// `"agreement", "max_logit_error", "mean_logit_error"` and more.
     #[arg(long)]
@@ -161,7 +166,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         data.examples.truncate(n);
     }
     if args.encrypted {
-        let r = crate::encrypted_eval::evaluate(&model, &data, args.quiet || args.json)?;
+        let r = crate::encrypted_eval::evaluate(
+            &model,
+            &data,
+            args.records.as_deref(),
+            args.quiet || args.json,
+        )?;
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
