@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release -p thex-engine --example local -- (--model DIR | --random SHAPE)
 //!  [--text "..." | --tokens N] [--layers K] [--pre-encode] [--repeat R] [--breakdown]
-//!  [--plan-only]`
+//!  [--plan-only] [--log-q0 BITS] [--log-scale BITS] [--extra-levels E]`
 //!
 //! `DIR` is a THE-X model directory (with `thex.json`), or a plain BERT directory such as the
 //! MiniLM-L6 cache: then its first `K` layers (default 2) get every THE-X approximation with
@@ -14,7 +14,8 @@
 //! synthetic token ids instead of a text. The server encodes the weights of the one bucket the
 //! input needs: per inference by default, once at compile time with `--pre-encode`.
 //! `--breakdown` prints the planned key switches of layer 0 per operation and of every layer;
-//! `--plan-only` prints them and stops before key generation.
+//! `--plan-only` prints them and stops before key generation. `--log-q0`, `--log-scale` and `--extra-levels`
+//! override the engine's CKKS parameter choice (`EngineParams`).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
@@ -42,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut repeat = 1usize;
     let mut breakdown = false;
     let mut plan_only = false;
+    let mut defaults = EngineParams::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -55,6 +57,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--repeat" => repeat = val()?.parse()?,
             "--breakdown" => breakdown = true,
             "--plan-only" => plan_only = true,
+            "--log-q0" => defaults.log_q0 = val()?.parse()?,
+            "--extra-levels" => defaults.extra_levels = val()?.parse()?,
+            "--log-scale" => defaults.log_scale = val()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -128,7 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = EngineParams {
         buckets: vec![bucket],
         pre_encode,
-        ..Default::default()
+        ..defaults
     };
     let t = Instant::now();
     let server_model = Arc::new(ServerModel::compile(&model, &engine)?);

@@ -347,7 +347,10 @@ impl ClientSession {
         Ok(Decryptor::new(&self.sk).encrypt_seeded(&pt)?)
     }
 
-    /// Decrypts one ciphertext under this client's key into its slot values.
+    /// Decrypts one ciphertext under this client's key into its slot values. Refuses values
+    /// above a quarter of the modulus over the scale ([`EngineError::OutOfRange`]): a wrapped
+    /// coefficient shifts every slot by about modulus/scale, so real values never get there and
+    /// wrapped ones almost surely do.
     pub fn decrypt_slots(&self, ct: &Ciphertext) -> Result<Vec<f64>> {
         if ct.slots() != self.params.max_slots() {
             return Err(EngineError::BadCiphertext {
@@ -357,7 +360,21 @@ impl ClientSession {
             });
         }
         let pt = Decryptor::new(&self.sk).decrypt(ct)?;
-        Ok(self.encoder.decode(&pt))
+        let v = self.encoder.decode(&pt);
+        let log_q: f64 = self.params.q_moduli()[..=ct.level()]
+            .iter()
+            .map(|&q| (q as f64).log2())
+            .sum();
+        let limit = (log_q - 2.0 - ct.scale().log2()).exp2();
+        let value = v.iter().fold(0f64, |m, x| m.max(x.abs()));
+        if value > limit {
+            return Err(EngineError::OutOfRange {
+                value,
+                limit,
+                level: ct.level(),
+            });
+        }
+        Ok(v)
     }
 
     fn state_name(&self) -> String {

@@ -109,6 +109,20 @@ pub enum EngineError {
         /// Missing left-rotation steps.
         missing: Vec<usize>,
     },
+    /// A decrypted value is too large for the modulus it was decrypted under: the result would
+    /// be wrapped around (garbage), so it is refused.
+    #[error(
+        "decrypted value {value:.3e} exceeds the headroom {limit:.3e} of level {level} (values \
+         near it wrap around the modulus; compile with a larger log_q0 or extra_levels)"
+    )]
+    OutOfRange {
+        /// The largest decrypted magnitude.
+        value: f64,
+        /// The largest magnitude that decrypts reliably at that level.
+        limit: f64,
+        /// The ciphertext's level.
+        level: usize,
+    },
     /// A message is malformed or exceeds a limit.
     #[error("malformed message: {0}")]
     Malformed(String),

@@ -307,13 +307,20 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     let p: f64 = r.probabilities.iter().sum();
     assert!((p - 1.0).abs() < 1e-12);
     // Requests (and the logits) travel at the decryption level; replies at their reply level
-    // (seeded: c0 only), the input at the input level. Byte counts within 1% of the limb data.
+    // (seeded: c0 only), the input at the input level. Byte counts within 1% of the limb data,
+    // each residue bit-packed at its prime's bit length.
     let params = c.params();
-    let limb = params.n() * 8;
+    let q = params.q_moduli();
+    let poly = |level: usize| -> usize {
+        q[..=level]
+            .iter()
+            .map(|q| params.n() * (64 - (q - 1).leading_zeros()) as usize / 8)
+            .sum()
+    };
     let d = decrypt_level(params);
     let plan = s.server.plan(16).unwrap();
     let request_cts: usize = plan.round_ciphertexts.iter().sum();
-    let down = (request_cts + 1) * 2 * (d + 1) * limb;
+    let down = (request_cts + 1) * 2 * poly(d);
     assert!(
         r.bytes_down >= down && r.bytes_down < down + down / 100,
         "{} vs {down}",
@@ -321,7 +328,7 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     );
     let l = s.server.layouts(16).unwrap();
     let layers = s.server.layers();
-    let mut up = l.hidden.n_cts() * (input_level(params) + 1) * limb;
+    let mut up = l.hidden.n_cts() * poly(input_level(params));
     for round in 1..=s.server.rounds() {
         let layer = (round - 1) / 4;
         for &k in [
@@ -332,7 +339,7 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
         ][(round - 1) % 4]
         {
             let level = reply_level(params, k, layer + 1 == layers);
-            up += k.layout(l).n_cts() * (level + 1) * limb;
+            up += k.layout(l).n_cts() * poly(level);
         }
     }
     assert!(
@@ -628,4 +635,26 @@ fn minilm_shaped_model_agrees_slow() {
         r.total_seconds
     );
     assert!(err < 1e-3, "logit error {err}");
+}
+
+/// With almost no room above the scale (q0 = 2^38, scale 2^36: values up to 1), the scores
+/// wrap around the modulus: the client refuses them instead of answering with garbage.
+#[test]
+fn values_beyond_the_headroom_are_refused() {
+    let model = random_model(SMALL, 7);
+    let engine = EngineParams {
+        buckets: vec![16],
+        log_q0: 38,
+        ..Default::default()
+    };
+    let server = Arc::new(ServerModel::compile(&model, &engine).unwrap());
+    let mut c = ClientSession::new(server.client_bundle()).unwrap();
+    let keys = c.evaluation_keys(&[]).unwrap();
+    let mut srv = ServerSession::new(server, keys, &[]).unwrap();
+    match run_local_ids(&mut c, &mut srv, &ids(9, 5)) {
+        Err(EngineError::OutOfRange { value, limit, .. }) => {
+            assert!(value > limit && limit <= 1.0, "{value} {limit}")
+        }
+        other => panic!("expected OutOfRange, got {:?}", other.map(|r| r.logits)),
+    }
 }
