@@ -115,7 +115,11 @@ fn round_trips() {
     assert!(seeded * 2 < full + 100, "{seeded} vs {full}");
     // Residues are bit-packed: 2^5 coefficients x the primes' bit lengths per polynomial.
     assert_eq!(o.ct.polys()[0].q_limbs(), 3);
-    let bits: u32 = p.q_moduli().iter().map(|q| 64 - (q - 1).leading_zeros()).sum();
+    let bits: u32 = p
+        .q_moduli()
+        .iter()
+        .map(|q| 64 - (q - 1).leading_zeros())
+        .sum();
     assert!(bits < 3 * 40, "{:?}", p.q_moduli());
     assert_eq!(full, 15 + 1 + 8 + 4 + 2 * (2 + 32 * bits as usize / 8));
 }
