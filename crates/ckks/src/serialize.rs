@@ -332,7 +332,12 @@ fn poly_bytes(ctx: &Context, p: &Poly<Ntt>) -> usize {
 impl Ciphertext {
     /// Serializes under `params` (header, degree, scale, slots, polynomials).
     pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let size = self.polys.iter().map(|p| poly_bytes(&params.ctx, p)).sum::<usize>() + 13;
+        let size = self
+            .polys
+            .iter()
+            .map(|p| poly_bytes(&params.ctx, p))
+            .sum::<usize>()
+            + 13;
         let mut w = Writer::new(params, ObjectType::Ciphertext, size);
         w.u8(self.polys.len() as u8);
         w.f64(self.scale);
@@ -410,7 +415,11 @@ impl SeededCiphertext {
 impl Plaintext {
     /// Serializes under `params`.
     pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let mut w = Writer::new(params, ObjectType::Plaintext, poly_bytes(&params.ctx, &self.poly) + 12);
+        let mut w = Writer::new(
+            params,
+            ObjectType::Plaintext,
+            poly_bytes(&params.ctx, &self.poly) + 12,
+        );
         w.f64(self.scale);
         w.u32(self.slots as u32);
         w.poly(&params.ctx, &self.poly);

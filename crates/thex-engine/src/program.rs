@@ -1,7 +1,7 @@
 //! The compiled server program: folded weights, per-bucket layouts and encoded operations,
 //! levels, the exact Galois key set and the round schedule.
 //!
-//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L - 1`;
+//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L - 2`;
 //! every request is dropped to [`decrypt_level`] before it is sent, and replies come back at
 //! [`reply_level`]):
 //!
@@ -345,8 +345,9 @@ struct Levels {
 }
 
 impl Levels {
+    /// See [`input_level`].
     fn input(&self, _layer: usize) -> usize {
-        self.top - 1
+        self.top - 2
     }
 }
 
@@ -357,20 +358,24 @@ pub fn decrypt_level(params: &Parameters) -> usize {
     params.max_level().saturating_sub(PIPELINE_DEPTH)
 }
 
-/// The level the client encrypts its input at: every layer's input sits one level below a
-/// fresh ciphertext (the value projection must survive until attention · V).
+/// The level of every layer's input `X` (the client encrypts its input there): two below a
+/// fresh ciphertext. The value projection `V` (one level below `X`) then meets `P = e ⊙ T(s)`
+/// (fresh `e`, two levels down) at the level attention · V needs, and no prime more is carried
+/// through the Q/K/V products.
 pub fn input_level(params: &Parameters) -> usize {
-    params.max_level() - 1
+    params.max_level() - 2
 }
 
 /// The level the client encrypts a reply item at: the lowest from which the server's next
 /// segment still ends at [`decrypt_level`]. The reciprocal network's first hidden layer and the
-/// last layer's FFN/residual feed one linear map before the next decryption; the others
-/// feed the deep segments and come back fresh at the top level.
+/// last layer's FFN/residual feed one linear map before the next decryption; the other
+/// FFN/residual feed the output projection to the next layer's input (one level above
+/// [`input_level`]); the rest feed the deep segments and come back at the top level.
 pub fn reply_level(params: &Parameters, kind: ItemKind, last_layer: bool) -> usize {
     match kind {
         ItemKind::ReciprocalHidden1 => decrypt_level(params) + 1,
         ItemKind::Ffn | ItemKind::Residual if last_layer => decrypt_level(params) + 1,
+        ItemKind::Ffn | ItemKind::Residual => input_level(params) + 1,
         _ => params.max_level(),
     }
 }
@@ -479,9 +484,9 @@ fn encode_layer(
 
     let (tail, tail_plan) = match &f.tail {
         FoldedTail::Next { w2, g12, c } => {
-            let w2 = lin(w2, Some(c), &l.ffn, ColumnOrder::Contiguous, top)?;
+            let w2 = lin(w2, Some(c), &l.ffn, ColumnOrder::Contiguous, lx + 1)?;
             let gm = Matrix::from_fn(l.bucket, d.hidden, |_, j| g12[j]);
-            let g12 = PlainMatrix::encode(enc, &gm, &l.hidden, top, enc.rescale_factor(top))?;
+            let g12 = PlainMatrix::encode(enc, &gm, &l.hidden, lx + 1, enc.rescale_factor(lx + 1))?;
             let mut p = vec![w2.plan(), OpPlan::plaintext("gamma1*gamma2", 1)];
             p[0].name = format!("FFN out {}", p[0].name);
             (LayerTail::Next { w2, g12 }, p)
