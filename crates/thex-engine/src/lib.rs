@@ -15,6 +15,7 @@
 //! hidden ReLUs of the reciprocal network `T`, and the FFN ReLU (with the residual stream
 //! refreshed in the same round). See [`program`] for the schedule and levels.
 
+pub mod calibrate;
 mod client;
 mod error;
 mod local;

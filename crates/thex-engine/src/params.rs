@@ -20,9 +20,10 @@ pub const PIPELINE_DEPTH: usize = 6;
 pub struct EngineParams {
     /// Length buckets (powers of two) the server compiles for.
     pub buckets: Vec<usize>,
-    /// log2 of the encoding scale (also the size of the rescaling primes). Default 36: about
-    /// 2^-20 relative precision per round, and with `log_q0 = 50` decrypted values up to 2^12
-    /// in magnitude (the client refuses larger ones, [`crate::EngineError::OutOfRange`]).
+    /// log2 of the encoding scale (also the size of the rescaling primes), at most. Default 36:
+    /// about 2^-20 relative precision per round, and with `log_q0 = 50` decrypted values up to
+    /// 2^12 in magnitude (the client refuses larger ones, [`crate::EngineError::OutOfRange`]).
+    /// [`crate::ServerModel::compile`] lowers it for models whose values need more room.
     pub log_scale: u32,
     /// Bits of the base prime q_0 (headroom above the scale for the decrypted values). Primes
     /// of at most 50 bits keep the NTTs on the fast 52-bit (IFMA) kernels: 60-bit primes made

@@ -595,6 +595,8 @@ pub struct ServerModel {
     plans: BTreeMap<usize, BucketPlan>,
     layer_plans: BTreeMap<usize, Vec<Plan>>,
     encoded: Mutex<BTreeMap<usize, Arc<Vec<Arc<LayerProgram>>>>>,
+    /// Largest decrypted magnitude measured when compiling from a model.
+    calibrated: Option<f64>,
 }
 
 impl std::fmt::Debug for ServerModel {
@@ -611,12 +613,42 @@ impl std::fmt::Debug for ServerModel {
 impl ServerModel {
     /// Compiles a THE-X model (see [`crate::split_model`]) with parameters chosen from
     /// `engine`.
+    ///
+    /// The encoding scale is `engine.log_scale` or lower: the largest value the client will
+    /// decrypt is measured on the plaintext model (random token sequences of the smallest and
+    /// largest bucket, [`crate::calibrate`]) and the scale leaves it 8× below the client's
+    /// refusal threshold `q_0/4Δ`. See [`ServerModel::calibrated_magnitude`].
     pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
-        Self::compile_weights(weights, embeddings, engine)
+        engine.validate()?;
+        let lengths: BTreeSet<usize> = [engine.buckets.iter().min(), engine.buckets.iter().max()]
+            .into_iter()
+            .flatten()
+            .map(|&b| b.min(embeddings.max_positions()))
+            .collect();
+        let lengths: Vec<usize> = lengths.into_iter().collect();
+        let magnitude =
+            crate::calibrate::max_decrypted_magnitude(model, &weights, embeddings.vocab, &lengths)?;
+        let log_scale =
+            crate::calibrate::fitting_log_scale(engine.log_q0, engine.log_scale, magnitude);
+        if log_scale < 20 {
+            return Err(EngineError::UnsupportedModel(format!(
+                "the client would decrypt values up to {magnitude:.3e}: a {}-bit q0 leaves no \
+                 room for a scale of at least 2^20 (raise log_q0 or extra_levels)",
+                engine.log_q0
+            )));
+        }
+        let engine = EngineParams {
+            log_scale,
+            ..engine.clone()
+        };
+        let mut compiled = Self::compile_weights(weights, embeddings, &engine)?;
+        compiled.calibrated = Some(magnitude);
+        Ok(compiled)
     }
 
-    /// Compiles from already extracted weights.
+    /// Compiles from already extracted weights, at `engine.log_scale` as given (no
+    /// calibration).
     pub fn compile_weights(
         weights: ModelWeights,
         embeddings: EmbeddingTables,
@@ -665,6 +697,7 @@ impl ServerModel {
             plans: BTreeMap::new(),
             layer_plans: BTreeMap::new(),
             encoded: Mutex::new(BTreeMap::new()),
+            calibrated: None,
         };
         let enc = weight_encoder(&model.params);
         for &b in &model.engine.buckets.clone() {
@@ -734,6 +767,12 @@ impl ServerModel {
             bucket,
             layer,
         )?))
+    }
+
+    /// The largest value the client decrypts on the calibration inputs (when compiled from a
+    /// model): the encoding scale leaves room for 8× of it.
+    pub fn calibrated_magnitude(&self) -> Option<f64> {
+        self.calibrated
     }
 
     /// The CKKS parameters.

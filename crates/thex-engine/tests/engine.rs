@@ -637,8 +637,10 @@ fn minilm_shaped_model_agrees_slow() {
     assert!(err < 1e-3, "logit error {err}");
 }
 
-/// With almost no room above the scale (q0 = 2^38, scale 2^36: values up to 1), the scores
-/// wrap around the modulus: the client refuses them instead of answering with garbage.
+/// With almost no room above the scale (q0 = 2^38, scale 2^36: values up to 1, compiled
+/// without calibration), the scores wrap around the modulus: the client refuses them instead
+/// of answering with garbage. Compiling the model itself with a 24-bit q0 fails up front: the
+/// calibration finds no scale of at least 2^20 that leaves room for its values.
 #[test]
 fn values_beyond_the_headroom_are_refused() {
     let model = random_model(SMALL, 7);
@@ -647,7 +649,17 @@ fn values_beyond_the_headroom_are_refused() {
         log_q0: 38,
         ..Default::default()
     };
-    let server = Arc::new(ServerModel::compile(&model, &engine).unwrap());
+    let tiny_q0 = EngineParams {
+        log_q0: 24,
+        log_scale: 22,
+        ..engine.clone()
+    };
+    match ServerModel::compile(&model, &tiny_q0) {
+        Err(EngineError::UnsupportedModel(m)) => assert!(m.contains("q0"), "{m}"),
+        other => panic!("expected a calibration error, got {:?}", other.map(|_| ())),
+    }
+    let (weights, embeddings) = split_model(&model).unwrap();
+    let server = Arc::new(ServerModel::compile_weights(weights, embeddings, &engine).unwrap());
     let mut c = ClientSession::new(server.client_bundle()).unwrap();
     let keys = c.evaluation_keys(&[]).unwrap();
     let mut srv = ServerSession::new(server, keys, &[]).unwrap();

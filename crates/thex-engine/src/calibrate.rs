@@ -1,0 +1,114 @@
+//! Headroom calibration: the largest magnitude the client will decrypt, measured on the
+//! plaintext THE-X model, so that compilation can pick an encoding scale that leaves room for
+//! it under `q_0` (values beyond `q_0 / 2Δ` wrap around and decrypt to garbage).
+
+use candle_core::{Device, Tensor};
+use thex_model::{Batch, ThexModel};
+
+use crate::error::{EngineError, Result};
+use crate::weights::ModelWeights;
+
+/// Bits of margin kept above the calibrated magnitude (real inputs may exceed the calibration
+/// inputs' values): 8×.
+pub const MARGIN_BITS: u32 = 3;
+
+fn max_abs(t: &Tensor) -> Result<f64> {
+    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    Ok(v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs()))))
+}
+
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    Ok(v.into_iter().map(f64::from).collect())
+}
+
+/// Seeded pseudo-random token ids in `[1, vocab)` (0 is padding).
+fn token_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            1 + (x % (vocab.max(2) as u64 - 1)) as u32
+        })
+        .collect()
+}
+
+/// The largest |value| among everything the client decrypts in inferences of random token
+/// sequences of each length in `lengths`: the scores before the softmax ReLU
+/// (`scale·QKᵀ/√d + shift`), the reciprocal network's hidden pre-activations, the FFN
+/// pre-activations, the residual stream `S₁` and the logits.
+pub fn max_decrypted_magnitude(
+    model: &ThexModel,
+    w: &ModelWeights,
+    vocab: usize,
+    lengths: &[usize],
+) -> Result<f64> {
+    let d = &w.dims;
+    let r = &w.reciprocal;
+    let mut m = 0f64;
+    for (i, &n) in lengths.iter().enumerate() {
+        let ids = token_ids(n, vocab, i as u64 + 1);
+        let batch = Batch::new(std::slice::from_ref(&ids), 0, &Device::Cpu)
+            .map_err(|e| EngineError::UnsupportedModel(format!("calibration input: {e}")))?;
+        let (out, trace) = model
+            .forward_traced(&batch)
+            .map_err(|e| EngineError::UnsupportedModel(format!("calibration forward: {e}")))?;
+        if let Some(logits) = &out.logits {
+            m = m.max(max_abs(logits)?);
+        }
+        for l in &trace.layers {
+            let y = ((&l.scores * d.softmax_scale)? + d.softmax_shift)?;
+            m = m.max(max_abs(&y)?);
+            m = m.max(max_abs(&l.intermediate_pre)?);
+            m = m.max(max_abs(&l.attention_norm_input)?);
+            let Some(sm) = &l.softmax else { continue };
+            for s in values(&sm.sum)? {
+                let h1: Vec<f64> = (r.w1.iter().zip(&r.b1))
+                    .map(|(w1, b1)| s * w1 + b1)
+                    .inspect(|z| m = m.max(z.abs()))
+                    .map(|z| z.max(0.0))
+                    .collect();
+                for (j, b2) in r.b2.iter().enumerate() {
+                    let z2: f64 = h1.iter().enumerate().map(|(k, h)| h * r.w2.get(k, j)).sum();
+                    m = m.max((z2 + b2).abs());
+                }
+            }
+        }
+    }
+    if !m.is_finite() {
+        return Err(EngineError::UnsupportedModel(
+            "the plaintext model produces non-finite values".into(),
+        ));
+    }
+    Ok(m)
+}
+
+/// The encoding scale (bits) that leaves `max_abs` times 2^[`MARGIN_BITS`] below the client's
+/// refusal threshold `q_0 / 4Δ`, capped at `log_scale`.
+pub fn fitting_log_scale(log_q0: u32, log_scale: u32, max_abs: f64) -> u32 {
+    let need = max_abs.max(1.0).log2().ceil() as u32 + MARGIN_BITS + 2;
+    log_scale.min(log_q0.saturating_sub(need))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_leaves_the_margin() {
+        // Values up to 300 (2^9), margin 2^3, refusal at q0/4Δ: 50 - 9 - 3 - 2 = 36.
+        assert_eq!(fitting_log_scale(50, 40, 300.0), 36);
+        assert_eq!(fitting_log_scale(50, 36, 1.0), 36);
+        assert_eq!(fitting_log_scale(50, 36, 4237.0), 32);
+        assert_eq!(fitting_log_scale(50, 36, 1e30), 0);
+    }
+
+    #[test]
+    fn token_ids_stay_in_the_vocabulary() {
+        let ids = token_ids(500, 30, 3);
+        assert!(ids.iter().all(|&i| (1..30).contains(&i)));
+        assert_ne!(ids, token_ids(500, 30, 4));
+    }
+}
