@@ -314,6 +314,12 @@ fn bench_e2e_reports_every_run_in_json() {
         for k in ["total_s", "bytes_up", "bytes_down", "key_bytes"] {
             assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
         }
+        // The encrypted logits are those of the plaintext model (random weights: logits of
+        // tens to hundreds; a wrapped or wrong result would be off by far more).
+        assert!(r["max_logit_error"].as_f64().unwrap() < 0.5, "{r}");
+        let scale = r["log_scale"].as_f64().unwrap();
+        assert!((20.0..=36.0).contains(&scale), "{r}");
+        assert!(r["calibrated_max"].as_f64().unwrap() > 0.0, "{r}");
         let phases = r["phases"].as_object().unwrap();
         assert!(
             phases.keys().any(|k| k.starts_with("server.layer1.")),

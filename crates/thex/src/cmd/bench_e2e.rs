@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
-use thex_model::ThexModel;
+use thex_model::{Batch, ThexModel};
 
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +41,12 @@ pub struct E2eRun {
     pub keygen_s: f64,
     /// log2 of the ring degree.
     pub log_n: u32,
+    /// log2 of the encoding scale the compiler chose.
+    pub log_scale: f64,
+    /// Largest value the client decrypts on the calibration inputs.
+    pub calibrated_max: Option<f64>,
+    /// Largest |encrypted − plaintext| logit of the measured inferences.
+    pub max_logit_error: Option<f64>,
     /// Inferences measured.
     pub repeats: usize,
 }
@@ -77,6 +84,7 @@ pub fn measure(
         let mut rng = ChaCha20Rng::seed_from_u64(t as u64);
         // [CLS] w… [SEP], ids drawn away from the special tokens.
         let mut results = Vec::new();
+        let mut max_logit_error: Option<f64> = None;
         for r in 0..repeats.max(1) {
             on_progress(&format!(
                 "{name} @ {t} tokens: inference {}/{}",
@@ -86,7 +94,18 @@ pub fn measure(
             let mut ids = vec![101.min(vocab - 1)];
             ids.extend((2..t).map(|_| rng.gen_range(5.min(vocab - 1)..vocab)));
             ids.push(102.min(vocab - 1));
-            results.push(run_local_ids(&mut client, &mut server, &ids)?);
+            let result = run_local_ids(&mut client, &mut server, &ids)?;
+            let batch = Batch::new(std::slice::from_ref(&ids), 0, &Device::Cpu)?;
+            if let Some(plain) = model.forward(&batch, false)?.logits {
+                let plain: Vec<f32> = plain.flatten_all()?.to_vec1()?;
+                let err = result
+                    .logits
+                    .iter()
+                    .zip(&plain)
+                    .fold(0f64, |m, (a, b)| m.max((a - f64::from(*b)).abs()));
+                max_logit_error = Some(max_logit_error.unwrap_or(0.0).max(err));
+            }
+            results.push(result);
         }
         results.sort_by(|a, b| a.total_seconds.total_cmp(&b.total_seconds));
         let med = results.swap_remove(results.len() / 2);
@@ -115,6 +134,9 @@ pub fn measure(
             compile_s,
             keygen_s,
             log_n: server_model.params().log_n(),
+            log_scale: server_model.params().default_scale().log2(),
+            calibrated_max: server_model.calibrated_magnitude(),
+            max_logit_error,
             repeats: repeats.max(1),
         });
     }
@@ -138,13 +160,13 @@ pub fn load_model(dir: Option<PathBuf>, quiet: bool) -> anyhow::Result<(String, 
 /// Prints runs as a table.
 pub fn print_table(runs: &[E2eRun]) {
     println!(
-        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9}  per layer (s)",
-        "model", "tokens", "total s", "rounds", "up MB", "down MB", "keys MB", "compile s"
+        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9} {:>6}  per layer (s)",
+        "model", "tokens", "total s", "rounds", "up MB", "down MB", "keys MB", "compile s", "scale"
     );
     for r in runs {
         let layers: Vec<String> = r.layers.iter().map(|s| format!("{s:.2}")).collect();
         println!(
-            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1}  {}",
+            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1} {:>6}  {}",
             r.model,
             r.tokens,
             r.total_s,
@@ -153,6 +175,7 @@ pub fn print_table(runs: &[E2eRun]) {
             r.bytes_down as f64 / 1e6,
             r.key_bytes as f64 / 1e6,
             r.compile_s,
+            format!("2^{:.0}", r.log_scale),
             layers.join(" ")
         );
     }
