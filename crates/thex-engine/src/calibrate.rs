@@ -9,8 +9,11 @@ use crate::error::{EngineError, Result};
 use crate::weights::ModelWeights;
 
 /// Bits of margin kept above the calibrated magnitude (real inputs may exceed the calibration
-/// inputs' values): 8×.
-pub const MARGIN_BITS: u32 = 3;
+/// inputs' values): 16×.
+pub const MARGIN_BITS: u32 = 4;
+
+/// Random sequences per calibrated length.
+const SEQUENCES: u64 = 4;
 
 fn max_abs(t: &Tensor) -> Result<f64> {
     let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
@@ -36,7 +39,7 @@ fn token_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// The largest |value| among everything the client decrypts in inferences of random token
-/// sequences of each length in `lengths`: the scores before the softmax ReLU
+/// sequences ([`SEQUENCES`] of each length in `lengths`): the scores before the softmax ReLU
 /// (`scale·QKᵀ/√d + shift`), the reciprocal network's hidden pre-activations, the FFN
 /// pre-activations, the residual stream `S₁` and the logits.
 pub fn max_decrypted_magnitude(
@@ -49,8 +52,10 @@ pub fn max_decrypted_magnitude(
     let r = &w.reciprocal;
     let mut m = 0f64;
     for (i, &n) in lengths.iter().enumerate() {
-        let ids = token_ids(n, vocab, i as u64 + 1);
-        let batch = Batch::new(std::slice::from_ref(&ids), 0, &Device::Cpu)
+        let seqs: Vec<Vec<u32>> = (0..SEQUENCES)
+            .map(|j| token_ids(n, vocab, i as u64 * SEQUENCES + j + 1))
+            .collect();
+        let batch = Batch::new(&seqs, 0, &Device::Cpu)
             .map_err(|e| EngineError::UnsupportedModel(format!("calibration input: {e}")))?;
         let (out, trace) = model
             .forward_traced(&batch)
@@ -98,10 +103,10 @@ mod tests {
 
     #[test]
     fn scale_leaves_the_margin() {
-        // Values up to 300 (2^9), margin 2^3, refusal at q0/4Δ: 50 - 9 - 3 - 2 = 36.
-        assert_eq!(fitting_log_scale(50, 40, 300.0), 36);
+        // Values up to 300 (2^9), margin 2^4, refusal at q0/4Δ: 50 - 9 - 4 - 2 = 35.
+        assert_eq!(fitting_log_scale(50, 40, 300.0), 35);
         assert_eq!(fitting_log_scale(50, 36, 1.0), 36);
-        assert_eq!(fitting_log_scale(50, 36, 4237.0), 32);
+        assert_eq!(fitting_log_scale(50, 36, 4237.0), 31);
         assert_eq!(fitting_log_scale(50, 36, 1e30), 0);
     }
 

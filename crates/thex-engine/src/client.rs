@@ -347,6 +347,11 @@ impl ClientSession {
         Ok(Decryptor::new(&self.sk).encrypt_seeded(&pt)?)
     }
 
+    /// Discards the inference in progress, if any: further requests of it are refused.
+    pub fn abort(&mut self) {
+        self.state = ClientState::Idle;
+    }
+
     /// Decrypts one ciphertext under this client's key into its slot values. Refuses values
     /// above a quarter of the modulus over the scale ([`EngineError::OutOfRange`]): a wrapped
     /// coefficient shifts every slot by about modulus/scale, so real values never get there and

@@ -616,7 +616,7 @@ impl ServerModel {
     ///
     /// The encoding scale is `engine.log_scale` or lower: the largest value the client will
     /// decrypt is measured on the plaintext model (random token sequences of the smallest and
-    /// largest bucket, [`crate::calibrate`]) and the scale leaves it 8× below the client's
+    /// largest bucket, [`crate::calibrate`]) and the scale leaves it 16× below the client's
     /// refusal threshold `q_0/4Δ`. See [`ServerModel::calibrated_magnitude`].
     pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
@@ -770,7 +770,7 @@ impl ServerModel {
     }
 
     /// The largest value the client decrypts on the calibration inputs (when compiled from a
-    /// model): the encoding scale leaves room for 8× of it.
+    /// model): the encoding scale leaves room for 16× of it.
     pub fn calibrated_magnitude(&self) -> Option<f64> {
         self.calibrated
     }

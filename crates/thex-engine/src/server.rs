@@ -187,6 +187,12 @@ impl ServerSession {
         }
     }
 
+    /// Discards the inference in progress, if any (e.g. after the client gave up on it), so
+    /// that the session can [`ServerSession::start`] a new one. Keys and timings stay.
+    pub fn abort(&mut self) {
+        self.state = None;
+    }
+
     /// Starts an inference on an encrypted input. Fails if one is running.
     pub fn start(&mut self, input: EncryptedInput) -> Result<Step> {
         if self.state.is_some() {

@@ -669,4 +669,15 @@ fn values_beyond_the_headroom_are_refused() {
         }
         other => panic!("expected OutOfRange, got {:?}", other.map(|r| r.logits)),
     }
+    // The failed inference holds both sides until it is aborted.
+    let input = c.encrypt_ids(&ids(9, 5)).unwrap();
+    assert!(matches!(
+        srv.start(input),
+        Err(EngineError::UnexpectedMessage { .. })
+    ));
+    srv.abort();
+    c.abort();
+    assert!(c.tokens_in_flight().is_none());
+    let c_input = c.encrypt_ids(&ids(9, 5)).unwrap();
+    assert!(matches!(srv.start(c_input), Ok(Step::NeedRelu(_))));
 }

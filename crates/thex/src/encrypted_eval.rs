@@ -38,6 +38,8 @@ pub struct EncryptedEvalReport {
     pub mean_bytes_down: f64,
     /// Sentences per length bucket.
     pub buckets: Vec<(usize, usize)>,
+    /// Sentences whose encrypted inference failed (no prediction; counted as wrong).
+    pub failures: usize,
 }
 
 fn progress(n: usize, quiet: bool) -> ProgressBar {
@@ -63,12 +65,16 @@ pub struct Record {
     pub label: u32,
     /// Token count (with `[CLS]` and `[SEP]`).
     pub tokens: usize,
-    /// Label of the encrypted inference.
-    pub encrypted_label: u32,
+    /// Label of the encrypted inference (`None` when it failed, see `error`).
+    pub encrypted_label: Option<u32>,
     /// Label of the plaintext THE-X model.
     pub plaintext_label: u32,
-    /// Decrypted logits.
+    /// Decrypted logits (empty when the inference failed).
     pub logits: Vec<f64>,
+    /// Why the encrypted inference gave no prediction (a value beyond the decryption
+    /// headroom); counted as a wrong and disagreeing prediction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Plaintext logits.
     pub plaintext_logits: Vec<f64>,
     /// Seconds of the encrypted inference.
@@ -238,26 +244,41 @@ pub fn evaluate(
         bar.reset_eta();
         for i in todo {
             let start = Instant::now();
-            let r = run_local_ids(&mut client, &mut server, &ids[i])?;
-            let seconds = start.elapsed().as_secs_f64();
-            anyhow::ensure!(
-                r.logits.len() == labels,
-                "{} logits do not fit the {labels}-label head",
-                r.logits.len()
-            );
-            let rec = Record {
+            let plaintext_logits: Vec<f64> =
+                plain[i].logits.iter().map(|&x| f64::from(x)).collect();
+            let mut rec = Record {
                 index: i,
                 label: data.examples[i].label,
                 tokens: ids[i].len(),
-                encrypted_label: r.label_id as u32,
+                encrypted_label: None,
                 plaintext_label: plain[i].label_id as u32,
-                logits: r.logits.clone(),
-                plaintext_logits: plain[i].logits.iter().map(|&x| f64::from(x)).collect(),
-                seconds,
-                bytes_up: r.bytes_up,
-                bytes_down: r.bytes_down,
-                rounds: r.rounds,
+                logits: Vec::new(),
+                error: None,
+                plaintext_logits,
+                seconds: 0.0,
+                bytes_up: 0,
+                bytes_down: 0,
+                rounds: 0,
             };
+            match run_local_ids(&mut client, &mut server, &ids[i]) {
+                Ok(r) => {
+                    anyhow::ensure!(
+                        r.logits.len() == labels,
+                        "{} logits do not fit the {labels}-label head",
+                        r.logits.len()
+                    );
+                    rec.encrypted_label = Some(r.label_id as u32);
+                    (rec.logits, rec.bytes_up, rec.bytes_down, rec.rounds) =
+                        (r.logits, r.bytes_up, r.bytes_down, r.rounds);
+                }
+                Err(e @ thex_engine::EngineError::OutOfRange { .. }) => {
+                    client.abort();
+                    server.abort();
+                    rec.error = Some(e.to_string());
+                }
+                Err(e) => return Err(e).with_context(|| format!("sentence {}", i + 1)),
+            }
+            rec.seconds = start.elapsed().as_secs_f64();
             if let (Some(f), Some(p)) = (file.as_mut(), records_path) {
                 let mut line = serde_json::to_string(&rec)?;
                 line.push('\n');
@@ -266,16 +287,18 @@ pub fn evaluate(
                     .with_context(|| format!("writing {}", p.display()))?;
             }
             records.push(rec);
-            let agree = records
-                .iter()
-                .filter(|r| r.encrypted_label == r.plaintext_label)
-                .count();
+            let agree = records.iter().filter(|r| agrees(r)).count();
             bar.set_message(format!("agreement {agree}/{}", records.len()));
             bar.inc(1);
         }
         bar.finish_and_clear();
     }
     Ok(report(&records, data, &plain, buckets))
+}
+
+/// Whether the encrypted inference produced the plaintext model's label.
+fn agrees(r: &Record) -> bool {
+    r.encrypted_label == Some(r.plaintext_label)
 }
 
 /// The report over all records.
@@ -286,9 +309,10 @@ fn report(
     buckets: Vec<(usize, usize)>,
 ) -> EncryptedEvalReport {
     let n = records.len().max(1) as f64;
+    // A failed inference predicts no label (a class of its own for the MCC).
     let pairs: Vec<(u32, u32)> = records
         .iter()
-        .map(|r| (r.label, r.encrypted_label))
+        .map(|r| (r.label, r.encrypted_label.unwrap_or(u32::MAX)))
         .collect();
     let errors: Vec<f64> = records
         .iter()
@@ -305,15 +329,13 @@ fn report(
         .zip(plain)
         .map(|(e, p)| (e.label, p.label_id as u32))
         .collect();
-    let mean = |f: fn(&Record) -> f64| records.iter().map(f).sum::<f64>() / n;
+    let ok: Vec<&Record> = records.iter().filter(|r| r.error.is_none()).collect();
+    let mean =
+        |f: fn(&Record) -> f64| ok.iter().map(|r| f(r)).sum::<f64>() / ok.len().max(1) as f64;
     EncryptedEvalReport {
         eval: EvalReport::from_pairs(&pairs),
         plaintext_accuracy: EvalReport::from_pairs(&plain_pairs).accuracy,
-        agreement: records
-            .iter()
-            .filter(|r| r.encrypted_label == r.plaintext_label)
-            .count() as f64
-            / n,
+        agreement: records.iter().filter(|r| agrees(r)).count() as f64 / n,
         max_logit_error: errors.iter().copied().fold(0.0, f64::max),
         mean_logit_error: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
         rounds: records.iter().map(|r| r.rounds).max().unwrap_or(0),
@@ -321,5 +343,65 @@ fn report(
         mean_bytes_up: mean(|r| r.bytes_up as f64),
         mean_bytes_down: mean(|r| r.bytes_down as f64),
         buckets,
+        failures: records.len() - ok.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thex_train::Example;
+
+    fn record(index: usize, label: u32, enc: Option<u32>, plain: u32) -> Record {
+        Record {
+            index,
+            label,
+            tokens: 5,
+            encrypted_label: enc,
+            plaintext_label: plain,
+            logits: enc.map_or(vec![], |_| vec![0.5, -0.5]),
+            plaintext_logits: vec![0.5, -0.25],
+            error: enc.is_none().then(|| "out of range".to_string()),
+            seconds: 2.0,
+            bytes_up: 10,
+            bytes_down: 20,
+            rounds: 12,
+        }
+    }
+
+    #[test]
+    fn failed_inferences_count_as_wrong_and_disagreeing() {
+        let data = Dataset {
+            path: "dev.tsv".into(),
+            examples: (0..3)
+                .map(|i| Example {
+                    text: format!("s{i}"),
+                    label: 1,
+                })
+                .collect(),
+        };
+        let plain: Vec<thex_model::Prediction> = (0..3)
+            .map(|_| thex_model::Prediction {
+                label: "positive".into(),
+                label_id: 1,
+                probabilities: vec![0.4, 0.6],
+                logits: vec![0.5, -0.25],
+                labels: vec!["negative".into(), "positive".into()],
+            })
+            .collect();
+        let records = vec![
+            record(0, 1, Some(1), 1),
+            record(1, 1, None, 1),
+            record(2, 1, Some(0), 1),
+        ];
+        let r = report(&records, &data, &plain, vec![(16, 3)]);
+        assert_eq!(r.failures, 1);
+        assert!((r.agreement - 1.0 / 3.0).abs() < 1e-12);
+        assert!((r.eval.accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(r.plaintext_accuracy, 1.0);
+        // Logit errors and means over the inferences that produced logits only.
+        assert_eq!(r.max_logit_error, 0.25);
+        assert_eq!(r.mean_seconds, 2.0);
+        assert_eq!(r.mean_bytes_up, 10.0);
     }
 }

@@ -186,6 +186,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             r.max_logit_error,
             r.mean_logit_error
         );
+        if r.failures > 0 {
+            println!(
+                "{} sentences gave no encrypted prediction (a value beyond the decryption \
+                 headroom; counted as wrong and disagreeing)",
+                r.failures
+            );
+        }
         println!(
             "{} rounds, {:.1} s, {:.1} MB up, {:.1} MB down per sentence (mean)",
             r.rounds,
