@@ -90,11 +90,30 @@ pub fn max_decrypted_magnitude(
     Ok(m)
 }
 
-/// The encoding scale (bits) that leaves `max_abs` times 2^[`MARGIN_BITS`] below the client's
-/// refusal threshold `q_0 / 4Δ`, capped at `log_scale`.
-pub fn fitting_log_scale(log_q0: u32, log_scale: u32, max_abs: f64) -> u32 {
+/// Smallest encoding scale (bits) chosen before decrypting one level higher instead.
+pub const MIN_LOG_SCALE: u32 = 32;
+
+/// The encoding scale (bits, at most `log_scale`) and the extra levels (at least
+/// `extra_levels`) that leave `max_abs` times 2^[`MARGIN_BITS`] below the client's refusal
+/// threshold `Q/4Δ`, `Q` the modulus the client decrypts under: with no extra level the scale
+/// drops as far as [`MIN_LOG_SCALE`]; beyond that one extra prime of the scale's size is kept
+/// (decrypting under `q_0·q_1` leaves `q_0/4` above the scale), precision stays. `None` when
+/// even that is too small.
+pub fn fit_headroom(
+    log_q0: u32,
+    log_scale: u32,
+    extra_levels: usize,
+    max_abs: f64,
+) -> Option<(u32, usize)> {
     let need = max_abs.max(1.0).log2().ceil() as u32 + MARGIN_BITS + 2;
-    log_scale.min(log_q0.saturating_sub(need))
+    if extra_levels == 0 {
+        let s = log_scale.min(log_q0.saturating_sub(need));
+        if s >= MIN_LOG_SCALE {
+            return Some((s, 0));
+        }
+    }
+    let e = extra_levels.max(1);
+    (log_q0 as usize + (e - 1) * log_scale as usize >= need as usize).then_some((log_scale, e))
 }
 
 #[cfg(test)]
@@ -102,12 +121,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scale_leaves_the_margin() {
+    fn scale_or_an_extra_level_leaves_the_margin() {
         // Values up to 300 (2^9), margin 2^4, refusal at q0/4Δ: 50 - 9 - 4 - 2 = 35.
-        assert_eq!(fitting_log_scale(50, 40, 300.0), 35);
-        assert_eq!(fitting_log_scale(50, 36, 1.0), 36);
-        assert_eq!(fitting_log_scale(50, 36, 4237.0), 31);
-        assert_eq!(fitting_log_scale(50, 36, 1e30), 0);
+        assert_eq!(fit_headroom(50, 40, 0, 300.0), Some((35, 0)));
+        assert_eq!(fit_headroom(50, 36, 0, 1.0), Some((36, 0)));
+        assert_eq!(fit_headroom(50, 36, 0, 4000.0), Some((32, 0)));
+        // 55424 would need a 28-bit scale: one more level instead, at full precision.
+        assert_eq!(fit_headroom(50, 36, 0, 55424.0), Some((36, 1)));
+        assert_eq!(fit_headroom(50, 36, 2, 55424.0), Some((36, 2)));
+        // Values near 2^50 do not fit under q0·q1 with the margin.
+        assert_eq!(fit_headroom(50, 36, 0, 1e15), None);
+        assert_eq!(fit_headroom(50, 36, 2, 1e15), Some((36, 2)));
     }
 
     #[test]

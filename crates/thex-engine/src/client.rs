@@ -17,6 +17,8 @@ use crate::error::{EngineError, Result};
 use crate::messages::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest,
 };
+use rayon::prelude::*;
+
 use crate::program::{BucketLayouts, BucketPlan, ItemKind, input_level, reply_level, round_items};
 use crate::weights::{EmbeddingTables, ModelDims};
 
@@ -498,8 +500,9 @@ impl ClientSession {
         let level = reply_level(&self.params, it.kind, last);
         let slots = self.params.max_slots();
         let power = self.bundle.dims.softmax_power as i32;
+        // Ciphertexts are independent: decrypt, apply and re-encrypt them in parallel.
         it.cts
-            .iter()
+            .par_iter()
             .enumerate()
             .map(|(i, ct)| {
                 if ct.degree() != 1 {

@@ -617,7 +617,9 @@ impl ServerModel {
     /// The encoding scale is `engine.log_scale` or lower: the largest value the client will
     /// decrypt is measured on the plaintext model (random token sequences of the smallest and
     /// largest bucket, [`crate::calibrate`]) and the scale leaves it 16× below the client's
-    /// refusal threshold `q_0/4Δ`. See [`ServerModel::calibrated_magnitude`].
+    /// refusal threshold `q_0/4Δ`, down to a 2^32 scale; models with larger values get one
+    /// extra level instead ([`crate::calibrate::fit_headroom`]). See
+    /// [`ServerModel::calibrated_magnitude`].
     pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
         engine.validate()?;
@@ -629,17 +631,21 @@ impl ServerModel {
         let lengths: Vec<usize> = lengths.into_iter().collect();
         let magnitude =
             crate::calibrate::max_decrypted_magnitude(model, &weights, embeddings.vocab, &lengths)?;
-        let log_scale =
-            crate::calibrate::fitting_log_scale(engine.log_q0, engine.log_scale, magnitude);
-        if log_scale < 20 {
+        let Some((log_scale, extra_levels)) = crate::calibrate::fit_headroom(
+            engine.log_q0,
+            engine.log_scale,
+            engine.extra_levels,
+            magnitude,
+        ) else {
             return Err(EngineError::UnsupportedModel(format!(
-                "the client would decrypt values up to {magnitude:.3e}: a {}-bit q0 leaves no \
-                 room for a scale of at least 2^20 (raise log_q0 or extra_levels)",
-                engine.log_q0
+                "the client would decrypt values up to {magnitude:.3e}: more than the {}-bit q0 \
+                 and {} extra levels leave room for (raise log_q0 or extra_levels)",
+                engine.log_q0, engine.extra_levels
             )));
-        }
+        };
         let engine = EngineParams {
             log_scale,
+            extra_levels,
             ..engine.clone()
         };
         let mut compiled = Self::compile_weights(weights, embeddings, &engine)?;

@@ -9,6 +9,7 @@ use he_linalg::attention::row_sums;
 use he_linalg::{
     CkksBackend, EncodedLinear, OpCounts, PackedMatrix, SlotBackend, ops, scales_match,
 };
+use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::messages::{
@@ -81,7 +82,8 @@ fn check_fresh(
             got: cts.len(),
         });
     }
-    cts.iter()
+    // Expanding a seeded ciphertext regenerates its uniform half: in parallel.
+    cts.par_iter()
         .enumerate()
         .map(|(i, c)| {
             let ct = c.expand(params);
