@@ -156,11 +156,13 @@ fn check_records(
 /// Runs `data` through the encrypted engine compiled from `model` and compares with the
 /// plaintext predictions. With `records`, every sentence's result is appended to that file as
 /// it finishes and sentences already there are skipped, so a long run can stop and resume; the
-/// report covers all recorded sentences.
+/// report covers all recorded sentences. With `summary_only` nothing is run: the report covers
+/// the sentences recorded so far (e.g. while another process is still appending).
 pub fn evaluate(
     model: &LoadedModel,
     data: &Dataset,
     records_path: Option<&Path>,
+    summary_only: bool,
     quiet: bool,
 ) -> anyhow::Result<EncryptedEvalReport> {
     let labels = model
@@ -212,7 +214,10 @@ pub fn evaluate(
     };
     check_records(&records, data, &ids, &plain)?;
     let done: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
-    let todo: Vec<usize> = (0..ids.len()).filter(|i| !done.contains(i)).collect();
+    let todo: Vec<usize> = match summary_only {
+        true => Vec::new(),
+        false => (0..ids.len()).filter(|i| !done.contains(i)).collect(),
+    };
     if !todo.is_empty() {
         let mut file = match records_path {
             Some(p) => Some(
@@ -323,11 +328,10 @@ fn report(
                 .map(|(a, b)| (a - b).abs())
         })
         .collect();
-    let plain_pairs: Vec<(u32, u32)> = data
-        .examples
+    // The plaintext model on the same (recorded) sentences.
+    let plain_pairs: Vec<(u32, u32)> = records
         .iter()
-        .zip(plain)
-        .map(|(e, p)| (e.label, p.label_id as u32))
+        .map(|r| (data.examples[r.index].label, plain[r.index].label_id as u32))
         .collect();
     let ok: Vec<&Record> = records.iter().filter(|r| r.error.is_none()).collect();
     let mean =

@@ -172,6 +172,11 @@ fn encrypted_eval_agrees_with_the_plaintext_model() {
     let first = ok_json(&eval_records(&["--limit", "2"]));
     assert_eq!(first["n"], 2);
     assert_eq!(fs::read_to_string(&records).unwrap().lines().count(), 2);
+    // --summary reports on what is recorded and runs nothing.
+    let summary = ok_json(&eval_records(&["--summary"]));
+    assert_eq!(summary["n"], 2);
+    assert_eq!(summary["agreement"], first["agreement"]);
+    assert_eq!(fs::read_to_string(&records).unwrap().lines().count(), 2);
     // A run killed while writing leaves a partial line: it is dropped.
     let mut text = fs::read_to_string(&records).unwrap();
     text.push_str("{\"index\":4,\"lab");

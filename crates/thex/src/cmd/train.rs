@@ -64,6 +64,9 @@ pub struct EvalArgs {
     /// covers every recorded sentence.
     #[arg(long, value_name = "FILE", requires = "encrypted")]
     records: Option<PathBuf>,
+    /// With `--records`: run nothing, report on the sentences recorded so far.
+    #[arg(long, requires = "records")]
+    summary: bool,
     /// Print JSON: `{"accuracy", "n", "per_label", "mcc"}`; with `--encrypted` also
     /// `"agreement", "max_logit_error", "mean_logit_error"` and more.
     #[arg(long)]
@@ -170,6 +173,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             &model,
             &data,
             args.records.as_deref(),
+            args.summary,
             args.quiet || args.json,
         )?;
         if args.json {
