@@ -12,8 +12,8 @@ use he_linalg::attention::{
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
-    CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec, Matrix, SlotBackend,
-    SlotClient, decrypt_matrix, encrypt_matrix, ops, precision_bits,
+    CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, SlotBackend, SlotClient,
+    decrypt_matrix, encrypt_matrix, ops, precision_bits,
 };
 
 const MIN_BITS: f64 = 16.0;
@@ -296,15 +296,7 @@ fn shared_baby_rotations_give_bit_identical_outputs() {
         .map(|w| random_vec(&mut r, w.cols(), 1.0))
         .collect();
     let l = Layout::new(slots, n, din, ColumnOrder::Contiguous).unwrap();
-    let specs: Vec<LinearSpec> = ws
-        .iter()
-        .zip(&biases)
-        .map(|(w, bias)| LinearSpec {
-            weights: w,
-            bias: Some(bias),
-            out_order: ColumnOrder::Contiguous,
-        })
-        .collect();
+    let specs = specs(&ws, &biases, ColumnOrder::Contiguous);
     let maps = EncodedLinear::new_shared(&b, &specs, &l, 3, b.default_scale(), LinearMethod::Bsgs)
         .unwrap();
     let refs: Vec<&EncodedLinear<_>> = maps.iter().collect();

@@ -4,9 +4,21 @@ mod common;
 
 use common::*;
 use he_linalg::{
-    ClearBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec, SlotBackend,
-    decrypt_matrix, encrypt_matrix, precision_bits,
+    ClearBackend, ClearPt, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec, Matrix,
+    SlotBackend, decrypt_matrix, encrypt_matrix, precision_bits,
 };
+
+/// `X·W` without bias, contiguous output, at the backend's default scale.
+fn unbiased(
+    b: &ClearBackend,
+    w: &Matrix,
+    input: &Layout,
+    level: usize,
+    method: LinearMethod,
+) -> he_linalg::Result<EncodedLinear<ClearPt>> {
+    let s = b.default_scale();
+    EncodedLinear::new(b, w, None, input, ColumnOrder::Contiguous, level, s, method)
+}
 
 fn check(slots: usize, n: usize, d_in: usize, d_out: usize, out_order: ColumnOrder, seed: u64) {
     let b = ClearBackend::like_ckks(slots, 3).unwrap();
@@ -72,31 +84,12 @@ fn minilm_projection_key_switches() {
     let mut r = rng(9);
     let w = random_matrix(&mut r, 384, 384, 0.05);
     let lin = Layout::new(8192, 64, 384, ColumnOrder::Contiguous).unwrap();
-    let s = b.default_scale();
-    let bsgs = EncodedLinear::new(
-        &b,
-        &w,
-        None,
-        &lin,
-        ColumnOrder::Contiguous,
-        2,
-        s,
-        LinearMethod::Bsgs,
-    )
-    .unwrap()
-    .plan();
-    let diag = EncodedLinear::new(
-        &b,
-        &w,
-        None,
-        &lin,
-        ColumnOrder::Contiguous,
-        2,
-        s,
-        LinearMethod::Diagonal,
-    )
-    .unwrap()
-    .plan();
+    let bsgs = unbiased(&b, &w, &lin, 2, LinearMethod::Bsgs)
+        .unwrap()
+        .plan();
+    let diag = unbiased(&b, &w, &lin, 2, LinearMethod::Diagonal)
+        .unwrap()
+        .plan();
     assert_eq!(diag.key_switches(), 3 * 127);
     assert_eq!(bsgs.key_switches(), 66);
     assert!(diag.key_switches() >= 4 * bsgs.key_switches());
@@ -120,15 +113,7 @@ fn shared_baby_steps_for_three_projections() {
         head_dim: 32,
     };
     let s = b.default_scale();
-    let specs: Vec<LinearSpec> = ws
-        .iter()
-        .zip(&biases)
-        .map(|(w, bias)| LinearSpec {
-            weights: w,
-            bias: Some(bias),
-            out_order: order,
-        })
-        .collect();
+    let specs = specs(&ws, &biases, order);
     let shared = EncodedLinear::new_shared(&b, &specs, &lin, 2, s, LinearMethod::Bsgs).unwrap();
     let maps: Vec<&EncodedLinear<_>> = shared.iter().collect();
     let plan = EncodedLinear::plan_many(&maps).unwrap();
@@ -171,52 +156,20 @@ fn shared_maps_must_agree() {
     let s = b.default_scale();
     let mut r = rng(3);
     let w = random_matrix(&mut r, 8, 8, 1.0);
-    let at = |level| {
-        EncodedLinear::new(
-            &b,
-            &w,
-            None,
-            &lin,
-            ColumnOrder::Contiguous,
-            level,
-            s,
-            LinearMethod::Bsgs,
-        )
-        .unwrap()
-    };
+    let at = |level| unbiased(&b, &w, &lin, level, LinearMethod::Bsgs).unwrap();
     let (a, c) = (at(2), at(1));
     let ex = encrypt_matrix(&b, &random_matrix(&mut r, 4, 8, 1.0), &lin, 2).unwrap();
     assert!(EncodedLinear::apply_many(&b, &[&a, &c], &ex).is_err());
     assert!(EncodedLinear::plan_many(&[&a, &c]).is_err());
     assert!(EncodedLinear::<he_linalg::ClearPt>::plan_many(&[]).is_err());
     assert!(EncodedLinear::apply_many::<ClearBackend>(&b, &[], &ex).is_err());
-    let diag = EncodedLinear::new(
-        &b,
-        &w,
-        None,
-        &lin,
-        ColumnOrder::Contiguous,
-        2,
-        s,
-        LinearMethod::Diagonal,
-    )
-    .unwrap();
+    let diag = unbiased(&b, &w, &lin, 2, LinearMethod::Diagonal).unwrap();
     assert!(EncodedLinear::plan_many(&[&a, &diag]).is_err());
     let other_in = Layout::new(64, 2, 8, ColumnOrder::Contiguous).unwrap();
-    let d = EncodedLinear::new(
-        &b,
-        &w,
-        None,
-        &other_in,
-        ColumnOrder::Contiguous,
-        2,
-        s,
-        LinearMethod::Bsgs,
-    )
-    .unwrap();
+    let d = unbiased(&b, &w, &other_in, 2, LinearMethod::Bsgs).unwrap();
     assert!(EncodedLinear::plan_many(&[&a, &d]).is_err());
     let bad = [LinearSpec {
-        weights: &he_linalg::Matrix::zeros(9, 8),
+        weights: &Matrix::zeros(9, 8),
         bias: None,
         out_order: ColumnOrder::Contiguous,
     }];
@@ -236,21 +189,9 @@ fn rejects_mismatched_inputs() {
     let b = ClearBackend::like_ckks(64, 2).unwrap();
     let lin = Layout::new(64, 4, 8, ColumnOrder::Contiguous).unwrap();
     let s = b.default_scale();
-    let w = he_linalg::Matrix::zeros(9, 8);
-    assert!(
-        EncodedLinear::new(
-            &b,
-            &w,
-            None,
-            &lin,
-            ColumnOrder::Contiguous,
-            2,
-            s,
-            LinearMethod::Bsgs
-        )
-        .is_err()
-    );
-    let w = he_linalg::Matrix::zeros(8, 8);
+    let w = Matrix::zeros(9, 8);
+    assert!(unbiased(&b, &w, &lin, 2, LinearMethod::Bsgs).is_err());
+    let w = Matrix::zeros(8, 8);
     assert!(
         EncodedLinear::new(
             &b,
@@ -264,30 +205,8 @@ fn rejects_mismatched_inputs() {
         )
         .is_err()
     );
-    assert!(
-        EncodedLinear::new(
-            &b,
-            &w,
-            None,
-            &lin,
-            ColumnOrder::Contiguous,
-            0,
-            s,
-            LinearMethod::Bsgs
-        )
-        .is_err()
-    );
-    let enc = EncodedLinear::new(
-        &b,
-        &w,
-        None,
-        &lin,
-        ColumnOrder::Contiguous,
-        2,
-        s,
-        LinearMethod::Bsgs,
-    )
-    .unwrap();
+    assert!(unbiased(&b, &w, &lin, 0, LinearMethod::Bsgs).is_err());
+    let enc = unbiased(&b, &w, &lin, 2, LinearMethod::Bsgs).unwrap();
     let other = Layout::new(
         64,
         4,
@@ -298,9 +217,9 @@ fn rejects_mismatched_inputs() {
         },
     )
     .unwrap();
-    let x = encrypt_matrix(&b, &he_linalg::Matrix::zeros(4, 8), &other, 2).unwrap();
+    let x = encrypt_matrix(&b, &Matrix::zeros(4, 8), &other, 2).unwrap();
     assert!(enc.apply(&b, &x).is_err());
-    let x = encrypt_matrix(&b, &he_linalg::Matrix::zeros(4, 8), &lin, 1).unwrap();
+    let x = encrypt_matrix(&b, &Matrix::zeros(4, 8), &lin, 1).unwrap();
     assert!(matches!(
         enc.apply(&b, &x),
         Err(he_linalg::Error::NotEnoughLevels { .. })

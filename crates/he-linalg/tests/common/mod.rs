@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 
-use he_linalg::Matrix;
+use he_linalg::{ColumnOrder, LinearSpec, Matrix};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -18,4 +18,20 @@ pub fn random_vec(rng: &mut ChaCha20Rng, n: usize, bound: f64) -> Vec<f64> {
 
 pub fn add_bias(m: &Matrix, bias: &[f64]) -> Matrix {
     Matrix::from_fn(m.rows(), m.cols(), |i, j| m.get(i, j) + bias[j])
+}
+
+/// One linear-map spec per weight matrix, with its bias, all with output order `out_order`.
+pub fn specs<'a>(
+    ws: &'a [Matrix],
+    biases: &'a [Vec<f64>],
+    out_order: ColumnOrder,
+) -> Vec<LinearSpec<'a>> {
+    ws.iter()
+        .zip(biases)
+        .map(|(w, bias)| LinearSpec {
+            weights: w,
+            bias: Some(bias),
+            out_order,
+        })
+        .collect()
 }
