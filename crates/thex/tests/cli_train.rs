@@ -109,24 +109,10 @@ fn encrypted_eval_agrees_with_the_plaintext_model() {
          very funny , smart and fresh\t1\nthe worst movie\t0\nit is not great\t0\n",
     )
     .unwrap();
-    let m = model.to_str().unwrap();
-    let plain = ok_json(&thex(&[
-        "eval",
-        "--model",
-        m,
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]));
-    let enc = ok_json(&thex(&[
-        "eval",
-        "--model",
-        m,
-        "--data",
-        data.to_str().unwrap(),
-        "--encrypted",
-        "--json",
-    ]));
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let eval = |extra: &[&str]| thex(&[&["eval", "--model", m, "--data", d], extra].concat());
+    let plain = ok_json(&eval(&["--json"]));
+    let enc = ok_json(&eval(&["--encrypted", "--json"]));
     assert_eq!(enc["n"], 5);
     assert_eq!(enc["agreement"], 1.0, "{enc}");
     assert_eq!(enc["accuracy"], plain["accuracy"]);
@@ -138,37 +124,15 @@ fn encrypted_eval_agrees_with_the_plaintext_model() {
     assert!(enc["mean_bytes_up"].as_f64().unwrap() > 0.0);
 
     // --limit evaluates a prefix.
-    let two = ok_json(&thex(&[
-        "eval",
-        "--model",
-        m,
-        "--data",
-        data.to_str().unwrap(),
-        "--limit",
-        "2",
-        "--json",
-    ]));
+    let two = ok_json(&eval(&["--limit", "2", "--json"]));
     assert_eq!(two["n"], 2);
 
     // --records: a run stopped after two sentences resumes with the other three; the result
     // equals the one-go run's; a third call computes nothing new.
     let records = tmp.path().join("records.jsonl");
     let rec = records.to_str().unwrap();
-    let eval_records = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--model",
-            m,
-            "--data",
-            data.to_str().unwrap(),
-            "--encrypted",
-            "--records",
-            rec,
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        thex(&args)
-    };
+    let eval_records =
+        |extra: &[&str]| eval(&[&["--encrypted", "--records", rec, "--json"], extra].concat());
     let first = ok_json(&eval_records(&["--limit", "2"]));
     assert_eq!(first["n"], 2);
     assert_eq!(fs::read_to_string(&records).unwrap().lines().count(), 2);
@@ -191,18 +155,7 @@ fn encrypted_eval_agrees_with_the_plaintext_model() {
     assert_eq!(again["max_logit_error"], resumed["max_logit_error"]);
     assert_eq!(fs::read_to_string(&records).unwrap(), lines);
     // Records of other sentences are refused.
-    let out = thex(&[
-        "eval",
-        "--model",
-        m,
-        "--data",
-        data.to_str().unwrap(),
-        "--encrypted",
-        "--records",
-        rec,
-        "--limit",
-        "3",
-    ]);
+    let out = eval(&["--encrypted", "--records", rec, "--limit", "3"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("does not match the data"),
@@ -210,15 +163,7 @@ fn encrypted_eval_agrees_with_the_plaintext_model() {
         stderr(&out)
     );
     // --records needs --encrypted.
-    let out = thex(&[
-        "eval",
-        "--model",
-        m,
-        "--data",
-        data.to_str().unwrap(),
-        "--records",
-        rec,
-    ]);
+    let out = eval(&["--records", rec]);
     assert!(!out.status.success());
 }
 
