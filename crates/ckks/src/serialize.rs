@@ -245,13 +245,10 @@ impl<'a> Reader<'a> {
             });
         }
         let packed = self.version >= PACKED_SINCE;
-        let total: usize = (0..nq + np)
-            .map(|k| match packed {
-                true => packed_limb_bytes(ctx.n, limb_bits(ctx, nq, k)),
-                false => 8 * ctx.n,
-            })
-            .sum();
-        self.need(total)?;
+        self.need(match packed {
+            true => packed_poly_bytes(ctx, nq, np),
+            false => 8 * ctx.n * (nq + np),
+        })?;
         let mut data = Vec::with_capacity(ctx.n * (nq + np));
         for k in 0..nq + np {
             let q = ctx.moduli[ctx.modulus_index(nq, k)].value();
@@ -323,10 +320,16 @@ fn reader(bytes: &[u8]) -> Reader<'_> {
     }
 }
 
+/// Bytes of the bit-packed residues of a polynomial with `nq` q-limbs and `np` p-limbs.
+fn packed_poly_bytes(ctx: &Context, nq: usize, np: usize) -> usize {
+    (0..nq + np)
+        .map(|k| packed_limb_bytes(ctx.n, limb_bits(ctx, nq, k)))
+        .sum()
+}
+
+/// Serialized bytes of a polynomial (limb counts and residues).
 fn poly_bytes(ctx: &Context, p: &Poly<Ntt>) -> usize {
-    2 + (0..p.nq + p.np)
-        .map(|k| packed_limb_bytes(ctx.n, limb_bits(ctx, p.nq, k)))
-        .sum::<usize>()
+    2 + packed_poly_bytes(ctx, p.nq, p.np)
 }
 
 impl Ciphertext {
@@ -479,10 +482,7 @@ fn write_ksk(w: &mut Writer, ctx: &Context, k: &KeySwitchKey) {
 
 /// Bytes of one serialized key-switching key (a lower bound for version 1).
 fn ksk_bytes(ctx: &Context) -> usize {
-    let limbs: usize = (0..ctx.q_count + ctx.p_count)
-        .map(|k| packed_limb_bytes(ctx.n, limb_bits(ctx, ctx.q_count, k)))
-        .sum();
-    32 + ctx.dnum * (2 + limbs)
+    32 + ctx.dnum * (2 + packed_poly_bytes(ctx, ctx.q_count, ctx.p_count))
 }
 
 fn read_ksk(r: &mut Reader<'_>, ctx: &Context) -> std::result::Result<KeySwitchKey, DE> {
