@@ -16,8 +16,7 @@ pub const MARGIN_BITS: u32 = 4;
 const SEQUENCES: u64 = 4;
 
 fn max_abs(t: &Tensor) -> Result<f64> {
-    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-    Ok(v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs()))))
+    Ok(values(t)?.iter().fold(0f64, |m, x| m.max(x.abs())))
 }
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {

@@ -338,19 +338,6 @@ pub(crate) enum LayerTail {
     },
 }
 
-/// Levels of the fixed schedule for a maximum level `top`.
-#[derive(Debug, Clone, Copy)]
-struct Levels {
-    top: usize,
-}
-
-impl Levels {
-    /// See [`input_level`].
-    fn input(&self, _layer: usize) -> usize {
-        self.top - 2
-    }
-}
-
 /// The level every ciphertext the client decrypts is sent at: `max_level - PIPELINE_DEPTH`
 /// (the engine's `extra_levels`, 0 by default: only `q_0` is left, 2^14 above the scale).
 /// The server drops requests and logits to it before sending them.
@@ -409,25 +396,24 @@ fn encode_layer(
     w: &ModelWeights,
     f: &FoldedLayer,
     l: &BucketLayouts,
-    layer: usize,
-    lv: Levels,
+    params: &Parameters,
 ) -> Result<LayerProgram> {
+    let top = params.max_level();
     let need = |level: usize, depth: usize| -> Result<()> {
         if level < depth {
             return Err(EngineError::NotEnoughLevels {
                 needed: PIPELINE_DEPTH,
-                available: lv.top,
+                available: top,
             });
         }
         Ok(())
     };
-    let top = lv.top;
     let delta = enc.default_scale();
     let lin = |m: &Matrix, b: Option<&[f64]>, input: &Layout, order, level| {
         EncodedLinear::new(enc, m, b, input, order, level, delta, LinearMethod::Bsgs)
     };
     let heads_order = l.heads.order();
-    let lx = lv.input(layer);
+    let lx = input_level(params);
     need(lx, 3)?;
     // Q, K and V share the baby-step rotations of X (one giant step for the three).
     let specs =
@@ -752,10 +738,7 @@ impl ServerModel {
 
     fn encode(&self, enc: &CkksBackend, bucket: usize, layer: usize) -> Result<LayerProgram> {
         let l = self.layouts(bucket)?;
-        let lv = Levels {
-            top: self.params.max_level(),
-        };
-        encode_layer(enc, &self.weights, &self.folded[layer], l, layer, lv)
+        encode_layer(enc, &self.weights, &self.folded[layer], l, &self.params)
     }
 
     /// The encoded program of `layer` at `bucket` (cached, or encoded now).
