@@ -183,15 +183,22 @@ pub fn evaluate(
             .copied()
             .find(|&b| b >= n)
     };
+    // Each sentence's length bucket, then the count per bucket.
+    let bucket_ids: Vec<usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            bucket_of(x.len()).with_context(|| {
+                format!(
+                    "sentence {} has {} tokens; the largest length bucket is {max_bucket}",
+                    i + 1,
+                    x.len()
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut buckets: Vec<(usize, usize)> = Vec::new();
-    for (i, x) in ids.iter().enumerate() {
-        let b = bucket_of(x.len()).with_context(|| {
-            format!(
-                "sentence {} has {} tokens; the largest length bucket is {max_bucket}",
-                i + 1,
-                x.len()
-            )
-        })?;
+    for &b in &bucket_ids {
         match buckets.iter_mut().find(|(bb, _)| *bb == b) {
             Some((_, c)) => *c += 1,
             None => buckets.push((b, 1)),
@@ -219,20 +226,21 @@ pub fn evaluate(
         false => (0..ids.len()).filter(|i| !done.contains(i)).collect(),
     };
     if !todo.is_empty() {
-        let mut file = match records_path {
-            Some(p) => Some(
+        let mut file = records_path
+            .map(|p| {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
-                    .with_context(|| format!("opening {}", p.display()))?,
-            ),
-            None => None,
-        };
-        let needed: Vec<usize> = buckets
+                    .map(|f| (f, p))
+                    .with_context(|| format!("opening {}", p.display()))
+            })
+            .transpose()?;
+        let needed: Vec<usize> = todo
             .iter()
-            .map(|&(b, _)| b)
-            .filter(|&b| todo.iter().any(|&i| bucket_of(ids[i].len()) == Some(b)))
+            .map(|&i| bucket_ids[i])
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect();
         let engine = EngineParams {
             buckets: needed,
@@ -247,6 +255,7 @@ pub fn evaluate(
         let bar = progress(ids.len(), quiet);
         bar.set_position(records.len() as u64);
         bar.reset_eta();
+        let mut agree = records.iter().filter(|r| agrees(r)).count();
         for i in todo {
             let start = Instant::now();
             let plaintext_logits: Vec<f64> =
@@ -284,15 +293,15 @@ pub fn evaluate(
                 Err(e) => return Err(e).with_context(|| format!("sentence {}", i + 1)),
             }
             rec.seconds = start.elapsed().as_secs_f64();
-            if let (Some(f), Some(p)) = (file.as_mut(), records_path) {
+            if let Some((f, p)) = file.as_mut() {
                 let mut line = serde_json::to_string(&rec)?;
                 line.push('\n');
                 f.write_all(line.as_bytes())
                     .and_then(|()| f.flush())
                     .with_context(|| format!("writing {}", p.display()))?;
             }
+            agree += usize::from(agrees(&rec));
             records.push(rec);
-            let agree = records.iter().filter(|r| agrees(r)).count();
             bar.set_message(format!("agreement {agree}/{}", records.len()));
             bar.inc(1);
         }
