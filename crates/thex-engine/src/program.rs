@@ -608,6 +608,29 @@ impl ServerModel {
     /// [`ServerModel::calibrated_magnitude`].
     pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
+        let (engine, magnitude) = Self::calibrate(model, &weights, &embeddings, engine)?;
+        let mut compiled = Self::compile_weights(weights, embeddings, &engine)?;
+        compiled.calibrated = Some(magnitude);
+        Ok(compiled)
+    }
+
+    /// The calibration step of [`ServerModel::compile`] alone: `engine` with the scale (and
+    /// extra levels) that leave room for the largest value the client will decrypt, and that
+    /// value. Lets a caller compile bucket by bucket at one scale.
+    pub fn calibrated(
+        model: &thex_model::ThexModel,
+        engine: &EngineParams,
+    ) -> Result<(EngineParams, f64)> {
+        let (weights, embeddings) = crate::weights::split_model(model)?;
+        Self::calibrate(model, &weights, &embeddings, engine)
+    }
+
+    fn calibrate(
+        model: &thex_model::ThexModel,
+        weights: &ModelWeights,
+        embeddings: &EmbeddingTables,
+        engine: &EngineParams,
+    ) -> Result<(EngineParams, f64)> {
         engine.validate()?;
         let lengths: BTreeSet<usize> = [engine.buckets.iter().min(), engine.buckets.iter().max()]
             .into_iter()
@@ -616,7 +639,7 @@ impl ServerModel {
             .collect();
         let lengths: Vec<usize> = lengths.into_iter().collect();
         let magnitude =
-            crate::calibrate::max_decrypted_magnitude(model, &weights, embeddings.vocab, &lengths)?;
+            crate::calibrate::max_decrypted_magnitude(model, weights, embeddings.vocab, &lengths)?;
         let Some((log_scale, extra_levels)) = crate::calibrate::fit_headroom(
             engine.log_q0,
             engine.log_scale,
@@ -634,9 +657,7 @@ impl ServerModel {
             extra_levels,
             ..engine.clone()
         };
-        let mut compiled = Self::compile_weights(weights, embeddings, &engine)?;
-        compiled.calibrated = Some(magnitude);
-        Ok(compiled)
+        Ok((engine, magnitude))
     }
 
     /// Compiles from already extracted weights, at `engine.log_scale` as given (no

@@ -236,74 +236,83 @@ pub fn evaluate(
                     .with_context(|| format!("opening {}", p.display()))
             })
             .transpose()?;
-        let needed: Vec<usize> = todo
-            .iter()
-            .map(|&i| bucket_ids[i])
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let engine = EngineParams {
-            buckets: needed,
-            ..EngineParams::default()
-        };
-        let server_model = Arc::new(ServerModel::compile(&model.model, &engine)?);
-        let all: Vec<usize> = server_model.buckets().to_vec();
-        let mut client = ClientSession::new(server_model.client_bundle())?;
-        let keys = client.evaluation_keys(&all)?;
-        let mut server = ServerSession::new(server_model.clone(), keys, &all)?;
-
+        // One scale for the whole run (calibrated as a server with these sentences' buckets
+        // would be; a bucket's own calibration may only lower it), then one bucket compiled at a
+        // time: the weights of the buckets not being run are not held in memory.
+        let needed: std::collections::BTreeSet<usize> =
+            todo.iter().map(|&i| bucket_ids[i]).collect();
+        let all_buckets: Vec<usize> = buckets.iter().map(|&(b, _)| b).collect();
+        let (engine, _) = ServerModel::calibrated(
+            &model.model,
+            &EngineParams {
+                buckets: all_buckets,
+                ..EngineParams::default()
+            },
+        )?;
         let bar = progress(ids.len(), quiet);
         bar.set_position(records.len() as u64);
         bar.reset_eta();
         let mut agree = records.iter().filter(|r| agrees(r)).count();
-        for i in todo {
-            let start = Instant::now();
-            let plaintext_logits: Vec<f64> =
-                plain[i].logits.iter().map(|&x| f64::from(x)).collect();
-            let mut rec = Record {
-                index: i,
-                label: data.examples[i].label,
-                tokens: ids[i].len(),
-                encrypted_label: None,
-                plaintext_label: plain[i].label_id as u32,
-                logits: Vec::new(),
-                error: None,
-                plaintext_logits,
-                seconds: 0.0,
-                bytes_up: 0,
-                bytes_down: 0,
-                rounds: 0,
-            };
-            match run_local_ids(&mut client, &mut server, &ids[i]) {
-                Ok(r) => {
-                    anyhow::ensure!(
-                        r.logits.len() == labels,
-                        "{} logits do not fit the {labels}-label head",
-                        r.logits.len()
-                    );
-                    rec.encrypted_label = Some(r.label_id as u32);
-                    (rec.logits, rec.bytes_up, rec.bytes_down, rec.rounds) =
-                        (r.logits, r.bytes_up, r.bytes_down, r.rounds);
+        for bucket in needed {
+            let server_model = Arc::new(ServerModel::compile(
+                &model.model,
+                &EngineParams {
+                    buckets: vec![bucket],
+                    ..engine.clone()
+                },
+            )?);
+            let mut client = ClientSession::new(server_model.client_bundle())?;
+            let keys = client.evaluation_keys(&[bucket])?;
+            let mut server = ServerSession::new(server_model, keys, &[bucket])?;
+            for &i in todo.iter().filter(|&&i| bucket_ids[i] == bucket) {
+                let start = Instant::now();
+                let plaintext_logits: Vec<f64> =
+                    plain[i].logits.iter().map(|&x| f64::from(x)).collect();
+                let mut rec = Record {
+                    index: i,
+                    label: data.examples[i].label,
+                    tokens: ids[i].len(),
+                    encrypted_label: None,
+                    plaintext_label: plain[i].label_id as u32,
+                    logits: Vec::new(),
+                    error: None,
+                    plaintext_logits,
+                    seconds: 0.0,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    rounds: 0,
+                };
+                match run_local_ids(&mut client, &mut server, &ids[i]) {
+                    Ok(r) => {
+                        anyhow::ensure!(
+                            r.logits.len() == labels,
+                            "{} logits do not fit the {labels}-label head",
+                            r.logits.len()
+                        );
+                        rec.encrypted_label = Some(r.label_id as u32);
+                        (rec.logits, rec.bytes_up, rec.bytes_down, rec.rounds) =
+                            (r.logits, r.bytes_up, r.bytes_down, r.rounds);
+                    }
+                    Err(e @ thex_engine::EngineError::OutOfRange { .. }) => {
+                        client.abort();
+                        server.abort();
+                        rec.error = Some(e.to_string());
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("sentence {}", i + 1)),
                 }
-                Err(e @ thex_engine::EngineError::OutOfRange { .. }) => {
-                    client.abort();
-                    server.abort();
-                    rec.error = Some(e.to_string());
+                rec.seconds = start.elapsed().as_secs_f64();
+                if let Some((f, p)) = file.as_mut() {
+                    let mut line = serde_json::to_string(&rec)?;
+                    line.push('\n');
+                    f.write_all(line.as_bytes())
+                        .and_then(|()| f.flush())
+                        .with_context(|| format!("writing {}", p.display()))?;
                 }
-                Err(e) => return Err(e).with_context(|| format!("sentence {}", i + 1)),
+                agree += usize::from(agrees(&rec));
+                records.push(rec);
+                bar.set_message(format!("agreement {agree}/{}", records.len()));
+                bar.inc(1);
             }
-            rec.seconds = start.elapsed().as_secs_f64();
-            if let Some((f, p)) = file.as_mut() {
-                let mut line = serde_json::to_string(&rec)?;
-                line.push('\n');
-                f.write_all(line.as_bytes())
-                    .and_then(|()| f.flush())
-                    .with_context(|| format!("writing {}", p.display()))?;
-            }
-            agree += usize::from(agrees(&rec));
-            records.push(rec);
-            bar.set_message(format!("agreement {agree}/{}", records.len()));
-            bar.inc(1);
         }
         bar.finish_and_clear();
     }
