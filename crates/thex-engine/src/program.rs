@@ -262,19 +262,43 @@ fn fold(w: &ModelWeights) -> Result<Vec<FoldedLayer>> {
         .collect()
 }
 
+/// Encoded operations that are the same in every layer of a bucket: the attention masks (same
+/// layouts, levels and `1/√d`) and the reciprocal network (one per model). Encoded once per
+/// bucket and shared by the layers' programs.
+#[derive(Debug)]
+pub(crate) struct SharedProgram {
+    pub qk: QkScores<CkksPlaintext>,
+    pub t1_mul: PlainMatrix<CkksPlaintext>,
+    pub t1_add: PlainMatrix<CkksPlaintext>,
+    pub t2: EncodedLinear<CkksPlaintext>,
+    pub t3: EncodedLinear<CkksPlaintext>,
+    pub av: AttentionValues<CkksPlaintext>,
+}
+
+impl SharedProgram {
+    /// Bytes of encoded masks and weights.
+    pub fn heap_bytes(&self) -> usize {
+        self.qk.heap_bytes()
+            + self.av.heap_bytes()
+            + plain_matrix_bytes(&self.t1_mul)
+            + plain_matrix_bytes(&self.t1_add)
+            + self.t2.heap_bytes()
+            + self.t3.heap_bytes()
+    }
+}
+
+fn plain_matrix_bytes(m: &PlainMatrix<CkksPlaintext>) -> usize {
+    m.pts().iter().map(|p| p.heap_bytes()).sum()
+}
+
 /// Encoded operations of one layer at one bucket.
 #[derive(Debug)]
 pub(crate) struct LayerProgram {
     pub q: EncodedLinear<CkksPlaintext>,
     pub k: EncodedLinear<CkksPlaintext>,
     pub v: EncodedLinear<CkksPlaintext>,
-    pub qk: QkScores<CkksPlaintext>,
+    pub shared: Arc<SharedProgram>,
     pub shift: f64,
-    pub t1_mul: PlainMatrix<CkksPlaintext>,
-    pub t1_add: PlainMatrix<CkksPlaintext>,
-    pub t2: EncodedLinear<CkksPlaintext>,
-    pub t3: EncodedLinear<CkksPlaintext>,
-    pub av: AttentionValues<CkksPlaintext>,
     pub wo: EncodedLinear<CkksPlaintext>,
     pub w1: EncodedLinear<CkksPlaintext>,
     pub tail: LayerTail,
@@ -282,40 +306,28 @@ pub(crate) struct LayerProgram {
 }
 
 impl LayerProgram {
-    /// Bytes of encoded weights and masks.
+    /// Bytes of the layer's own encoded weights (without the [`SharedProgram`]).
     pub fn heap_bytes(&self) -> usize {
-        let pm = |m: &PlainMatrix<CkksPlaintext>| -> usize {
-            m.pts().iter().map(|p| p.heap_bytes()).sum()
-        };
-        let lins = [
-            &self.q, &self.k, &self.v, &self.t2, &self.t3, &self.wo, &self.w1,
-        ];
+        let lins = [&self.q, &self.k, &self.v, &self.wo, &self.w1];
         let tail: usize = match &self.tail {
-            LayerTail::Next { w2, g12 } => w2.heap_bytes() + pm(g12),
+            LayerTail::Next { w2, g12 } => w2.heap_bytes() + plain_matrix_bytes(g12),
             LayerTail::Logits { m1, m2, bias, .. } => {
                 m1.heap_bytes() + m2.heap_bytes() + bias.heap_bytes()
             }
         };
-        lins.iter().map(|l| l.heap_bytes()).sum::<usize>()
-            + self.qk.heap_bytes()
-            + self.av.heap_bytes()
-            + pm(&self.t1_mul)
-            + pm(&self.t1_add)
-            + tail
+        lins.iter().map(|l| l.heap_bytes()).sum::<usize>() + tail
     }
 
-    /// Encoded plaintexts of the linear maps.
+    /// Encoded plaintexts of the layer's own linear maps.
     fn linear_plaintexts(&self) -> usize {
         let tail = match &self.tail {
             LayerTail::Next { w2, .. } => w2.n_plaintexts(),
             LayerTail::Logits { m1, m2, .. } => m1.n_plaintexts() + m2.n_plaintexts(),
         };
-        [
-            &self.q, &self.k, &self.v, &self.t2, &self.t3, &self.wo, &self.w1,
-        ]
-        .iter()
-        .map(|x| x.n_plaintexts())
-        .sum::<usize>()
+        [&self.q, &self.k, &self.v, &self.wo, &self.w1]
+            .iter()
+            .map(|x| x.n_plaintexts())
+            .sum::<usize>()
             + tail
     }
 }
@@ -391,30 +403,106 @@ fn reciprocal_mats(
     (mul, add, t2, b2, t3)
 }
 
+/// Checks and constants both encoders use: the top level, the layer input level and Δ.
+fn levels(enc: &CkksBackend, params: &Parameters) -> Result<(usize, usize, f64)> {
+    let top = params.max_level();
+    let lx = input_level(params);
+    if lx < 3 || top < PIPELINE_DEPTH {
+        return Err(EngineError::NotEnoughLevels {
+            needed: PIPELINE_DEPTH,
+            available: top,
+        });
+    }
+    Ok((top, lx, enc.default_scale()))
+}
+
+fn bsgs(
+    enc: &CkksBackend,
+    m: &Matrix,
+    b: Option<&[f64]>,
+    input: &Layout,
+    order: ColumnOrder,
+    level: usize,
+) -> Result<EncodedLinear<CkksPlaintext>> {
+    let delta = enc.default_scale();
+    Ok(EncodedLinear::new(
+        enc,
+        m,
+        b,
+        input,
+        order,
+        level,
+        delta,
+        LinearMethod::Bsgs,
+    )?)
+}
+
+fn encode_shared(
+    enc: &CkksBackend,
+    w: &ModelWeights,
+    l: &BucketLayouts,
+    params: &Parameters,
+) -> Result<SharedProgram> {
+    let (top, lx, delta) = levels(enc, params)?;
+    let d = &w.dims;
+    let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
+    let qk = QkScores::new(enc, &l.heads, lx - 1, delta, delta, factor)?;
+
+    // Reciprocal network on fresh `e` / `h₁` / `h₂` at the top level.
+    let (mul, add, t2m, t2b, t3m) = reciprocal_mats(w, l);
+    let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, top, enc.rescale_factor(top))?;
+    let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, delta)?;
+    let low = top - PIPELINE_DEPTH + 1;
+    let t2 = bsgs(
+        enc,
+        &t2m,
+        Some(&t2b),
+        &l.reciprocal,
+        l.reciprocal.order(),
+        low,
+    )?;
+    let t3_bias = vec![w.reciprocal.b3; d.heads * l.bucket];
+    let t3 = bsgs(
+        enc,
+        &t3m,
+        Some(&t3_bias),
+        &l.reciprocal,
+        l.scores.order(),
+        top,
+    )?;
+
+    // P = e ⊙ T at top - 2 with scale Δ²/q_{top-1}; V at lx - 1.
+    let p_scale = delta * delta / enc.rescale_factor(top - 1);
+    let av = AttentionValues::new(
+        enc,
+        &l.scores,
+        &l.heads,
+        (top - 2, p_scale),
+        (lx - 1, delta),
+    )?;
+    Ok(SharedProgram {
+        qk,
+        t1_mul,
+        t1_add,
+        t2,
+        t3,
+        av,
+    })
+}
+
 fn encode_layer(
     enc: &CkksBackend,
     w: &ModelWeights,
     f: &FoldedLayer,
     l: &BucketLayouts,
     params: &Parameters,
+    shared: Arc<SharedProgram>,
 ) -> Result<LayerProgram> {
-    let top = params.max_level();
-    let need = |level: usize, depth: usize| -> Result<()> {
-        if level < depth {
-            return Err(EngineError::NotEnoughLevels {
-                needed: PIPELINE_DEPTH,
-                available: top,
-            });
-        }
-        Ok(())
-    };
-    let delta = enc.default_scale();
+    let (top, lx, delta) = levels(enc, params)?;
     let lin = |m: &Matrix, b: Option<&[f64]>, input: &Layout, order, level| {
-        EncodedLinear::new(enc, m, b, input, order, level, delta, LinearMethod::Bsgs)
+        bsgs(enc, m, b, input, order, level)
     };
     let heads_order = l.heads.order();
-    let lx = input_level(params);
-    need(lx, 3)?;
     // Q, K and V share the baby-step rotations of X (one giant step for the three).
     let specs =
         [(&f.wq, &f.bq), (&f.wk, &f.bk), (&f.wv, &f.bv)].map(|(weights, bias)| LinearSpec {
@@ -430,28 +518,7 @@ fn encode_layer(
         );
     };
     let d = &w.dims;
-    let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
-    let qk = QkScores::new(enc, &l.heads, lx - 1, delta, delta, factor)?;
-
-    // Reciprocal network on fresh `e` / `h₁` / `h₂` at the top level.
-    let (mul, add, t2m, t2b, t3m) = reciprocal_mats(w, l);
-    let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, top, enc.rescale_factor(top))?;
-    let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, delta)?;
     let low = top - PIPELINE_DEPTH + 1;
-    let t2 = lin(&t2m, Some(&t2b), &l.reciprocal, l.reciprocal.order(), low)?;
-    let t3_bias = vec![w.reciprocal.b3; d.heads * l.bucket];
-    let t3 = lin(&t3m, Some(&t3_bias), &l.reciprocal, l.scores.order(), top)?;
-
-    // P = e ⊙ T at top - 2 with scale Δ²/q_{top-1}; V at lx - 1.
-    need(top, PIPELINE_DEPTH)?;
-    let p_scale = delta * delta / enc.rescale_factor(top - 1);
-    let av = AttentionValues::new(
-        enc,
-        &l.scores,
-        &l.heads,
-        (top - 2, p_scale),
-        (lx - 1, delta),
-    )?;
     let ctx_level = (top - 3).min(lx - 1) - 1;
     let wo = lin(
         &f.wo,
@@ -510,20 +577,21 @@ fn encode_layer(
     let mut plan = Plan::new();
     let mut qkv_plan = EncodedLinear::plan_many(&[&q, &k, &v])?;
     qkv_plan.name = format!("Q/K/V shared {}", qkv_plan.name);
+    let sh = &*shared;
     plan.then(qkv_plan)
-        .then(qk.plan())
+        .then(sh.qk.plan())
         .then(OpPlan::plaintext("softmax shift", 0))
         .then(row_sums_plan(&l.scores)?)
         .then(OpPlan::plaintext("T fc1", 1))
-        .then(t2.plan())
-        .then(t3.plan())
+        .then(sh.t2.plan())
+        .then(sh.t3.plan())
         .then(OpPlan {
             name: "e * T(s)".into(),
             relinearizations: l.scores.n_cts() as u64,
             depth: 1,
             ..OpPlan::default()
         })
-        .then(av.plan())
+        .then(sh.av.plan())
         .then(wo.plan())
         .then(w1.plan())
         .alongside(tail_plan);
@@ -531,13 +599,8 @@ fn encode_layer(
         q,
         k,
         v,
-        qk,
+        shared,
         shift: d.softmax_shift,
-        t1_mul,
-        t1_add,
-        t2,
-        t3,
-        av,
         wo,
         w1,
         tail,
@@ -560,10 +623,11 @@ pub struct BucketPlan {
     pub galois_steps: Vec<usize>,
     /// Key switches of one inference (all layers).
     pub key_switches: u64,
-    /// Encoded plaintexts of all layers' linear maps.
+    /// Encoded plaintexts of all layers' linear maps (the reciprocal network, the same in
+    /// every layer, counted once).
     pub plaintexts: usize,
-    /// Bytes of the server's encoded weights and masks at this bucket (all layers; what
-    /// pre-encoding keeps in memory).
+    /// Bytes of the server's encoded weights and masks at this bucket (all layers, the parts
+    /// every layer shares counted once; what pre-encoding keeps in memory).
     #[serde(default)]
     pub weight_bytes: usize,
     /// Ciphertexts in each round's request (the same count goes back up), round by round.
@@ -718,8 +782,16 @@ impl ServerModel {
             let (mut ks, mut pts, mut bytes) = (0, 0, 0);
             let mut progs = Vec::new();
             let mut layer_plans = Vec::new();
+            let shared = Arc::new(encode_shared(
+                &enc,
+                &model.weights,
+                model.layouts(b)?,
+                &model.params,
+            )?);
+            bytes += shared.heap_bytes();
+            pts += shared.t2.n_plaintexts() + shared.t3.n_plaintexts();
             for layer in 0..model.folded.len() {
-                let p = model.encode(&enc, b, layer)?;
+                let p = model.encode(&enc, b, layer, shared.clone())?;
                 layer_plans.push(p.plan.clone());
                 steps.extend(p.plan.galois_steps());
                 ks += p.plan.key_switches();
@@ -757,9 +829,22 @@ impl ServerModel {
         Ok(model)
     }
 
-    fn encode(&self, enc: &CkksBackend, bucket: usize, layer: usize) -> Result<LayerProgram> {
+    fn encode(
+        &self,
+        enc: &CkksBackend,
+        bucket: usize,
+        layer: usize,
+        shared: Arc<SharedProgram>,
+    ) -> Result<LayerProgram> {
         let l = self.layouts(bucket)?;
-        encode_layer(enc, &self.weights, &self.folded[layer], l, &self.params)
+        encode_layer(
+            enc,
+            &self.weights,
+            &self.folded[layer],
+            l,
+            &self.params,
+            shared,
+        )
     }
 
     /// The encoded program of `layer` at `bucket` (cached, or encoded now).
@@ -772,10 +857,14 @@ impl ServerModel {
         {
             return Ok(p[layer].clone());
         }
+        // Not pre-encoded: the shared part too is encoded per layer and dropped after use.
+        let enc = weight_encoder(&self.params);
+        let shared = encode_shared(&enc, &self.weights, self.layouts(bucket)?, &self.params)?;
         Ok(Arc::new(self.encode(
-            &weight_encoder(&self.params),
+            &enc,
             bucket,
             layer,
+            Arc::new(shared),
         )?))
     }
 
@@ -861,5 +950,32 @@ impl ServerModel {
             plans: self.plans.values().cloned().collect(),
             embeddings: self.embeddings.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_share_one_encoding_of_the_masks_and_the_reciprocal_network() {
+        let model = thex_model::synthetic::model(thex_model::synthetic::SMALL, 3).unwrap();
+        let engine = EngineParams {
+            buckets: vec![16],
+            ..Default::default()
+        };
+        let m = ServerModel::compile(&model, &engine).unwrap();
+        assert!(m.layers() >= 2);
+        let progs: Vec<_> = (0..m.layers())
+            .map(|l| m.layer_program(16, l).unwrap())
+            .collect();
+        for p in &progs[1..] {
+            assert!(Arc::ptr_eq(&p.shared, &progs[0].shared));
+        }
+        // The bucket's memory counts the shared part once.
+        let own: usize = progs.iter().map(|p| p.heap_bytes()).sum();
+        let shared = progs[0].shared.heap_bytes();
+        assert!(shared > 0);
+        assert_eq!(m.plan(16).unwrap().weight_bytes, own + shared);
     }
 }

@@ -237,7 +237,7 @@ impl ServerSession {
             )
             .into());
         };
-        let y = prog.qk.apply(b, &q, &k)?;
+        let y = prog.shared.qk.apply(b, &q, &k)?;
         let y = ops::add_const(b, &y, prog.shift)?;
         self.compute
             .push((format!("layer{layer}.attention_scores"), t0.elapsed()));
@@ -340,19 +340,23 @@ impl ServerSession {
                     l.reciprocal.clone(),
                     vec![s.cts()[0].clone(); l.reciprocal.n_cts()],
                 )?;
-                let z1 = ops::add_plain(b, &ops::mul_plain(b, &s, &prog.t1_mul)?, &prog.t1_add)?;
+                let z1 = ops::add_plain(
+                    b,
+                    &ops::mul_plain(b, &s, &prog.shared.t1_mul)?,
+                    &prog.shared.t1_add,
+                )?;
                 let req = self.request(next, layer, vec![(ItemKind::ReciprocalHidden1, z1)])?;
                 ("reciprocal1", req, Pending::Reciprocal1 { x, v, e })
             }
             Pending::Reciprocal1 { x, v, e } => {
-                let z2 = prog.t2.apply(b, &fresh.remove(0))?;
+                let z2 = prog.shared.t2.apply(b, &fresh.remove(0))?;
                 let req = self.request(next, layer, vec![(ItemKind::ReciprocalHidden2, z2)])?;
                 ("reciprocal2", req, Pending::Reciprocal2 { x, v, e })
             }
             Pending::Reciprocal2 { x, v, e } => {
-                let t = prog.t3.apply(b, &fresh.remove(0))?;
+                let t = prog.shared.t3.apply(b, &fresh.remove(0))?;
                 let p = ops::mul(b, &e, &t)?;
-                let ctx = prog.av.apply(b, &p, &v)?;
+                let ctx = prog.shared.av.apply(b, &p, &v)?;
                 let y = prog.wo.apply(b, &ctx)?;
                 let s1 = ops::add(b, &y, &x)?;
                 let u = prog.w1.apply(b, &s1)?;
