@@ -287,6 +287,33 @@ impl Evaluator {
         })
     }
 
+    /// Fused `acc += a * b` (tensor product, no relinearization), bit-identical to
+    /// `add_assign(acc, &multiply(a, b))`. `acc` becomes degree 2; it must be at the level of
+    /// `a` and `b` with scale `a.scale() * b.scale()`.
+    pub fn multiply_acc(&self, acc: &mut Ciphertext, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
+        check_degree(a, 1)?;
+        check_degree(b, 1)?;
+        if a.level() != b.level() {
+            return Err(Error::LevelMismatch {
+                left: a.level(),
+                right: b.level(),
+            });
+        }
+        check_slots(a.slots, b.slots)?;
+        Self::check_accumulator(acc, a, b.scale)?;
+        let ctx = self.ctx();
+        let nq = a.level() + 1;
+        while acc.polys.len() < 3 {
+            acc.polys.push(Poly::<Ntt>::zero_ctx(ctx, nq, 0));
+        }
+        let (a0, a1, b0, b1) = (&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]);
+        acc.polys[0].mul_acc_ctx(ctx, a0, b0);
+        acc.polys[1].mul_acc_ctx(ctx, a0, b1);
+        acc.polys[1].mul_acc_ctx(ctx, a1, b0);
+        acc.polys[2].mul_acc_ctx(ctx, a1, b1);
+        Ok(())
+    }
+
     fn check_key(&self, p: &Parameters) -> Result<()> {
         self.params.check_same(p)
     }

@@ -549,3 +549,52 @@ fn compact_plaintext_products_are_bit_identical_to_ntt_plaintexts() {
         Err(Error::EncodingOverflow { .. })
     ));
 }
+
+#[test]
+fn fused_ciphertext_multiply_accumulate() {
+    let s = setup(Parameters::preset(Preset::N13L2));
+    let xs: Vec<Vec<f64>> = (0..6).map(|i| vector(4096, 80 + i, -1.0, 1.0)).collect();
+    let cts: Vec<Ciphertext> = xs.iter().map(|x| s.encrypt(x, 2)).collect();
+    // Sum of three tensor products, fused from a degree-1 start and from a degree-2 one.
+    let mut reference = s.ev.multiply(&cts[0], &cts[1]).unwrap();
+    for p in [(2, 3), (4, 5)] {
+        s.ev.add_assign(
+            &mut reference,
+            &s.ev.multiply(&cts[p.0], &cts[p.1]).unwrap(),
+        )
+        .unwrap();
+    }
+    let mut acc = s.ev.multiply(&cts[0], &cts[1]).unwrap();
+    s.ev.multiply_acc(&mut acc, &cts[2], &cts[3]).unwrap();
+    s.ev.multiply_acc(&mut acc, &cts[4], &cts[5]).unwrap();
+    assert_eq!(acc, reference, "fused result is bit-identical");
+    let mut from_deg1 =
+        s.ev.multiply_plain(
+            &cts[0],
+            &s.enc.encode(&xs[1], 2, s.params.default_scale()).unwrap(),
+        )
+        .unwrap();
+    s.ev.multiply_acc(&mut from_deg1, &cts[2], &cts[3]).unwrap();
+    assert_eq!(from_deg1.degree(), 2);
+
+    let got =
+        s.ev.rescale(&s.ev.relinearize(&acc, &s.rlk).unwrap())
+            .unwrap();
+    let want: Vec<f64> = (0..4096)
+        .map(|j| xs[0][j] * xs[1][j] + xs[2][j] * xs[3][j] + xs[4][j] * xs[5][j])
+        .collect();
+    assert_precision(&want, &s.decrypt(&got), 18.0);
+
+    // Mismatched levels and scales are rejected.
+    let low = s.ev.drop_level(&cts[2], 1).unwrap();
+    assert!(matches!(
+        s.ev.multiply_acc(&mut acc, &low, &cts[3]),
+        Err(Error::LevelMismatch { .. })
+    ));
+    let mut other_scale = cts[3].clone();
+    other_scale.set_scale(cts[3].scale() * 2.0);
+    assert!(matches!(
+        s.ev.multiply_acc(&mut acc, &cts[2], &other_scale),
+        Err(Error::ScaleMismatch { .. })
+    ));
+}

@@ -213,20 +213,34 @@ impl Baby {
     }
 }
 
-/// One term of a score placement: group `k` of the output ciphertext, masks for the lo/hi parts.
+/// Slot vector with `1.0` at token rows `tokens` of every chunk.
+fn token_mask(l: &Layout, tokens: std::ops::Range<usize>) -> Vec<f64> {
+    let np = l.row_stride();
+    let mut v = vec![0.0; l.slots()];
+    for chunk in v.chunks_exact_mut(np) {
+        chunk[tokens.clone()].fill(1.0);
+    }
+    v
+}
+
+/// Where one group offset `m` of an output ciphertext goes: its rotation, and the baby indices
+/// `k` whose products it sums (each with Q's feature group `(k + m) mod g`).
 #[derive(Debug)]
-struct ScoreTerm<P> {
-    k: usize,
-    lo: P,
-    hi: Option<P>,
+struct Placement {
+    step: usize,
+    terms: Vec<(usize, usize)>,
 }
 
 /// `factor · Q·Kᵀ` for all heads, prepared (masks encoded) for one level and pair of input
 /// scales. The output is in diagonal form ([`scores_layout`]), two levels lower, at Q's scale.
 ///
 /// Token shifts `r = g·b + k` are split baby-step/giant-step: K is rotated by the `k` (and
-/// `k - n'`, hoisted), Q by `-g·b` (hoisted), and the products of output ciphertext `b` are
-/// masked, summed and rotated back once per group offset `m`, together with the placement.
+/// `k - n'`, hoisted) and Q by `-g·b` (hoisted). Before the products, each rotated K is cut to
+/// the token rows of its shift (`tokrot(K, r)`, one or two masks) and each rotated Q to one
+/// feature group with the `factor` (one mask per group), both consuming one level; the
+/// products that land on group offset `m` of output ciphertext `b` are summed unrelinearized,
+/// then relinearized, rescaled and rotated into place once. Masks are thus `O(g)` per output
+/// ciphertext instead of one per product.
 #[derive(Debug)]
 pub struct QkScores<P> {
     layout: Layout,
@@ -237,8 +251,14 @@ pub struct QkScores<P> {
     baby: Baby,
     /// Rotation of Q for output ciphertext `b`: `-g·b`.
     giant: Vec<usize>,
-    /// Per output ciphertext: `(rotation, terms)` per group offset `m`.
-    groups: Vec<Vec<(usize, Vec<ScoreTerm<P>>)>>,
+    /// Per output ciphertext, per feature group of Q: the group's chunks times `factor`, in the
+    /// frame of Q rotated by `-g·b` (`None` past the head dimension).
+    group_masks: Vec<Vec<Option<P>>>,
+    /// Per output ciphertext, per baby index `k` with shift `g·b + k < n'`: token masks of
+    /// `rot(K, k)` and, where rows wrap, of `rot(K, k - n')`.
+    token_masks: Vec<Vec<(P, Option<P>)>>,
+    /// Per output ciphertext: the group offsets that receive products.
+    placements: Vec<Vec<Placement>>,
 }
 
 impl<P> QkScores<P> {
@@ -264,40 +284,63 @@ impl<P> QkScores<P> {
         let slots = layout.slots();
         let (n, np) = (layout.rows(), layout.row_stride());
         let groups_in = g.min(head_dim);
-        let mask_scale = b.rescale_factor(level) * b.rescale_factor(level - 1) / scale_k;
-        let giant = (0..out_layout.n_cts())
+        // Q keeps its scale through the group mask and rescale; K ends at q_{level-1}, so the
+        // product rescales back to Q's scale.
+        let group_scale = b.rescale_factor(level);
+        let token_scale = b.rescale_factor(level) * b.rescale_factor(level - 1) / scale_k;
+        let n_out = out_layout.n_cts();
+        let giant = (0..n_out)
             .map(|bo| (slots - (g * bo) % slots) % slots)
             .collect();
-        let mut groups = Vec::with_capacity(out_layout.n_cts());
-        for bo in 0..out_layout.n_cts() {
+        let (mut group_masks, mut token_masks, mut placements) = (
+            Vec::with_capacity(n_out),
+            Vec::with_capacity(n_out),
+            Vec::with_capacity(n_out),
+        );
+        for bo in 0..n_out {
             let back = slots - (g * bo) % slots;
-            let mut per_m = Vec::new();
-            for m in 0..g {
-                let mut terms = Vec::new();
-                for k in 0..g {
-                    let r = bo * g + k;
-                    let src = (k + m) % g;
-                    if r >= np || src >= groups_in {
-                        continue;
-                    }
-                    let (lo_t, hi_t) = token_ranges(n, np, r);
-                    let enc = |t| {
-                        let v = group_mask(layout, heads, hp, src, t, factor);
-                        b.encode(&rotated(&v, back), level, mask_scale)
-                    };
-                    let lo = enc(lo_t)?;
-                    let hi = if wraps(n, np, r) {
-                        Some(enc(hi_t)?)
-                    } else {
-                        None
-                    };
-                    terms.push(ScoreTerm { k, lo, hi });
-                }
-                if !terms.is_empty() {
-                    per_m.push(((g * bo + m * hp * np) % slots, terms));
-                }
-            }
-            groups.push(per_m);
+            let enc = |v: Vec<f64>, scale| b.encode(&rotated(&v, back), level, scale);
+            group_masks.push(
+                (0..g)
+                    .map(|src| {
+                        (src < groups_in)
+                            .then(|| {
+                                enc(
+                                    group_mask(layout, heads, hp, src, 0..n, factor),
+                                    group_scale,
+                                )
+                            })
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            );
+            let shifts = g.min(np.saturating_sub(g * bo));
+            token_masks.push(
+                (0..shifts)
+                    .map(|k| {
+                        let r = bo * g + k;
+                        let (lo_t, hi_t) = token_ranges(n, np, r);
+                        let hi = wraps(n, np, r)
+                            .then(|| enc(token_mask(layout, hi_t), token_scale))
+                            .transpose()?;
+                        Ok((enc(token_mask(layout, lo_t), token_scale)?, hi))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            );
+            placements.push(
+                (0..g)
+                    .filter_map(|m| {
+                        let terms: Vec<(usize, usize)> = (0..shifts)
+                            .map(|k| (k, (k + m) % g))
+                            .filter(|&(_, src)| src < groups_in)
+                            .collect();
+                        (!terms.is_empty()).then(|| Placement {
+                            step: (g * bo + m * hp * np) % slots,
+                            terms,
+                        })
+                    })
+                    .collect(),
+            );
         }
         Ok(Self {
             baby: Baby::new(slots, n, np, g),
@@ -307,7 +350,9 @@ impl<P> QkScores<P> {
             scale_q,
             scale_k,
             giant,
-            groups,
+            group_masks,
+            token_masks,
+            placements,
         })
     }
 
@@ -321,12 +366,20 @@ impl<P> QkScores<P> {
     where
         P: PlaintextSize,
     {
-        self.groups
+        let groups: usize = self
+            .group_masks
             .iter()
             .flatten()
-            .flat_map(|(_, terms)| terms)
-            .map(|t| t.lo.heap_bytes() + t.hi.as_ref().map_or(0, |h| h.heap_bytes()))
-            .sum()
+            .flatten()
+            .map(|p| p.heap_bytes())
+            .sum();
+        let tokens: usize = self
+            .token_masks
+            .iter()
+            .flatten()
+            .map(|(lo, hi)| lo.heap_bytes() + hi.as_ref().map_or(0, |h| h.heap_bytes()))
+            .sum();
+        groups + tokens
     }
 
     /// Rotation steps, key switches and depth of [`QkScores::apply`].
@@ -338,13 +391,11 @@ impl<P> QkScores<P> {
             * (self.baby.nonzero().count() + self.giant.iter().filter(|&&s| s != 0).count()) as u64;
         let mut rots = 0u64;
         let mut relins = 0u64;
-        for per_m in &self.groups {
-            for (step, _) in per_m {
-                relins += 1;
-                if *step != 0 {
-                    rots += 1;
-                    steps.insert(*step);
-                }
+        for pl in self.placements.iter().flatten() {
+            relins += 1;
+            if pl.step != 0 {
+                rots += 1;
+                steps.insert(pl.step);
             }
         }
         OpPlan {
@@ -369,11 +420,6 @@ impl<P> QkScores<P> {
     {
         let qs = check_input(b, q, &self.layout, self.level, self.scale_q, "Q layout")?;
         let ks = check_input(b, k, &self.layout, self.level, self.scale_k, "K layout")?;
-        let np = self.layout.row_stride();
-        let (n, g) = (
-            self.layout.rows(),
-            self.layout.head_groups().unwrap_or((1, 1)).1,
-        );
         let kb = ks
             .par_iter()
             .map(|c| b.rotate_hoisted(c, &self.baby.steps))
@@ -382,57 +428,68 @@ impl<P> QkScores<P> {
             .par_iter()
             .map(|c| b.rotate_hoisted(c, &self.giant))
             .collect::<Result<Vec<_>>>()?;
-        // Σ_a rot(Q_a, -g·b) ⊙ K_a rotated by baby index `idx` (degree 2).
-        let product = |bo: usize, idx: usize| -> Result<B::Ct> {
-            let mut acc = b.mul(&qg[0][bo], &kb[0][idx])?;
-            for (qa, kr) in qg.iter().zip(&kb).skip(1) {
-                let p = b.mul(&qa[bo], &kr[idx])?;
-                b.add_assign(&mut acc, &p)?;
-            }
-            Ok(acc)
-        };
-        let out = self
-            .groups
-            .par_iter()
-            .enumerate()
-            .map(|(bo, per_m)| {
-                let mut lo = Vec::with_capacity(g);
-                let mut hi = Vec::with_capacity(g);
-                for kk in 0..g {
-                    let r = bo * g + kk;
-                    if r >= np {
-                        break;
-                    }
-                    lo.push(product(bo, kk)?);
-                    hi.push(match self.baby.hi_idx[kk] {
-                        Some(idx) if wraps(n, np, r) => Some(product(bo, idx)?),
-                        _ => None,
-                    });
-                }
-                let mut acc: Option<B::Ct> = None;
-                for (step, terms) in per_m {
-                    let mut x: Option<B::Ct> = None;
-                    for t in terms {
-                        let mut parts = vec![(&lo[t.k], &t.lo)];
-                        if let (Some(h), Some(p)) = (&hi[t.k], &t.hi) {
-                            parts.push((h, p));
-                        }
-                        for (ct, pt) in parts {
-                            match x.as_mut() {
-                                None => x = Some(b.mul_plain(ct, pt)?),
-                                Some(s) => b.mul_plain_add(s, ct, pt)?,
+        let out = (0..self.placements.len())
+            .into_par_iter()
+            .map(|bo| {
+                // Per input ciphertext: Q's feature groups (factor applied) and tokrot(K, g·b + k).
+                let qm = qg
+                    .par_iter()
+                    .map(|qa| {
+                        self.group_masks[bo]
+                            .par_iter()
+                            .map(|p| {
+                                p.as_ref()
+                                    .map(|p| b.rescale(&b.mul_plain(&qa[bo], p)?))
+                                    .transpose()
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let km = kb
+                    .par_iter()
+                    .map(|ka| {
+                        self.token_masks[bo]
+                            .par_iter()
+                            .enumerate()
+                            .map(|(kk, (lo, hi))| {
+                                let mut x = b.mul_plain(&ka[kk], lo)?;
+                                if let (Some(h), Some(idx)) = (hi, self.baby.hi_idx[kk]) {
+                                    b.mul_plain_add(&mut x, &ka[idx], h)?;
+                                }
+                                b.rescale(&x)
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let placed = self.placements[bo]
+                    .par_iter()
+                    .map(|pl| {
+                        let mut x: Option<B::Ct> = None;
+                        for &(kk, src) in &pl.terms {
+                            for (qa, ka) in qm.iter().zip(&km) {
+                                let q = qa[src].as_ref().ok_or_else(|| {
+                                    Error::Unsupported("internal: missing group mask".into())
+                                })?;
+                                match x.as_mut() {
+                                    None => x = Some(b.mul(q, &ka[kk])?),
+                                    Some(s) => b.mul_add(s, q, &ka[kk])?,
+                                }
                             }
                         }
-                    }
-                    let Some(x) = x else { continue };
-                    let x = b.rescale(&b.rescale(&b.relinearize(&x)?)?)?;
-                    let x = b.rotate(&x, *step)?;
-                    match acc.as_mut() {
-                        None => acc = Some(x),
-                        Some(a) => b.add_assign(a, &x)?,
-                    }
+                        let x = x.ok_or_else(|| {
+                            Error::Unsupported("internal: empty score placement".into())
+                        })?;
+                        b.rotate(&b.rescale(&b.relinearize(&x)?)?, pl.step)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut placed = placed.into_iter();
+                let mut acc = placed
+                    .next()
+                    .ok_or_else(|| Error::Unsupported("internal: empty scores".into()))?;
+                for x in placed {
+                    b.add_assign(&mut acc, &x)?;
                 }
-                acc.ok_or_else(|| Error::Unsupported("internal: empty scores".into()))
+                Ok(acc)
             })
             .collect::<Result<Vec<_>>>()?;
         PackedMatrix::new(self.out_layout.clone(), out)

@@ -65,6 +65,11 @@ pub trait SlotBackend: Sync {
     /// Tensor product of two degree-1 ciphertexts at the same level; the result has degree 2 and
     /// must be relinearized before rotation or further products.
     fn mul(&self, a: &Self::Ct, b: &Self::Ct) -> Result<Self::Ct>;
+    /// `acc += a ⊗ b` (see [`SlotBackend::mul`]), fused where the backend can.
+    fn mul_add(&self, acc: &mut Self::Ct, a: &Self::Ct, b: &Self::Ct) -> Result<()> {
+        let t = self.mul(a, b)?;
+        self.add_assign(acc, &t)
+    }
     /// Relinearizes a degree-2 ciphertext (one key switch); degree 1 is returned unchanged.
     fn relinearize(&self, a: &Self::Ct) -> Result<Self::Ct>;
     /// Divides by [`SlotBackend::rescale_factor`] of the current level and drops one level.

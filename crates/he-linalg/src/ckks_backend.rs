@@ -268,6 +268,10 @@ impl SlotBackend for CkksBackend {
         self.stats.record_ct_mult();
         Ok(self.eval.multiply(a, b)?)
     }
+    fn mul_add(&self, acc: &mut Ciphertext, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
+        self.stats.record_ct_mult();
+        Ok(self.eval.multiply_acc(acc, a, b)?)
+    }
     fn relinearize(&self, a: &Ciphertext) -> Result<Ciphertext> {
         if a.degree() < 2 {
             return Ok(a.clone());
