@@ -496,13 +496,101 @@ impl<P> QkScores<P> {
     }
 }
 
-/// Attention weights × V for all heads, prepared for fixed levels and scales. The output has
-/// V's layout and scale, at level `min(level_s - 1, level_v) - 1`.
+/// Row masks that split diagonal-form scores in two for [`AttentionValues`]: for token shift
+/// `r`, the rows `t` whose key `t + r` lies in the same padded block (`lo`, `t < n' - r`) and
+/// the rows whose key wraps around (`hi`). Prepared for one level and scale; the parts come out
+/// one level lower at the same scale.
+#[derive(Debug)]
+pub struct RowSplit<P> {
+    layout: Layout,
+    level: usize,
+    scale: f64,
+    lo: Vec<P>,
+    hi: Vec<P>,
+}
+
+impl<P> RowSplit<P> {
+    /// Masks for scores laid out by `scores` (see [`scores_layout`]) at `level` and `scale`.
+    pub fn new<B: SlotBackend<Pt = P>>(
+        b: &B,
+        scores: &Layout,
+        level: usize,
+        scale: f64,
+    ) -> Result<Self> {
+        check_slots(b, scores)?;
+        let (heads, np, ..) = heads_of(scores)?;
+        if level < 1 || level > b.max_level() {
+            return Err(Error::NotEnoughLevels {
+                needed: 1,
+                available: level.min(b.max_level()),
+            });
+        }
+        let n = scores.rows();
+        let part = |wrapped: bool| {
+            let m = Matrix::from_fn(n, heads * np, |t, c| {
+                let r = c % np;
+                f64::from(u8::from((t + r >= np) == wrapped))
+            });
+            scores
+                .pack(&m)?
+                .iter()
+                .map(|v| b.encode(v, level, b.rescale_factor(level)))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            layout: scores.clone(),
+            level,
+            scale,
+            lo: part(false)?,
+            hi: part(true)?,
+        })
+    }
+
+    /// Bytes of encoded masks.
+    pub fn heap_bytes(&self) -> usize
+    where
+        P: PlaintextSize,
+    {
+        self.lo.iter().chain(&self.hi).map(|p| p.heap_bytes()).sum()
+    }
+
+    /// Plan of [`RowSplit::apply`].
+    pub fn plan(&self) -> OpPlan {
+        OpPlan::plaintext("scores row split", 1)
+    }
+
+    /// The `[lo, hi]` parts of `s`, one level lower; `lo + hi = s`.
+    pub fn apply<B: SlotBackend<Pt = P>>(
+        &self,
+        b: &B,
+        s: &PackedMatrix<B::Ct>,
+    ) -> Result<[PackedMatrix<B::Ct>; 2]>
+    where
+        P: Send + Sync,
+    {
+        let ss = check_input(b, s, &self.layout, self.level, self.scale, "scores layout")?;
+        let part = |masks: &[P]| -> Result<PackedMatrix<B::Ct>> {
+            let cts = ss
+                .par_iter()
+                .zip(masks)
+                .map(|(c, m)| b.rescale(&b.mul_plain(c, m)?))
+                .collect::<Result<Vec<_>>>()?;
+            PackedMatrix::new(self.layout.clone(), cts)
+        };
+        Ok([part(&self.lo)?, part(&self.hi)?])
+    }
+}
+
+/// Attention weights × V for all heads, prepared for fixed levels and scales. The weights
+/// come split by [`RowSplit`]; the output has V's layout and scale, at level
+/// `min(level_s - 1, level_v) - 1`.
 ///
 /// For token shift `r = g·b + k`, the scores diagonal is broadcast over the head's features
-/// from hoisted rotations of scores ciphertext `b` (with masks pre-rotated by `-g·b`), V is
-/// rotated by the baby shifts `k` (hoisted), and each output ciphertext's partial sum for `b` is
-/// relinearized and rotated by `g·b` once.
+/// from hoisted rotations of scores ciphertext `b` (its `lo` and `hi` parts, with masks
+/// pre-rotated by `-g·b`), V is rotated by the baby shifts `k` and `k - n'` (hoisted), and each
+/// output ciphertext's partial sum for `b` is relinearized and rotated by `g·b` once. The
+/// broadcast masks select one feature group: `g` per scores ciphertext, each transformed once
+/// per use and applied to every shift.
 #[derive(Debug)]
 pub struct AttentionValues<P> {
     s_layout: Layout,
@@ -512,15 +600,17 @@ pub struct AttentionValues<P> {
     level_v: usize,
     scale_v: f64,
     baby: Baby,
-    /// Per scores ciphertext `b`: rotation steps `m·H·n' - g·b` of it that are used.
-    s_steps: Vec<Vec<usize>>,
-    /// Per token shift `r`: `(index into s_steps[b], lo mask, hi mask)`.
-    masks: Vec<Vec<(usize, P, Option<P>)>>,
+    /// Per scores ciphertext `b`: the group offsets `m` of its rotations that are used.
+    s_ms: Vec<Vec<usize>>,
+    /// Per scores ciphertext `b`, per feature group of V: the group's chunks, in the frame
+    /// rotated by `-g·b`.
+    masks: Vec<Vec<P>>,
 }
 
 impl<P> AttentionValues<P> {
-    /// Prepares `A·V` for scores laid out by `s_layout` (see [`scores_layout`]) at `level_s`
-    /// with scale `scale_s`, and V laid out by `v_layout` at `level_v` with scale `scale_v`.
+    /// Prepares `A·V` for scores laid out by `s_layout` (see [`scores_layout`]), split by
+    /// [`RowSplit`], at `level_s` with scale `scale_s`, and V laid out by `v_layout` at
+    /// `level_v` with scale `scale_v`.
     pub fn new<B: SlotBackend<Pt = P>>(
         b: &B,
         s_layout: &Layout,
@@ -553,44 +643,23 @@ impl<P> AttentionValues<P> {
         let groups_v = g.min(head_dim);
         let mask_scale = b.rescale_factor(l1) * b.rescale_factor(l1 + 1) / scale_s;
         let nb = s_layout.n_cts();
-        let step_of = |bo: usize, m: usize| (m * hp * np + slots - (g * bo) % slots) % slots;
-        let mut used = vec![BTreeSet::new(); nb];
-        for r in 0..np {
-            for gv in 0..groups_v {
-                used[r / g].insert((r % g + g - gv) % g);
-            }
-        }
-        let s_ms: Vec<Vec<usize>> = used.into_iter().map(|s| s.into_iter().collect()).collect();
-        let mut masks = Vec::with_capacity(np);
-        for r in 0..np {
-            let (bo, k) = (r / g, r % g);
+        let mut s_ms = Vec::with_capacity(nb);
+        let mut masks = Vec::with_capacity(nb);
+        for bo in 0..nb {
+            let used: BTreeSet<usize> = (0..g.min(np.saturating_sub(g * bo)))
+                .flat_map(|k| (0..groups_v).map(move |gv| (k + g - gv) % g))
+                .collect();
+            s_ms.push(used.into_iter().collect());
             let back = slots - (g * bo) % slots;
-            let (lo_t, hi_t) = token_ranges(n, np, r);
-            let mut terms = Vec::with_capacity(groups_v);
-            for gv in 0..groups_v {
-                let m = (k + g - gv) % g;
-                let idx = s_ms[bo]
-                    .binary_search(&m)
-                    .map_err(|_| Error::Unsupported("internal: missing scores rotation".into()))?;
-                let enc = |t| {
-                    let v = group_mask(v_layout, heads, hp, gv, t, 1.0);
-                    b.encode(&rotated(&v, back), l1 + 1, mask_scale)
-                };
-                let lo = enc(lo_t.clone())?;
-                let hi = if wraps(n, np, r) {
-                    Some(enc(hi_t.clone())?)
-                } else {
-                    None
-                };
-                terms.push((idx, lo, hi));
-            }
-            masks.push(terms);
+            masks.push(
+                (0..groups_v)
+                    .map(|gv| {
+                        let v = group_mask(v_layout, heads, hp, gv, 0..n, 1.0);
+                        b.encode(&rotated(&v, back), l1 + 1, mask_scale)
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            );
         }
-        let s_steps = s_ms
-            .iter()
-            .enumerate()
-            .map(|(bo, ms)| ms.iter().map(|&m| step_of(bo, m)).collect())
-            .collect();
         Ok(Self {
             baby: Baby::new(slots, n, np, g),
             s_layout: s_layout.clone(),
@@ -599,7 +668,7 @@ impl<P> AttentionValues<P> {
             scale_s,
             level_v,
             scale_v,
-            s_steps,
+            s_ms,
             masks,
         })
     }
@@ -609,15 +678,22 @@ impl<P> AttentionValues<P> {
     where
         P: PlaintextSize,
     {
-        self.masks
-            .iter()
-            .flatten()
-            .map(|(_, lo, hi)| lo.heap_bytes() + hi.as_ref().map_or(0, |h| h.heap_bytes()))
-            .sum()
+        self.masks.iter().flatten().map(|p| p.heap_bytes()).sum()
     }
 
     fn l1(&self) -> usize {
         (self.level_s - 1).min(self.level_v)
+    }
+
+    /// Rotation steps `m·H·n' - g·b` of scores ciphertext `b`, for its used offsets `m`.
+    fn s_steps(&self, bo: usize) -> Vec<usize> {
+        let slots = self.v_layout.slots();
+        let np = self.v_layout.row_stride();
+        let (hp, g) = self.v_layout.head_groups().unwrap_or((1, 1));
+        self.s_ms[bo]
+            .iter()
+            .map(|&m| (m * hp * np + slots - (g * bo) % slots) % slots)
+            .collect()
     }
 
     /// Rotation by `g·b` of output partial sums, per scores ciphertext `b`.
@@ -634,9 +710,12 @@ impl<P> AttentionValues<P> {
         let c = self.v_layout.n_cts() as u64;
         let mut steps: BTreeSet<usize> = self.baby.nonzero().collect();
         let mut hoisted = c * self.baby.nonzero().count() as u64;
-        for st in self.s_steps.iter().flatten().filter(|&&s| s != 0) {
-            hoisted += 1;
-            steps.insert(*st);
+        for bo in 0..self.s_ms.len() {
+            for st in self.s_steps(bo).into_iter().filter(|&s| s != 0) {
+                // The lo and the hi part.
+                hoisted += 2;
+                steps.insert(st);
+            }
         }
         let back: Vec<usize> = self.back_steps().into_iter().filter(|&s| s != 0).collect();
         steps.extend(back.iter().copied());
@@ -650,26 +729,45 @@ impl<P> AttentionValues<P> {
         }
     }
 
-    /// Computes `A·V` for all heads.
+    /// Computes `A·V` for all heads from the [`RowSplit`] parts of the weights.
     pub fn apply<B: SlotBackend<Pt = P>>(
         &self,
         b: &B,
-        s: &PackedMatrix<B::Ct>,
+        s_lo: &PackedMatrix<B::Ct>,
+        s_hi: &PackedMatrix<B::Ct>,
         v: &PackedMatrix<B::Ct>,
     ) -> Result<PackedMatrix<B::Ct>>
     where
-        P: Send + Sync,
+        P: Clone + Send + Sync,
     {
         let l1 = self.l1();
-        let ss = check_input(b, s, &self.s_layout, self.level_s, self.scale_s, "scores")?;
+        let lo = check_input(
+            b,
+            s_lo,
+            &self.s_layout,
+            self.level_s,
+            self.scale_s,
+            "scores",
+        )?;
+        let hi = check_input(
+            b,
+            s_hi,
+            &self.s_layout,
+            self.level_s,
+            self.scale_s,
+            "scores",
+        )?;
         let vs = check_input(b, v, &self.v_layout, self.level_v, self.scale_v, "V layout")?;
         let (n, np) = (self.v_layout.rows(), self.v_layout.row_stride());
         let (_, g) = self.v_layout.head_groups().unwrap_or((1, 1));
-        let srot = ss
-            .par_iter()
-            .zip(&self.s_steps)
-            .map(|(ct, steps)| b.rotate_hoisted(&b.drop_to_level(ct, l1 + 1)?, steps))
-            .collect::<Result<Vec<_>>>()?;
+        let rot = |parts: &[Cow<'_, B::Ct>]| {
+            parts
+                .par_iter()
+                .enumerate()
+                .map(|(bo, ct)| b.rotate_hoisted(&b.drop_to_level(ct, l1 + 1)?, &self.s_steps(bo)))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (rot_lo, rot_hi) = (rot(&lo)?, rot(&hi)?);
         let vb = vs
             .par_iter()
             .map(|c| b.rotate_hoisted(&b.drop_to_level(c, l1)?, &self.baby.steps))
@@ -680,33 +778,38 @@ impl<P> AttentionValues<P> {
             .into_par_iter()
             .enumerate()
             .map(|(bo, back)| -> Result<Vec<Option<B::Ct>>> {
-                // Broadcast diagonals for the shifts of this scores ciphertext (rescaled to l1).
-                let mut diags = Vec::with_capacity(g);
-                for kk in 0..g {
-                    let r = bo * g + kk;
-                    if r >= np {
-                        break;
-                    }
-                    let mut dlo: Option<B::Ct> = None;
-                    let mut dhi: Option<B::Ct> = None;
-                    for (idx, lo, hi) in &self.masks[r] {
-                        let src = &srot[bo][*idx];
-                        for (d, p) in [(&mut dlo, Some(lo)), (&mut dhi, hi.as_ref())] {
-                            let Some(p) = p else { continue };
-                            match d.as_mut() {
-                                None => *d = Some(b.mul_plain(src, p)?),
-                                Some(x) => b.mul_plain_add(x, src, p)?,
+                let shifts = g.min(np.saturating_sub(g * bo));
+                // Each mask transformed once for all the shifts it serves.
+                let masks: Vec<_> = self.masks[bo].par_iter().map(|m| b.expanded(m)).collect();
+                // Broadcast diagonals (lo and hi part) of each shift, rescaled to l1.
+                let diags = (0..shifts)
+                    .into_par_iter()
+                    .map(|kk| {
+                        let r = bo * g + kk;
+                        let wrapped = wraps(n, np, r);
+                        let (mut dlo, mut dhi): (Option<B::Ct>, Option<B::Ct>) = (None, None);
+                        for (gv, mask) in masks.iter().enumerate() {
+                            let m = (kk + g - gv) % g;
+                            let idx = self.s_ms[bo].binary_search(&m).map_err(|_| {
+                                Error::Unsupported("internal: missing scores rotation".into())
+                            })?;
+                            let parts = [(&mut dlo, &rot_lo), (&mut dhi, &rot_hi)];
+                            for (d, src) in parts.into_iter().take(1 + usize::from(wrapped)) {
+                                match d.as_mut() {
+                                    None => *d = Some(b.mul_plain(&src[bo][idx], mask)?),
+                                    Some(x) => b.mul_plain_add(x, &src[bo][idx], mask)?,
+                                }
                             }
                         }
-                    }
-                    let dlo = dlo.map(|d| b.rescale(&d)).transpose()?;
-                    let dhi = match (dhi, self.baby.hi_idx[kk]) {
-                        (Some(d), Some(idx)) if wraps(n, np, r) => Some((b.rescale(&d)?, idx)),
-                        _ => None,
-                    };
-                    diags.push((kk, dlo, dhi));
-                }
-                vb.iter()
+                        let dlo = dlo.map(|d| b.rescale(&d)).transpose()?;
+                        let dhi = match (dhi, self.baby.hi_idx[kk]) {
+                            (Some(d), Some(idx)) => Some((b.rescale(&d)?, idx)),
+                            _ => None,
+                        };
+                        Ok((kk, dlo, dhi))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                vb.par_iter()
                     .map(|va| {
                         let mut part: Option<B::Ct> = None;
                         for (kk, dlo, dhi) in &diags {
@@ -718,10 +821,9 @@ impl<P> AttentionValues<P> {
                                 terms.push((d, &va[*idx]));
                             }
                             for (d, vr) in terms {
-                                let p = b.mul(d, vr)?;
                                 match part.as_mut() {
-                                    None => part = Some(p),
-                                    Some(x) => b.add_assign(x, &p)?,
+                                    None => part = Some(b.mul(d, vr)?),
+                                    Some(x) => b.mul_add(x, d, vr)?,
                                 }
                             }
                         }

@@ -51,6 +51,14 @@ pub trait SlotBackend: Sync {
     }
     /// `a + p` (plaintext at the ciphertext's level and scale).
     fn add_plain(&self, a: &Self::Ct, p: &Self::Pt) -> Result<Self::Ct>;
+    /// `p` in the form products use fastest (e.g. a compact plaintext transformed once), for a
+    /// plaintext that multiplies many ciphertexts in a row.
+    fn expanded<'a>(&self, p: &'a Self::Pt) -> std::borrow::Cow<'a, Self::Pt>
+    where
+        Self::Pt: Clone,
+    {
+        std::borrow::Cow::Borrowed(p)
+    }
     /// `a ⊙ p` (plaintext at the ciphertext's level); the scales multiply, no rescale.
     fn mul_plain(&self, a: &Self::Ct, p: &Self::Pt) -> Result<Self::Ct>;
     /// `acc += a ⊙ p`, fused where the backend can.

@@ -229,6 +229,14 @@ impl SlotBackend for CkksBackend {
     fn add_plain(&self, a: &Ciphertext, p: &CkksPlaintext) -> Result<Ciphertext> {
         Ok(self.eval.add_plain(a, &p.to_ntt(&self.params))?)
     }
+    fn expanded<'a>(&self, p: &'a CkksPlaintext) -> std::borrow::Cow<'a, CkksPlaintext> {
+        match p {
+            CkksPlaintext::Ntt(_) => std::borrow::Cow::Borrowed(p),
+            CkksPlaintext::Compact(c) => {
+                std::borrow::Cow::Owned(CkksPlaintext::Ntt(c.expand(&self.params)))
+            }
+        }
+    }
     fn mul_plain(&self, a: &Ciphertext, p: &CkksPlaintext) -> Result<Ciphertext> {
         self.stats.record_pt_mult();
         Ok(match p {

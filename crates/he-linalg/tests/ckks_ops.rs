@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, key_mask, row_sums, scores_layout, scores_to_heads,
+    AttentionValues, QkScores, RowSplit, key_mask, row_sums, scores_layout, scores_to_heads,
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
@@ -134,13 +134,13 @@ fn attention_scores_masks_sums_values() {
             }
         }));
     }
-    // Re-encrypt the scores at level 3 to leave room for the mask and A·V (the THE-X client
-    // round trip refreshes levels the same way).
-    let es = encrypt_matrix(&b, &decrypt_matrix(&b, &es).unwrap(), &sl, 3).unwrap();
+    // Re-encrypt the scores at level 4 to leave room for the mask, the row split and A·V (the
+    // THE-X client round trip refreshes levels the same way).
+    let es = encrypt_matrix(&b, &decrypt_matrix(&b, &es).unwrap(), &sl, 4).unwrap();
     let mask = key_mask(&sl, valid).unwrap();
     let mp = ops::encode_multiplier(&b, &mask, &es).unwrap();
     let masked = ops::mul_plain(&b, &es, &mp).unwrap();
-    assert_eq!(ops::level(&b, &masked), 2);
+    assert_eq!(ops::level(&b, &masked), 3);
 
     let sums = scores_to_heads(
         &sl,
@@ -157,7 +157,9 @@ fn attention_scores_masks_sums_values() {
         assert!(bits >= MIN_BITS, "row sums head {h}: {bits:.1} bits");
     }
 
-    let eo = av.apply(&b, &masked, &ev).unwrap();
+    let split = RowSplit::new(&b, &sl, 3, ops::scale(&b, &masked)).unwrap();
+    let [lo, hi] = split.apply(&b, &masked).unwrap();
+    let eo = av.apply(&b, &lo, &hi, &ev).unwrap();
     assert_eq!(ops::level(&b, &eo), 0);
     let got = decrypt_matrix(&b, &eo).unwrap();
     let mut want = Matrix::zeros(n, d);

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, heads_to_scores, key_mask, row_sums, row_sums_plan, scores_layout,
-    scores_to_heads,
+    AttentionValues, QkScores, RowSplit, heads_to_scores, key_mask, row_sums, row_sums_plan,
+    scores_layout, scores_to_heads,
 };
 use he_linalg::{
     ClearBackend, ColumnOrder, Layout, Matrix, SlotBackend, decrypt_matrix, encrypt_matrix, ops,
@@ -96,10 +96,32 @@ fn run(c: &Case, seed: u64) {
         }
     }
 
-    let lvl_s = ops::level(&b, &masked);
-    let av = AttentionValues::new(&b, &sl, &l, (lvl_s, ops::scale(&b, &masked)), (4, s)).unwrap();
+    // Split by rows (one level): the parts add up to the scores.
+    let lvl_m = ops::level(&b, &masked);
+    let split = RowSplit::new(&b, &sl, lvl_m, ops::scale(&b, &masked)).unwrap();
+    let [lo, hi] = split.apply(&b, &masked).unwrap();
+    assert_eq!(ops::level(&b, &lo), lvl_m - 1);
+    let parts = decrypt_matrix(&b, &ops::add(&b, &lo, &hi).unwrap()).unwrap();
+    assert!(precision_bits(&parts, &dm).unwrap() > 40.0);
+    let lo_heads = scores_to_heads(&sl, &decrypt_matrix(&b, &lo).unwrap()).unwrap();
+    for (h, m) in lo_heads.iter().enumerate() {
+        for t in 0..c.n {
+            for u in 0..c.n {
+                // Keys at or after the row stay in lo; the wrapped ones (u < t) go to hi.
+                let want = if u >= t {
+                    masked_heads[h].get(t, u)
+                } else {
+                    0.0
+                };
+                assert!((m.get(t, u) - want).abs() < 1e-9, "lo part ({t}, {u})");
+            }
+        }
+    }
+
+    let lvl_s = lvl_m - 1;
+    let av = AttentionValues::new(&b, &sl, &l, (lvl_s, ops::scale(&b, &lo)), (4, s)).unwrap();
     b.stats().reset();
-    let eo = av.apply(&b, &masked, &ev).unwrap();
+    let eo = av.apply(&b, &lo, &hi, &ev).unwrap();
     let plan = av.plan();
     assert!(plan.matches(&b.stats().snapshot()), "{plan:?}");
     assert_eq!(plan.rotation_steps, b.stats().used_steps());
@@ -191,7 +213,7 @@ fn attention_rejects_contiguous_layout() {
 #[test]
 fn bert_shaped_attention_plans() {
     // Exact key-switch counts documented in docs/packing.md.
-    for (n, d, heads, qk_ks, av_ks) in [(64, 384, 12, 215, 183), (128, 128, 2, 387, 267)] {
+    for (n, d, heads, qk_ks, av_ks) in [(64, 384, 12, 215, 246), (128, 128, 2, 387, 394)] {
         let b = ClearBackend::like_ckks(8192, 3).unwrap();
         let s = b.default_scale();
         let hi = ColumnOrder::HeadInterleaved {

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use ckks::Parameters;
-use he_linalg::attention::{AttentionValues, QkScores, row_sums_plan, scores_layout};
+use he_linalg::attention::{AttentionValues, QkScores, RowSplit, row_sums_plan, scores_layout};
 use he_linalg::plan::{OpPlan, Plan};
 use he_linalg::{
     CkksBackend, CkksPlaintext, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec,
@@ -273,6 +273,9 @@ pub(crate) struct SharedProgram {
     pub t2: EncodedLinear<CkksPlaintext>,
     pub t3: EncodedLinear<CkksPlaintext>,
     pub av: AttentionValues<CkksPlaintext>,
+    /// Splits the fresh softmax reply `e` by rows (lo/hi, see [`RowSplit`]) in the level it
+    /// has to spare above `T(s)`.
+    pub split: RowSplit<CkksPlaintext>,
 }
 
 impl SharedProgram {
@@ -284,6 +287,7 @@ impl SharedProgram {
             + plain_matrix_bytes(&self.t1_add)
             + self.t2.heap_bytes()
             + self.t3.heap_bytes()
+            + self.split.heap_bytes()
     }
 }
 
@@ -471,7 +475,9 @@ fn encode_shared(
         top,
     )?;
 
-    // P = e ⊙ T at top - 2 with scale Δ²/q_{top-1}; V at lx - 1.
+    // e (fresh, top) split by rows to top - 1 where T(s) is; P = e ⊙ T at top - 2 with scale
+    // Δ²/q_{top-1}; V at lx - 1.
+    let split = RowSplit::new(enc, &l.scores, top, delta)?;
     let p_scale = delta * delta / enc.rescale_factor(top - 1);
     let av = AttentionValues::new(
         enc,
@@ -487,6 +493,7 @@ fn encode_shared(
         t2,
         t3,
         av,
+        split,
     })
 }
 
@@ -586,8 +593,9 @@ fn encode_layer(
         .then(sh.t2.plan())
         .then(sh.t3.plan())
         .then(OpPlan {
-            name: "e * T(s)".into(),
-            relinearizations: l.scores.n_cts() as u64,
+            // The row split of e uses e's spare level (it is fresh, T(s) one level lower).
+            name: "e row split, e * T(s)".into(),
+            relinearizations: 2 * l.scores.n_cts() as u64,
             depth: 1,
             ..OpPlan::default()
         })
