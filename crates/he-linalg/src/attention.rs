@@ -416,7 +416,7 @@ impl<P> QkScores<P> {
         k: &PackedMatrix<B::Ct>,
     ) -> Result<PackedMatrix<B::Ct>>
     where
-        P: Send + Sync,
+        P: Clone + Send + Sync,
     {
         let qs = check_input(b, q, &self.layout, self.level, self.scale_q, "Q layout")?;
         let ks = check_input(b, k, &self.layout, self.level, self.scale_k, "K layout")?;
@@ -432,28 +432,28 @@ impl<P> QkScores<P> {
             .into_par_iter()
             .map(|bo| {
                 // Per input ciphertext: Q's feature groups (factor applied) and tokrot(K, g·b + k).
-                let qm = qg
+                // Each mask is transformed once and applied to every input ciphertext.
+                let qm = self.group_masks[bo]
                     .par_iter()
-                    .map(|qa| {
-                        self.group_masks[bo]
-                            .par_iter()
-                            .map(|p| {
-                                p.as_ref()
-                                    .map(|p| b.rescale(&b.mul_plain(&qa[bo], p)?))
-                                    .transpose()
-                            })
+                    .map(|p| {
+                        let Some(p) = p else { return Ok(None) };
+                        let p = b.expanded(p);
+                        qg.iter()
+                            .map(|qa| b.rescale(&b.mul_plain(&qa[bo], &p)?))
                             .collect::<Result<Vec<_>>>()
+                            .map(Some)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let km = kb
+                let km = self.token_masks[bo]
                     .par_iter()
-                    .map(|ka| {
-                        self.token_masks[bo]
-                            .par_iter()
-                            .enumerate()
-                            .map(|(kk, (lo, hi))| {
-                                let mut x = b.mul_plain(&ka[kk], lo)?;
-                                if let (Some(h), Some(idx)) = (hi, self.baby.hi_idx[kk]) {
+                    .enumerate()
+                    .map(|(kk, (lo, hi))| {
+                        let lo = b.expanded(lo);
+                        let hi = hi.as_ref().map(|h| b.expanded(h));
+                        kb.iter()
+                            .map(|ka| {
+                                let mut x = b.mul_plain(&ka[kk], &lo)?;
+                                if let (Some(h), Some(idx)) = (&hi, self.baby.hi_idx[kk]) {
                                     b.mul_plain_add(&mut x, &ka[idx], h)?;
                                 }
                                 b.rescale(&x)
@@ -466,13 +466,13 @@ impl<P> QkScores<P> {
                     .map(|pl| {
                         let mut x: Option<B::Ct> = None;
                         for &(kk, src) in &pl.terms {
-                            for (qa, ka) in qm.iter().zip(&km) {
-                                let q = qa[src].as_ref().ok_or_else(|| {
-                                    Error::Unsupported("internal: missing group mask".into())
-                                })?;
+                            let qs = qm[src].as_ref().ok_or_else(|| {
+                                Error::Unsupported("internal: missing group mask".into())
+                            })?;
+                            for (q, k) in qs.iter().zip(&km[kk]) {
                                 match x.as_mut() {
-                                    None => x = Some(b.mul(q, &ka[kk])?),
-                                    Some(s) => b.mul_add(s, q, &ka[kk])?,
+                                    None => x = Some(b.mul(q, k)?),
+                                    Some(s) => b.mul_add(s, q, k)?,
                                 }
                             }
                         }
