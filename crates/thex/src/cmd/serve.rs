@@ -66,6 +66,21 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         m.rounds(),
         t.elapsed().as_secs_f64()
     );
+    let weight_bytes: usize = m
+        .buckets()
+        .iter()
+        .filter_map(|&b| m.plan(b).ok())
+        .map(|p| p.weight_bytes)
+        .sum();
+    eprintln!(
+        "encoded weights {:.1} GB ({})",
+        weight_bytes as f64 / 1e9,
+        if args.lazy_encode {
+            "encoded per request, not held"
+        } else {
+            "held in memory; --lazy-encode trades them for encoding time per request"
+        }
+    );
     let bundle_hash = served.bundle_sha256.clone();
     let limits = ServerLimits {
         max_body_bytes: args.max_body_mib << 20,
