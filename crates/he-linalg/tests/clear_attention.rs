@@ -211,6 +211,47 @@ fn attention_rejects_contiguous_layout() {
 }
 
 #[test]
+fn row_split_rejects_bad_input() {
+    let b = ClearBackend::like_ckks(256, 4).unwrap();
+    let s = b.default_scale();
+    let hi = ColumnOrder::HeadInterleaved {
+        heads: 2,
+        head_dim: 4,
+    };
+    let l = Layout::new(256, 8, 8, hi).unwrap();
+    let sl = scores_layout(&l).unwrap();
+    // Not a scores layout, no level to consume, a level above the top.
+    let contiguous = Layout::new(256, 8, 16, ColumnOrder::Contiguous).unwrap();
+    assert!(RowSplit::new(&b, &contiguous, 3, s).is_err());
+    assert!(RowSplit::new(&b, &sl, 0, s).is_err());
+    assert!(RowSplit::new(&b, &sl, 5, s).is_err());
+    let split = RowSplit::new(&b, &sl, 3, s).unwrap();
+    let m = Matrix::from_fn(8, sl.cols(), |t, c| (t * 31 + c) as f64 / 100.0);
+    // Another layout, another scale, a level too low.
+    let other = encrypt_matrix(&b, &Matrix::zeros(8, 8), &l, 3).unwrap();
+    assert!(split.apply(&b, &other).is_err());
+    let ok = encrypt_matrix(&b, &m, &sl, 3).unwrap();
+    let rescaled: Vec<_> = ok
+        .cts()
+        .iter()
+        .map(|c| b.set_scale(c, s * 2.0).unwrap())
+        .collect();
+    let wrong_scale = he_linalg::PackedMatrix::new(sl.clone(), rescaled).unwrap();
+    assert!(split.apply(&b, &wrong_scale).is_err());
+    assert!(
+        split
+            .apply(&b, &encrypt_matrix(&b, &m, &sl, 2).unwrap())
+            .is_err()
+    );
+    // From a higher level the input is dropped first; the parts add up to it.
+    let [lo, hi] = split
+        .apply(&b, &encrypt_matrix(&b, &m, &sl, 4).unwrap())
+        .unwrap();
+    let sum = decrypt_matrix(&b, &ops::add(&b, &lo, &hi).unwrap()).unwrap();
+    assert!(precision_bits(&sum, &m).unwrap() > 40.0);
+}
+
+#[test]
 fn bert_shaped_attention_plans() {
     // Exact key-switch counts documented in docs/packing.md.
     for (n, d, heads, qk_ks, av_ks) in [(64, 384, 12, 215, 246), (128, 128, 2, 387, 394)] {
