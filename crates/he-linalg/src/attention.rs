@@ -13,10 +13,11 @@
 //! `S_h[t, t+r] = Σ_{i ∈ head h} Q[t, i] · tokrot(K, r)[t, i]`,
 //! `(A·V)_h[t, i] = Σ_r S_h[t, t+r] · tokrot(V, r)[t, i]`.
 //!
-//! The token masks, the group selection and the `1/√d` factor are fused into one plaintext
-//! product per term, applied to unrelinearized products (lazy relinearization), so each
-//! operation consumes two levels. Row sums over keys are a rotate-and-sum over the `g` groups,
-//! already broadcast over each head's row.
+//! Masks go on the operands, not on each product: for Q·Kᵀ the token masks on the rotated K and
+//! the group selection (with the `1/√d` factor) on the rotated Q; for A·V the weights come split
+//! by token rows ([`RowSplit`]) and the masks only select a feature group. Products are summed
+//! unrelinearized (lazy relinearization); each operation consumes two levels. Row sums over keys
+//! are a rotate-and-sum over the `g` groups, already broadcast over each head's row.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
