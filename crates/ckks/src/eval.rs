@@ -261,30 +261,16 @@ impl Evaluator {
 
     /// `a * b` without relinearization (degree 2).
     pub fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
-        check_degree(a, 1)?;
-        check_degree(b, 1)?;
-        if a.level() != b.level() {
-            return Err(Error::LevelMismatch {
-                left: a.level(),
-                right: b.level(),
-            });
-        }
-        check_slots(a.slots, b.slots)?;
-        let ctx = self.ctx();
         let nq = a.level() + 1;
-        let (a0, a1, b0, b1) = (&a.polys[0], &a.polys[1], &b.polys[0], &b.polys[1]);
-        let mut d0 = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
-        let mut d1 = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
-        let mut d2 = Poly::<Ntt>::zero_ctx(ctx, nq, 0);
-        d0.mul_acc_ctx(ctx, a0, b0);
-        d1.mul_acc_ctx(ctx, a0, b1);
-        d1.mul_acc_ctx(ctx, a1, b0);
-        d2.mul_acc_ctx(ctx, a1, b1);
-        Ok(Ciphertext {
-            polys: vec![d0, d1, d2],
+        let mut out = Ciphertext {
+            polys: (0..3)
+                .map(|_| Poly::<Ntt>::zero_ctx(self.ctx(), nq, 0))
+                .collect(),
             scale: a.scale * b.scale,
             slots: a.slots,
-        })
+        };
+        self.multiply_acc(&mut out, a, b)?;
+        Ok(out)
     }
 
     /// Fused `acc += a * b` (tensor product, no relinearization), bit-identical to
