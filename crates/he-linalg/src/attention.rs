@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::backend::{PlaintextSize, SlotBackend, scales_match};
 use crate::error::{Error, Result};
-use crate::layout::{ColumnOrder, Layout, PackedMatrix, check_slots};
+use crate::layout::{ColumnOrder, Layout, PackedMatrix, PlainMatrix, check_slots};
 use crate::matrix::Matrix;
 use crate::plan::OpPlan;
 
@@ -503,11 +503,10 @@ impl<P> QkScores<P> {
 /// one level lower at the same scale.
 #[derive(Debug)]
 pub struct RowSplit<P> {
-    layout: Layout,
-    level: usize,
+    /// Scale of the input (the parts keep it).
     scale: f64,
-    lo: Vec<P>,
-    hi: Vec<P>,
+    /// The `[lo, hi]` row masks, at the input's level and the scale its rescale divides out.
+    parts: [PlainMatrix<P>; 2],
 }
 
 impl<P> RowSplit<P> {
@@ -518,7 +517,6 @@ impl<P> RowSplit<P> {
         level: usize,
         scale: f64,
     ) -> Result<Self> {
-        check_slots(b, scores)?;
         let (heads, np, ..) = heads_of(scores)?;
         if level < 1 || level > b.max_level() {
             return Err(Error::NotEnoughLevels {
@@ -532,18 +530,11 @@ impl<P> RowSplit<P> {
                 let r = c % np;
                 f64::from(u8::from((t + r >= np) == wrapped))
             });
-            scores
-                .pack(&m)?
-                .iter()
-                .map(|v| b.encode(v, level, b.rescale_factor(level)))
-                .collect::<Result<Vec<_>>>()
+            PlainMatrix::encode(b, &m, scores, level, b.rescale_factor(level))
         };
         Ok(Self {
-            layout: scores.clone(),
-            level,
             scale,
-            lo: part(false)?,
-            hi: part(true)?,
+            parts: [part(false)?, part(true)?],
         })
     }
 
@@ -552,7 +543,7 @@ impl<P> RowSplit<P> {
     where
         P: PlaintextSize,
     {
-        self.lo.iter().chain(&self.hi).map(|p| p.heap_bytes()).sum()
+        self.parts.iter().map(PlainMatrix::heap_bytes).sum()
     }
 
     /// Plan of [`RowSplit::apply`].
@@ -569,16 +560,18 @@ impl<P> RowSplit<P> {
     where
         P: Send + Sync,
     {
-        let ss = check_input(b, s, &self.layout, self.level, self.scale, "scores layout")?;
-        let part = |masks: &[P]| -> Result<PackedMatrix<B::Ct>> {
+        let [lo, hi] = &self.parts;
+        let layout = lo.layout();
+        let ss = check_input(b, s, layout, lo.level(), self.scale, "scores layout")?;
+        let part = |masks: &PlainMatrix<P>| -> Result<PackedMatrix<B::Ct>> {
             let cts = ss
                 .par_iter()
-                .zip(masks)
+                .zip(masks.pts())
                 .map(|(c, m)| b.rescale(&b.mul_plain(c, m)?))
                 .collect::<Result<Vec<_>>>()?;
-            PackedMatrix::new(self.layout.clone(), cts)
+            PackedMatrix::new(layout.clone(), cts)
         };
-        Ok([part(&self.lo)?, part(&self.hi)?])
+        Ok([part(lo)?, part(hi)?])
     }
 }
 

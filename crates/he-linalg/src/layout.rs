@@ -6,7 +6,7 @@
 //! `(p % chunks) * row_stride + t`, where `p` is the physical column of logical column `c`
 //! given by the [`ColumnOrder`]. See `docs/packing.md` for pictures.
 
-use crate::backend::{SlotBackend, SlotClient};
+use crate::backend::{PlaintextSize, SlotBackend, SlotClient};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 
@@ -303,6 +303,13 @@ impl<P> PlainMatrix<P> {
     /// The plaintexts, one per ciphertext of the layout.
     pub fn pts(&self) -> &[P] {
         &self.pts
+    }
+    /// Bytes of the encoded plaintexts.
+    pub fn heap_bytes(&self) -> usize
+    where
+        P: PlaintextSize,
+    {
+        self.pts.iter().map(|p| p.heap_bytes()).sum()
     }
 }
 

@@ -283,16 +283,12 @@ impl SharedProgram {
     pub fn heap_bytes(&self) -> usize {
         self.qk.heap_bytes()
             + self.av.heap_bytes()
-            + plain_matrix_bytes(&self.t1_mul)
-            + plain_matrix_bytes(&self.t1_add)
+            + self.t1_mul.heap_bytes()
+            + self.t1_add.heap_bytes()
             + self.t2.heap_bytes()
             + self.t3.heap_bytes()
             + self.split.heap_bytes()
     }
-}
-
-fn plain_matrix_bytes(m: &PlainMatrix<CkksPlaintext>) -> usize {
-    m.pts().iter().map(|p| p.heap_bytes()).sum()
 }
 
 /// Encoded operations of one layer at one bucket.
@@ -314,7 +310,7 @@ impl LayerProgram {
     pub fn heap_bytes(&self) -> usize {
         let lins = [&self.q, &self.k, &self.v, &self.wo, &self.w1];
         let tail: usize = match &self.tail {
-            LayerTail::Next { w2, g12 } => w2.heap_bytes() + plain_matrix_bytes(g12),
+            LayerTail::Next { w2, g12 } => w2.heap_bytes() + g12.heap_bytes(),
             LayerTail::Logits { m1, m2, bias, .. } => {
                 m1.heap_bytes() + m2.heap_bytes() + bias.heap_bytes()
             }
