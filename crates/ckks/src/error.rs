@@ -106,6 +106,9 @@ pub enum Error {
         /// log2 of the right scale.
         right: f64,
     },
+    /// A sum of products was asked for with no products.
+    #[error("a sum of products needs at least one product")]
+    EmptySum,
     /// Two operands have different slot counts.
     #[error("slot count mismatch: left {left}, right {right}")]
     SlotsMismatch {

@@ -300,6 +300,179 @@ impl Evaluator {
         Ok(())
     }
 
+    /// `Σ a_i ⊗ b_i` over `pairs` (tensor products, not relinearized: degree 2), bit-identical
+    /// to chaining [`Evaluator::multiply_acc`] but with one modular reduction per coefficient
+    /// for many products (AVX-512 IFMA where available). All operands at one level, all
+    /// products at one scale.
+    pub fn multiply_sum(&self, pairs: &[(&Ciphertext, &Ciphertext)]) -> Result<Ciphertext> {
+        let mut out = self.multiply_sums(&[pairs])?;
+        Ok(out.pop().expect("one sum"))
+    }
+
+    /// Several [`Evaluator::multiply_sum`]s at once, coefficient block by coefficient block,
+    /// so that operands shared by many sums are read from memory once. All operands of all
+    /// sums at one level; each sum's products at one scale.
+    pub fn multiply_sums(&self, sums: &[&[(&Ciphertext, &Ciphertext)]]) -> Result<Vec<Ciphertext>> {
+        let first = sums
+            .first()
+            .and_then(|s| s.first())
+            .ok_or(Error::EmptySum)?
+            .0;
+        let mut terms = Vec::new();
+        let mut outs = Vec::with_capacity(sums.len());
+        for (i, pairs) in sums.iter().enumerate() {
+            let (a, b) = pairs.first().ok_or(Error::EmptySum)?;
+            let scale = a.scale * b.scale;
+            for (x, y) in pairs.iter() {
+                check_degree(x, 1)?;
+                check_degree(y, 1)?;
+                for z in [x, y] {
+                    if z.level() != first.level() {
+                        return Err(Error::LevelMismatch {
+                            left: first.level(),
+                            right: z.level(),
+                        });
+                    }
+                    check_slots(first.slots, z.slots)?;
+                }
+                check_scale(scale, x.scale * y.scale)?;
+                let (x0, x1, y0, y1) = (&x.polys[0], &x.polys[1], &y.polys[0], &y.polys[1]);
+                let o = 3 * i;
+                terms.extend([
+                    (o, x0, y0),
+                    (o + 1, x0, y1),
+                    (o + 1, x1, y0),
+                    (o + 2, x1, y1),
+                ]);
+            }
+            outs.push((3, scale));
+        }
+        Ok(self.assemble(
+            self.dot(3 * sums.len(), first.level() + 1, &terms),
+            &outs,
+            first.slots,
+        ))
+    }
+
+    /// `Σ ct_i ⊙ pt_i` over `pairs`, bit-identical to chaining
+    /// [`Evaluator::multiply_plain_acc`] but with one modular reduction per coefficient for many
+    /// products. Ciphertexts at one level and degree, plaintexts at that level or above, all
+    /// products at one scale.
+    pub fn multiply_plain_sum(&self, pairs: &[(&Ciphertext, &Plaintext)]) -> Result<Ciphertext> {
+        let mut out = self.multiply_plain_sums(&[pairs])?;
+        Ok(out.pop().expect("one sum"))
+    }
+
+    /// Several [`Evaluator::multiply_plain_sum`]s at once (operands shared by many sums are
+    /// read from memory once). All ciphertexts of all sums at one level; within a sum, one
+    /// degree and one product scale.
+    pub fn multiply_plain_sums(
+        &self,
+        sums: &[&[(&Ciphertext, &Plaintext)]],
+    ) -> Result<Vec<Ciphertext>> {
+        let first = sums
+            .first()
+            .and_then(|s| s.first())
+            .ok_or(Error::EmptySum)?
+            .0;
+        let mut terms = Vec::new();
+        let mut outs = Vec::with_capacity(sums.len());
+        let mut base = 0;
+        for pairs in sums {
+            let (c, p) = pairs.first().ok_or(Error::EmptySum)?;
+            let scale = c.scale * p.scale;
+            for (x, pt) in pairs.iter() {
+                Self::check_plain_product(x, pt)?;
+                check_degree(x, c.degree())?;
+                if x.level() != first.level() {
+                    return Err(Error::LevelMismatch {
+                        left: first.level(),
+                        right: x.level(),
+                    });
+                }
+                check_slots(first.slots, x.slots)?;
+                check_scale(scale, x.scale * pt.scale)?;
+                terms.extend(
+                    x.polys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, q)| (base + i, q, &pt.poly)),
+                );
+            }
+            outs.push((c.polys.len(), scale));
+            base += c.polys.len();
+        }
+        Ok(self.assemble(
+            self.dot(base, first.level() + 1, &terms),
+            &outs,
+            first.slots,
+        ))
+    }
+
+    /// Groups consecutive polynomials into ciphertexts of the given `(polynomials, scale)`.
+    fn assemble(
+        &self,
+        polys: Vec<Poly<Ntt>>,
+        outs: &[(usize, f64)],
+        slots: usize,
+    ) -> Vec<Ciphertext> {
+        let mut polys = polys.into_iter();
+        outs.iter()
+            .map(|&(k, scale)| Ciphertext {
+                polys: polys.by_ref().take(k).collect(),
+                scale,
+                slots,
+            })
+            .collect()
+    }
+
+    /// `outs[o] = Σ x ⊙ y` over the terms `(o, x, y)`, on the first `nq` q-limbs.
+    fn dot(
+        &self,
+        outs: usize,
+        nq: usize,
+        terms: &[(usize, &Poly<Ntt>, &Poly<Ntt>)],
+    ) -> Vec<Poly<Ntt>> {
+        let ctx = self.ctx();
+        let n = ctx.n;
+        let mut polys: Vec<Poly<Ntt>> = (0..outs)
+            .map(|_| Poly::<Ntt>::zero_ctx(ctx, nq, 0))
+            .collect();
+        // Limb k of every output polynomial, grouped by k.
+        let mut limbs: Vec<Vec<&mut [u64]>> = (0..nq).map(|_| Vec::new()).collect();
+        for p in &mut polys {
+            for (k, l) in p.data.chunks_exact_mut(n).enumerate() {
+                limbs[k].push(l);
+            }
+        }
+        let kernel = |k: usize, out: &mut Vec<&mut [u64]>| {
+            let limb_terms: Vec<(usize, &[u64], &[u64])> = terms
+                .iter()
+                .map(|&(o, x, y)| (o, x.limb(k), y.limb(k)))
+                .collect();
+            let t = ctx.moduli[k].value();
+            if !crate::simd::dot_sum(out, &limb_terms, t) {
+                for &(o, x, y) in &limb_terms {
+                    ctx.plans[k].mul_accumulate(out[o], x, y);
+                }
+            }
+        };
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            limbs
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(k, out)| kernel(k, out));
+        }
+        #[cfg(not(feature = "parallel"))]
+        limbs
+            .iter_mut()
+            .enumerate()
+            .for_each(|(k, out)| kernel(k, out));
+        polys
+    }
+
     fn check_key(&self, p: &Parameters) -> Result<()> {
         self.params.check_same(p)
     }

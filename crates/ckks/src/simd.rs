@@ -170,6 +170,89 @@ mod imp {
         true
     }
 
+    /// Coefficients per block of [`dot_sum`] (four vectors): each output's accumulators stay in
+    /// registers while its terms stream through, and one block of every operand stays in cache
+    /// for all the outputs that share it.
+    const BLOCK: usize = 32;
+
+    /// See [`super::dot_sum`].
+    pub fn dot_sum(outs: &mut [&mut [u64]], terms: &[(usize, &[u64], &[u64])], t: u64) -> bool {
+        let n = outs.first().map_or(0, |o| o.len());
+        if t >= 1 << 50
+            || !n.is_multiple_of(BLOCK)
+            || outs.iter().any(|o| o.len() != n)
+            || terms
+                .iter()
+                .any(|&(o, x, y)| o >= outs.len() || x.len() < n || y.len() < n)
+        {
+            return false;
+        }
+        let Some(simd) = Ifma::try_new() else {
+            return false;
+        };
+        let max_terms = super::max_lazy_terms(t);
+        let c = ((1u128 << 52) % t as u128) as u64;
+        let c52 = (((c as u128) << 52) / t as u128) as u64;
+        let one52 = ((1u128 << 52) / t as u128) as u64;
+        let mut by_out: Vec<Vec<(&[u64], &[u64])>> = vec![Vec::new(); outs.len()];
+        for &(o, x, y) in terms {
+            by_out[o].push((x, y));
+        }
+        simd.vectorize(
+            #[inline(always)]
+            || {
+                let f = simd.avx512f;
+                let m = simd.avx512ifma;
+                let zero = f._mm512_set1_epi64(0);
+                let vt = f._mm512_set1_epi64(t as i64);
+                let vc = f._mm512_set1_epi64(c as i64);
+                let vc52 = f._mm512_set1_epi64(c52 as i64);
+                let vone52 = f._mm512_set1_epi64(one52 as i64);
+                let add_mod = |a: __m512i, b: __m512i| {
+                    let s = f._mm512_add_epi64(a, b);
+                    f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt))
+                };
+                for i0 in (0..n).step_by(BLOCK) {
+                    for (out, list) in outs.iter_mut().zip(&by_out) {
+                        let mut r = [zero; 4];
+                        let mut lo = [zero; 4];
+                        let mut hi = [zero; 4];
+                        let mut count = 0;
+                        for &(x, y) in list {
+                            if count == max_terms {
+                                for v in 0..4 {
+                                    let red = reduce_52(simd, lo[v], hi[v], vt, vc, vc52, vone52);
+                                    r[v] = add_mod(r[v], red);
+                                }
+                                lo = [zero; 4];
+                                hi = [zero; 4];
+                                count = 0;
+                            }
+                            count += 1;
+                            for v in 0..4 {
+                                let xv = load8(x, i0 + 8 * v);
+                                let yv = load8(y, i0 + 8 * v);
+                                lo[v] = m._mm512_madd52lo_epu64(lo[v], xv, yv);
+                                hi[v] = m._mm512_madd52hi_epu64(hi[v], xv, yv);
+                            }
+                        }
+                        for v in 0..4 {
+                            let red = reduce_52(simd, lo[v], hi[v], vt, vc, vc52, vone52);
+                            let s = add_mod(r[v], red);
+                            out[i0 + 8 * v..i0 + 8 * v + 8].copy_from_slice(&pulp::cast::<
+                                __m512i,
+                                [u64; 8],
+                            >(
+                                s
+                            ));
+                        }
+                    }
+                }
+            },
+        );
+        true
+    }
+
     /// See [`super::centered_reduce`].
     pub fn centered_reduce(out: &mut [u64], src: &[u64], q: u64, ql: u64, ql_mod: u64) -> bool {
         if ql >= 2 * q || q >= 1 << 62 {
@@ -327,6 +410,32 @@ pub(crate) fn dot2_reduce(
     }
 }
 
+/// Terms of a lazily reduced sum of products modulo `t` (inputs below `t`): `lo` collects the
+/// low 52 bits of each product (at most 4095 terms fit in 64 bits) and `hi` the high bits, and
+/// [`dot_sum`]'s reduction needs `hi + (lo >> 52) < 2^52`.
+pub(crate) fn max_lazy_terms(t: u64) -> usize {
+    let hmax = ((t as u128 - 1) * (t as u128 - 1)) >> 52;
+    (((1u128 << 52) / (hmax + 1)) as usize).min(4095)
+}
+
+/// `outs[o] = sum of x * y mod t` over the terms `(o, x, y)` (lane-wise, inputs below `t`),
+/// accumulating 104-bit products with AVX-512 IFMA and reducing once per
+/// [`max_lazy_terms`] terms. An output without terms is zeroed. Requires `t < 2^50`, output
+/// lengths a multiple of 32 and operands at least as long. Returns `false` (doing nothing)
+/// when no kernel applies.
+#[inline]
+pub(crate) fn dot_sum(outs: &mut [&mut [u64]], terms: &[(usize, &[u64], &[u64])], t: u64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::dot_sum(outs, terms, t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (outs, terms, t);
+        false
+    }
+}
+
 /// `out = [src centered modulo ql] mod q`: each `src < ql` is lifted to `(-ql/2, ql/2]` and
 /// reduced modulo `q` (`ql_mod = ql mod q`). Requires `ql < 2q`. Returns `false` when no kernel
 /// applies.
@@ -398,6 +507,42 @@ pub(crate) fn mul_shoup_acc(out: &mut [u64], y: &[u64], w: u64, t: u64, first: b
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dot_sum_matches_scalar() {
+        let n = 512;
+        for t in [(1u64 << 49) + 0x1_0001, (1u64 << 36) - 5, 97] {
+            let ops: Vec<Vec<u64>> = (0..40u64)
+                .map(|s| {
+                    (0..n as u64)
+                        .map(|i| (i * 0x9E37_79B9_7F4A + s * 0x0001_2345_6789) % t)
+                        .collect()
+                })
+                .collect();
+            // 37 terms into output 0 (more than one lazy chunk at 50 bits), 3 into output 2,
+            // none into output 1.
+            let mut terms: Vec<(usize, &[u64], &[u64])> = (0..37)
+                .map(|j| (0, ops[j].as_slice(), ops[(j + 1) % 40].as_slice()))
+                .collect();
+            terms.extend((37..40).map(|j| (2, ops[j].as_slice(), ops[j - 20].as_slice())));
+            let mut bufs = vec![vec![7u64; n]; 3];
+            let mut outs: Vec<&mut [u64]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            if !super::dot_sum(&mut outs, &terms, t) {
+                continue;
+            }
+            for i in 0..n {
+                let mut want = [0u128; 3];
+                for &(o, x, y) in &terms {
+                    want[o] = (want[o] + x[i] as u128 * y[i] as u128) % t as u128;
+                }
+                for o in 0..3 {
+                    assert_eq!(bufs[o][i] as u128, want[o], "t {t} output {o} lane {i}");
+                }
+            }
+        }
+        assert_eq!(super::max_lazy_terms((1 << 50) - 27), 16);
+        assert_eq!(super::max_lazy_terms(97), 4095);
+    }
+
     #[test]
     fn ifma_kernel_matches_scalar() {
         let t = (1u64 << 49) + 0x1_0001; // any modulus below 2^50 (primality not needed)

@@ -598,3 +598,76 @@ fn fused_ciphertext_multiply_accumulate() {
         Err(Error::ScaleMismatch { .. })
     ));
 }
+
+#[test]
+fn sums_of_products_equal_chained_accumulation() {
+    let s = setup(Parameters::preset(Preset::N13L2));
+    let scale = s.params.default_scale();
+    // 20 products: more than one lazily reduced chunk on the 50-bit prime.
+    let xs: Vec<Vec<f64>> = (0..40).map(|i| vector(4096, 300 + i, -1.0, 1.0)).collect();
+    let cts: Vec<Ciphertext> = xs.iter().map(|x| s.encrypt(x, 2)).collect();
+    let pairs: Vec<(&Ciphertext, &Ciphertext)> =
+        (0..20).map(|i| (&cts[2 * i], &cts[2 * i + 1])).collect();
+    let mut chained = s.ev.multiply(pairs[0].0, pairs[0].1).unwrap();
+    for (a, b) in &pairs[1..] {
+        s.ev.multiply_acc(&mut chained, a, b).unwrap();
+    }
+    let sum = s.ev.multiply_sum(&pairs).unwrap();
+    assert_eq!(sum, chained, "tensor sum is bit-identical");
+    let got =
+        s.ev.rescale(&s.ev.relinearize(&sum, &s.rlk).unwrap())
+            .unwrap();
+    let want: Vec<f64> = (0..4096)
+        .map(|j| (0..20).map(|i| xs[2 * i][j] * xs[2 * i + 1][j]).sum())
+        .collect();
+    assert_precision(&want, &s.decrypt(&got), 14.0);
+
+    // Plaintext products, one plaintext a level above the ciphertexts.
+    let pts: Vec<Plaintext> = (0..20)
+        .map(|i| {
+            s.enc
+                .encode(&xs[2 * i + 1], if i == 3 { 2 } else { 1 }, scale)
+                .unwrap()
+        })
+        .collect();
+    let low: Vec<Ciphertext> = (0..20)
+        .map(|i| s.ev.drop_level(&cts[2 * i], 1).unwrap())
+        .collect();
+    let plain_pairs: Vec<(&Ciphertext, &Plaintext)> = low.iter().zip(&pts).collect();
+    let mut chained = s.ev.multiply_plain(&low[0], &pts[0]).unwrap();
+    for (c, p) in &plain_pairs[1..] {
+        s.ev.multiply_plain_acc(&mut chained, c, p).unwrap();
+    }
+    assert_eq!(
+        s.ev.multiply_plain_sum(&plain_pairs).unwrap(),
+        chained,
+        "plain sum is bit-identical"
+    );
+
+    // Bad input is rejected.
+    assert!(matches!(s.ev.multiply_sum(&[]), Err(Error::EmptySum)));
+    assert!(matches!(s.ev.multiply_plain_sum(&[]), Err(Error::EmptySum)));
+    assert!(matches!(
+        s.ev.multiply_sum(&[pairs[0], (&low[0], &low[1])]),
+        Err(Error::LevelMismatch { .. })
+    ));
+    let mut other_scale = cts[1].clone();
+    other_scale.set_scale(cts[1].scale() * 2.0);
+    assert!(matches!(
+        s.ev.multiply_sum(&[pairs[0], (&cts[0], &other_scale)]),
+        Err(Error::ScaleMismatch { .. })
+    ));
+    let degree2 = s.ev.multiply(&cts[0], &cts[1]).unwrap();
+    assert!(matches!(
+        s.ev.multiply_sum(&[(&degree2, &cts[1])]),
+        Err(Error::DegreeMismatch { .. })
+    ));
+    assert!(matches!(
+        s.ev.multiply_plain_sum(&[plain_pairs[0], (&cts[0], &pts[3])]),
+        Err(Error::LevelMismatch { .. })
+    ));
+    assert!(matches!(
+        s.ev.multiply_plain_sum(&[(&cts[0], &pts[0])]),
+        Err(Error::LevelMismatch { .. })
+    ));
+}

@@ -462,26 +462,30 @@ impl<P> QkScores<P> {
                             .collect::<Result<Vec<_>>>()
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let placed = self.placements[bo]
-                    .par_iter()
+                // All placements' products at once: they share the masked operands.
+                let sums = self.placements[bo]
+                    .iter()
                     .map(|pl| {
-                        let mut x: Option<B::Ct> = None;
+                        let mut pairs = Vec::new();
                         for &(kk, src) in &pl.terms {
                             let qs = qm[src].as_ref().ok_or_else(|| {
                                 Error::Unsupported("internal: missing group mask".into())
                             })?;
-                            for (q, k) in qs.iter().zip(&km[kk]) {
-                                match x.as_mut() {
-                                    None => x = Some(b.mul(q, k)?),
-                                    Some(s) => b.mul_add(s, q, k)?,
-                                }
-                            }
+                            pairs.extend(qs.iter().zip(&km[kk]));
                         }
-                        let x = x.ok_or_else(|| {
-                            Error::Unsupported("internal: empty score placement".into())
-                        })?;
-                        b.rotate(&b.rescale(&b.relinearize(&x)?)?, pl.step)
+                        if pairs.is_empty() {
+                            return Err(Error::Unsupported(
+                                "internal: empty score placement".into(),
+                            ));
+                        }
+                        Ok(pairs)
                     })
+                    .collect::<Result<Vec<_>>>()?;
+                let placed = b
+                    .mul_sums(&sums)?
+                    .into_par_iter()
+                    .zip(&self.placements[bo])
+                    .map(|(x, pl)| b.rotate(&b.rescale(&b.relinearize(&x)?)?, pl.step))
                     .collect::<Result<Vec<_>>>()?;
                 let mut placed = placed.into_iter();
                 let mut acc = placed
@@ -775,55 +779,56 @@ impl<P> AttentionValues<P> {
                 let shifts = g.min(np.saturating_sub(g * bo));
                 // Each mask transformed once for all the shifts it serves.
                 let masks: Vec<_> = self.masks[bo].par_iter().map(|m| b.expanded(m)).collect();
-                // Broadcast diagonals (lo and hi part) of each shift, rescaled to l1.
-                let diags = (0..shifts)
+                // Broadcast diagonals (lo and hi part) of each shift, all sums at once (they
+                // share the masks and the rotated scores), rescaled to l1.
+                let mut sums = Vec::new();
+                let mut keys = Vec::new();
+                for kk in 0..shifts {
+                    let wrapped = wraps(n, np, bo * g + kk);
+                    for (part, src) in [&rot_lo, &rot_hi]
+                        .into_iter()
+                        .enumerate()
+                        .take(1 + usize::from(wrapped))
+                    {
+                        let pairs = masks
+                            .iter()
+                            .enumerate()
+                            .map(|(gv, mask)| {
+                                let m = (kk + g - gv) % g;
+                                let idx = self.s_ms[bo].binary_search(&m).map_err(|_| {
+                                    Error::Unsupported("internal: missing scores rotation".into())
+                                })?;
+                                Ok((&src[bo][idx], &**mask))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        sums.push(pairs);
+                        keys.push((kk, part));
+                    }
+                }
+                let sums = b.mul_plain_sums(&sums)?;
+                let diags = sums
                     .into_par_iter()
-                    .map(|kk| {
-                        let r = bo * g + kk;
-                        let wrapped = wraps(n, np, r);
-                        let (mut dlo, mut dhi): (Option<B::Ct>, Option<B::Ct>) = (None, None);
-                        for (gv, mask) in masks.iter().enumerate() {
-                            let m = (kk + g - gv) % g;
-                            let idx = self.s_ms[bo].binary_search(&m).map_err(|_| {
-                                Error::Unsupported("internal: missing scores rotation".into())
-                            })?;
-                            let parts = [(&mut dlo, &rot_lo), (&mut dhi, &rot_hi)];
-                            for (d, src) in parts.into_iter().take(1 + usize::from(wrapped)) {
-                                match d.as_mut() {
-                                    None => *d = Some(b.mul_plain(&src[bo][idx], mask)?),
-                                    Some(x) => b.mul_plain_add(x, &src[bo][idx], mask)?,
-                                }
-                            }
-                        }
-                        let dlo = dlo.map(|d| b.rescale(&d)).transpose()?;
-                        let dhi = match (dhi, self.baby.hi_idx[kk]) {
-                            (Some(d), Some(idx)) => Some((b.rescale(&d)?, idx)),
-                            _ => None,
-                        };
-                        Ok((kk, dlo, dhi))
+                    .zip(keys)
+                    .filter_map(|(d, (kk, part))| {
+                        // The wrapped part multiplies V rotated by the shift minus n'.
+                        let idx = if part == 0 {
+                            Some(kk)
+                        } else {
+                            self.baby.hi_idx[kk]
+                        }?;
+                        Some(b.rescale(&d).map(|d| (d, idx)))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                vb.par_iter()
-                    .map(|va| {
-                        let mut part: Option<B::Ct> = None;
-                        for (kk, dlo, dhi) in &diags {
-                            let mut terms = Vec::with_capacity(2);
-                            if let Some(d) = dlo {
-                                terms.push((d, &va[*kk]));
-                            }
-                            if let Some((d, idx)) = dhi {
-                                terms.push((d, &va[*idx]));
-                            }
-                            for (d, vr) in terms {
-                                match part.as_mut() {
-                                    None => part = Some(b.mul(d, vr)?),
-                                    Some(x) => b.mul_add(x, d, vr)?,
-                                }
-                            }
-                        }
-                        part.map(|p| b.rotate(&b.rescale(&b.relinearize(&p)?)?, back))
-                            .transpose()
-                    })
+                if diags.is_empty() {
+                    return Ok(vec![None; vb.len()]);
+                }
+                let sums: Vec<Vec<_>> = vb
+                    .iter()
+                    .map(|va| diags.iter().map(|(d, idx)| (d, &va[*idx])).collect())
+                    .collect();
+                b.mul_sums(&sums)?
+                    .into_par_iter()
+                    .map(|p| Ok(Some(b.rotate(&b.rescale(&b.relinearize(&p)?)?, back)?)))
                     .collect()
             })
             .collect::<Result<Vec<_>>>()?;

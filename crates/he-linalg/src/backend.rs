@@ -78,6 +78,34 @@ pub trait SlotBackend: Sync {
         let t = self.mul(a, b)?;
         self.add_assign(acc, &t)
     }
+    /// `Σ a ⊗ b` over each non-empty list of pairs (degree 2, not relinearized). Several sums
+    /// at once, so that a backend can read operands shared by many sums from memory once.
+    fn mul_sums(&self, sums: &[Vec<(&Self::Ct, &Self::Ct)>]) -> Result<Vec<Self::Ct>> {
+        sums.iter()
+            .map(|pairs| {
+                let ((a, b), rest) = pairs.split_first().ok_or_else(empty_sum)?;
+                let mut acc = self.mul(a, b)?;
+                for (a, b) in rest {
+                    self.mul_add(&mut acc, a, b)?;
+                }
+                Ok(acc)
+            })
+            .collect()
+    }
+    /// `Σ a ⊙ p` over each non-empty list of pairs (plaintexts at the ciphertexts' level or
+    /// above), several sums at once like [`SlotBackend::mul_sums`].
+    fn mul_plain_sums(&self, sums: &[Vec<(&Self::Ct, &Self::Pt)>]) -> Result<Vec<Self::Ct>> {
+        sums.iter()
+            .map(|pairs| {
+                let ((a, p), rest) = pairs.split_first().ok_or_else(empty_sum)?;
+                let mut acc = self.mul_plain(a, p)?;
+                for (a, p) in rest {
+                    self.mul_plain_add(&mut acc, a, p)?;
+                }
+                Ok(acc)
+            })
+            .collect()
+    }
     /// Relinearizes a degree-2 ciphertext (one key switch); degree 1 is returned unchanged.
     fn relinearize(&self, a: &Self::Ct) -> Result<Self::Ct>;
     /// Divides by [`SlotBackend::rescale_factor`] of the current level and drops one level.
@@ -224,4 +252,9 @@ pub const SCALE_TOLERANCE: f64 = 1e-9;
 /// Whether two scales are equal up to [`SCALE_TOLERANCE`].
 pub fn scales_match(a: f64, b: f64) -> bool {
     (a - b).abs() <= SCALE_TOLERANCE * a.abs().max(b.abs())
+}
+
+/// The error for a sum of products without products.
+fn empty_sum() -> crate::Error {
+    crate::Error::Unsupported("internal: a sum of products needs at least one product".into())
 }

@@ -1,6 +1,7 @@
 //! [`SlotBackend`] on real CKKS ciphertexts (the `ckks` crate), with the same key-switch
 //! accounting as the cleartext evaluator.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use ckks::{
@@ -279,6 +280,42 @@ impl SlotBackend for CkksBackend {
     fn mul_add(&self, acc: &mut Ciphertext, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
         self.stats.record_ct_mult();
         Ok(self.eval.multiply_acc(acc, a, b)?)
+    }
+    fn mul_sums(&self, sums: &[Vec<(&Ciphertext, &Ciphertext)>]) -> Result<Vec<Ciphertext>> {
+        for pairs in sums {
+            for _ in pairs {
+                self.stats.record_ct_mult();
+            }
+        }
+        let refs: Vec<&[(&Ciphertext, &Ciphertext)]> = sums.iter().map(Vec::as_slice).collect();
+        Ok(self.eval.multiply_sums(&refs)?)
+    }
+    fn mul_plain_sums(
+        &self,
+        sums: &[Vec<(&Ciphertext, &CkksPlaintext)>],
+    ) -> Result<Vec<Ciphertext>> {
+        // Compact plaintexts are transformed here (callers pass expanded ones to share it).
+        let ntt: Vec<Vec<(&Ciphertext, Cow<'_, Plaintext>)>> = sums
+            .iter()
+            .map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|&(a, p)| {
+                        self.stats.record_pt_mult();
+                        match p {
+                            CkksPlaintext::Ntt(p) => (a, Cow::Borrowed(p)),
+                            CkksPlaintext::Compact(c) => (a, Cow::Owned(c.expand(&self.params))),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let pairs: Vec<Vec<(&Ciphertext, &Plaintext)>> = ntt
+            .iter()
+            .map(|v| v.iter().map(|(a, p)| (*a, p.as_ref())).collect())
+            .collect();
+        let refs: Vec<&[(&Ciphertext, &Plaintext)]> = pairs.iter().map(Vec::as_slice).collect();
+        Ok(self.eval.multiply_plain_sums(&refs)?)
     }
     fn relinearize(&self, a: &Ciphertext) -> Result<Ciphertext> {
         if a.degree() < 2 {

@@ -357,6 +357,11 @@ pub fn decrypt_level(params: &Parameters) -> usize {
     params.max_level().saturating_sub(PIPELINE_DEPTH)
 }
 
+/// The level Q and K are dropped to before Q·Kᵀ (two levels above [`decrypt_level`]).
+pub fn qk_level(params: &Parameters) -> usize {
+    decrypt_level(params) + 2
+}
+
 /// The level of every layer's input `X` (the client encrypts its input there): two below a
 /// fresh ciphertext. The value projection `V` (one level below `X`) then meets `P = e ⊙ T(s)`
 /// (fresh `e`, two levels down) at the level attention · V needs, and no prime more is carried
@@ -446,7 +451,9 @@ fn encode_shared(
     let (top, lx, delta) = levels(enc, params)?;
     let d = &w.dims;
     let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
-    let qk = QkScores::new(enc, &l.heads, lx - 1, delta, delta, factor)?;
+    // Q and K leave the projections at `lx - 1` but the scores only need to reach the decrypt
+    // level: they are dropped to two above it first (fewer primes in all of Q·Kᵀ).
+    let qk = QkScores::new(enc, &l.heads, qk_level(params), delta, delta, factor)?;
 
     // Reciprocal network on fresh `e` / `h₁` / `h₂` at the top level.
     let (mul, add, t2m, t2b, t3m) = reciprocal_mats(w, l);

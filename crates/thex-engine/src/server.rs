@@ -237,6 +237,11 @@ impl ServerSession {
             )
             .into());
         };
+        let lq = crate::program::qk_level(b.params());
+        let (q, k) = (
+            ops::drop_to_level(b, &q, lq)?,
+            ops::drop_to_level(b, &k, lq)?,
+        );
         let y = prog.shared.qk.apply(b, &q, &k)?;
         let y = ops::add_const(b, &y, prog.shift)?;
         self.compute
