@@ -433,6 +433,32 @@ impl Evaluator {
         nq: usize,
         terms: &[(usize, &Poly<Ntt>, &Poly<Ntt>)],
     ) -> Vec<Poly<Ntt>> {
+        self.per_limb(outs, nq, |k, out| {
+            let limb_terms: Vec<(usize, &[u64], &[u64])> = terms
+                .iter()
+                .map(|&(o, x, y)| (o, x.limb(k), y.limb(k)))
+                .collect();
+            self.dot_limb(k, out, &limb_terms);
+        })
+    }
+
+    /// `out[o] = Σ x ⊙ y mod q_k` over the terms `(o, x, y)` of limb `k` (`out` zero).
+    fn dot_limb(&self, k: usize, out: &mut [&mut [u64]], terms: &[(usize, &[u64], &[u64])]) {
+        let ctx = self.ctx();
+        // The outputs start at zero; the fallback accumulates into them.
+        if !crate::simd::dot_sum(out, terms, ctx.moduli[k].value()) {
+            for &(o, x, y) in terms {
+                ctx.plans[k].mul_accumulate(out[o], x, y);
+            }
+        }
+    }
+
+    /// `outs` zero polynomials of `nq` q-limbs, filled by `f(k, limb k of each)` limb by limb
+    /// (in parallel).
+    fn per_limb<F>(&self, outs: usize, nq: usize, f: F) -> Vec<Poly<Ntt>>
+    where
+        F: Fn(usize, &mut [&mut [u64]]) + Send + Sync,
+    {
         let ctx = self.ctx();
         let n = ctx.n;
         let mut polys: Vec<Poly<Ntt>> = (0..outs)
@@ -445,31 +471,16 @@ impl Evaluator {
                 limbs[k].push(l);
             }
         }
-        let kernel = |k: usize, out: &mut Vec<&mut [u64]>| {
-            let limb_terms: Vec<(usize, &[u64], &[u64])> = terms
-                .iter()
-                .map(|&(o, x, y)| (o, x.limb(k), y.limb(k)))
-                .collect();
-            let t = ctx.moduli[k].value();
-            if !crate::simd::dot_sum(out, &limb_terms, t) {
-                for &(o, x, y) in &limb_terms {
-                    ctx.plans[k].mul_accumulate(out[o], x, y);
-                }
-            }
-        };
         #[cfg(feature = "parallel")]
         {
             use rayon::prelude::*;
             limbs
                 .par_iter_mut()
                 .enumerate()
-                .for_each(|(k, out)| kernel(k, out));
+                .for_each(|(k, out)| f(k, out));
         }
         #[cfg(not(feature = "parallel"))]
-        limbs
-            .iter_mut()
-            .enumerate()
-            .for_each(|(k, out)| kernel(k, out));
+        limbs.iter_mut().enumerate().for_each(|(k, out)| f(k, out));
         polys
     }
 
