@@ -37,7 +37,15 @@ pub struct EngineParams {
     /// Encode every bucket's weights when compiling (`true`), or per inference and drop them
     /// afterwards (`false`: far less memory for large models, encoding time per request).
     pub pre_encode: bool,
+    /// Pre-encoded weights are kept in NTT form (every product skips the transform of its
+    /// plaintext: BERT-tiny-sized inference about 15% faster) while that takes at most this
+    /// many bytes, bounded by `compact bytes × (max_level + 1)` per bucket in order; compact
+    /// (up to `level + 1` times smaller) otherwise. 0 keeps every bucket compact.
+    pub ntt_weights_max_bytes: usize,
 }
+
+/// Default [`EngineParams::ntt_weights_max_bytes`]: 8 GiB.
+pub const DEFAULT_NTT_WEIGHTS_MAX_BYTES: usize = 8 << 30;
 
 impl Default for EngineParams {
     fn default() -> Self {
@@ -48,6 +56,7 @@ impl Default for EngineParams {
             extra_levels: 0,
             log_n: None,
             pre_encode: true,
+            ntt_weights_max_bytes: DEFAULT_NTT_WEIGHTS_MAX_BYTES,
         }
     }
 }

@@ -620,9 +620,16 @@ fn encode_layer(
 }
 
 /// The keyless backend that encodes the server's weights: compact plaintexts (one `i64` per
-/// coefficient), transformed to NTT form inside each product.
-fn weight_encoder(params: &Parameters) -> CkksBackend {
-    CkksBackend::encoder_only(params).compact_plaintexts(true)
+/// coefficient, transformed to NTT form inside each product) or NTT form (`level + 1` limbs).
+fn weight_encoder(params: &Parameters, compact: bool) -> CkksBackend {
+    CkksBackend::encoder_only(params).compact_plaintexts(compact)
+}
+
+/// One bucket's encoded layers (empty unless pre-encoded), their plans and the summary.
+struct EncodedBucket {
+    programs: Vec<Arc<LayerProgram>>,
+    layer_plans: Vec<Plan>,
+    plan: BucketPlan,
 }
 
 /// Summary of one compiled bucket (for reports and the client bundle).
@@ -787,57 +794,76 @@ impl ServerModel {
             encoded: Mutex::new(BTreeMap::new()),
             calibrated: None,
         };
-        let enc = weight_encoder(&model.params);
+        let compact = weight_encoder(&model.params, true);
+        let ntt = weight_encoder(&model.params, false);
+        // NTT form while the bound `compact bytes × (max_level + 1)` stays within the limit.
+        let mut ntt_left = if model.engine.pre_encode {
+            model.engine.ntt_weights_max_bytes
+        } else {
+            0
+        };
         for &b in &model.engine.buckets.clone() {
-            let mut steps = BTreeSet::new();
-            let (mut ks, mut pts, mut bytes) = (0, 0, 0);
-            let mut progs = Vec::new();
-            let mut layer_plans = Vec::new();
-            let shared = Arc::new(encode_shared(
-                &enc,
-                &model.weights,
-                model.layouts(b)?,
-                &model.params,
-            )?);
-            bytes += shared.heap_bytes();
-            pts += shared.t2.n_plaintexts() + shared.t3.n_plaintexts();
-            for layer in 0..model.folded.len() {
-                let p = model.encode(&enc, b, layer, shared.clone())?;
-                layer_plans.push(p.plan.clone());
-                steps.extend(p.plan.galois_steps());
-                ks += p.plan.key_switches();
-                pts += p.linear_plaintexts();
-                bytes += p.heap_bytes();
-                if model.engine.pre_encode {
-                    progs.push(Arc::new(p));
-                }
+            let mut bucket = model.encode_bucket(&compact, b)?;
+            let bound = bucket.plan.weight_bytes * (model.params.max_level() + 1);
+            if bound <= ntt_left {
+                bucket = model.encode_bucket(&ntt, b)?;
+                ntt_left -= bound;
             }
-            model.layer_plans.insert(b, layer_plans);
-            let l = &model.layouts[&b];
-            let round_ciphertexts = (0..model.folded.len())
-                .flat_map(|_| LAYER_ROUNDS.iter())
-                .map(|kinds| kinds.iter().map(|k| k.layout(l).n_cts()).sum())
-                .collect();
-            model.plans.insert(
-                b,
-                BucketPlan {
-                    bucket: b,
-                    galois_steps: steps.into_iter().collect(),
-                    key_switches: ks,
-                    plaintexts: pts,
-                    weight_bytes: bytes,
-                    round_ciphertexts,
-                },
-            );
+            model.layer_plans.insert(b, bucket.layer_plans);
+            model.plans.insert(b, bucket.plan);
             if model.engine.pre_encode {
                 model
                     .encoded
                     .get_mut()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(b, Arc::new(progs));
+                    .insert(b, Arc::new(bucket.programs));
             }
         }
         Ok(model)
+    }
+
+    /// Encodes every layer of bucket `b` with `enc` and summarizes it.
+    fn encode_bucket(&self, enc: &CkksBackend, b: usize) -> Result<EncodedBucket> {
+        let mut steps = BTreeSet::new();
+        let (mut ks, mut pts, mut bytes) = (0, 0, 0);
+        let mut programs = Vec::new();
+        let mut layer_plans = Vec::new();
+        let shared = Arc::new(encode_shared(
+            enc,
+            &self.weights,
+            self.layouts(b)?,
+            &self.params,
+        )?);
+        bytes += shared.heap_bytes();
+        pts += shared.t2.n_plaintexts() + shared.t3.n_plaintexts();
+        for layer in 0..self.folded.len() {
+            let p = self.encode(enc, b, layer, shared.clone())?;
+            layer_plans.push(p.plan.clone());
+            steps.extend(p.plan.galois_steps());
+            ks += p.plan.key_switches();
+            pts += p.linear_plaintexts();
+            bytes += p.heap_bytes();
+            if self.engine.pre_encode {
+                programs.push(Arc::new(p));
+            }
+        }
+        let l = &self.layouts[&b];
+        let round_ciphertexts = (0..self.folded.len())
+            .flat_map(|_| LAYER_ROUNDS.iter())
+            .map(|kinds| kinds.iter().map(|k| k.layout(l).n_cts()).sum())
+            .collect();
+        Ok(EncodedBucket {
+            programs,
+            layer_plans,
+            plan: BucketPlan {
+                bucket: b,
+                galois_steps: steps.into_iter().collect(),
+                key_switches: ks,
+                plaintexts: pts,
+                weight_bytes: bytes,
+                round_ciphertexts,
+            },
+        })
     }
 
     fn encode(
@@ -869,7 +895,7 @@ impl ServerModel {
             return Ok(p[layer].clone());
         }
         // Not pre-encoded: the shared part too is encoded per layer and dropped after use.
-        let enc = weight_encoder(&self.params);
+        let enc = weight_encoder(&self.params, true);
         let shared = encode_shared(&enc, &self.weights, self.layouts(bucket)?, &self.params)?;
         Ok(Arc::new(self.encode(
             &enc,

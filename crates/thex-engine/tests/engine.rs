@@ -680,3 +680,37 @@ fn values_beyond_the_headroom_are_refused() {
     let c_input = c.encrypt_ids(&ids(9, 5)).unwrap();
     assert!(matches!(srv.start(c_input), Ok(Step::NeedRelu(_))));
 }
+
+#[test]
+fn ntt_and_compact_weights_compute_the_same_ciphertexts() {
+    let s = setup();
+    // The shared setup keeps its small weights in NTT form (default limit); the same model
+    // compiled with a zero limit keeps them compact.
+    let engine = EngineParams {
+        buckets: vec![16],
+        ntt_weights_max_bytes: 0,
+        ..Default::default()
+    };
+    let compact = Arc::new(ServerModel::compile(&s.model, &engine).unwrap());
+    let (cb, nb) = (
+        compact.plan(16).unwrap().weight_bytes,
+        s.server.plan(16).unwrap().weight_bytes,
+    );
+    let levels = s.server.params().max_level() + 1;
+    assert!(cb < nb && nb <= cb * levels, "compact {cb} B, NTT {nb} B");
+    // The server is deterministic and both forms give bit-identical products: the same
+    // encrypted input yields the same first request.
+    let mut c = client(s);
+    let input = c.encrypt_ids(&ids(9, 5)).unwrap();
+    let requests = [s.server.clone(), compact].map(|m| {
+        match ServerSession::new(m, s.keys.clone(), &[])
+            .unwrap()
+            .start(input.clone())
+            .unwrap()
+        {
+            Step::NeedRelu(r) => r,
+            Step::Done(_) => panic!("no rounds"),
+        }
+    });
+    assert_eq!(requests[0], requests[1]);
+}

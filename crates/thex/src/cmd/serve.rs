@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Encode the weights for every request instead of once at start (far less memory).
     #[arg(long)]
     lazy_encode: bool,
+    /// Keep the pre-encoded weights in NTT form (faster products) while they take at most this
+    /// many GiB (bounded by the compact size times the number of primes); compact otherwise.
+    #[arg(long, value_name = "GIB", default_value_t = 8)]
+    ntt_weights_max_gib: usize,
     /// Most open sessions.
     #[arg(long, default_value_t = 16)]
     max_sessions: usize,
@@ -49,6 +53,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = EngineParams {
         buckets: args.buckets.clone(),
         pre_encode: !args.lazy_encode,
+        ntt_weights_max_bytes: args.ntt_weights_max_gib << 30,
         ..Default::default()
     };
     let t = Instant::now();
