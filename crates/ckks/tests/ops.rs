@@ -671,3 +671,35 @@ fn sums_of_products_equal_chained_accumulation() {
         Err(Error::LevelMismatch { .. })
     ));
 }
+
+#[test]
+fn sums_of_products_above_the_ifma_bound_fall_back_bit_identically() {
+    // A 60-bit prime takes the scalar path of the lazy sums, the 40-bit one the IFMA kernel.
+    let params = Parameters::new_insecure(&ParametersLiteral {
+        log_n: 10,
+        log_q: vec![60, 40],
+        log_p: vec![60],
+        log_scale: 40,
+        dnum: 0,
+        secret: SecretDistribution::Ternary,
+        error_std: 3.2,
+    })
+    .unwrap();
+    let s = setup(params);
+    let xs: Vec<Vec<f64>> = (0..40).map(|i| vector(512, 700 + i, -1.0, 1.0)).collect();
+    let cts: Vec<Ciphertext> = xs.iter().map(|x| s.encrypt(x, 1)).collect();
+    let pairs: Vec<(&Ciphertext, &Ciphertext)> =
+        (0..20).map(|i| (&cts[2 * i], &cts[2 * i + 1])).collect();
+    let mut chained = s.ev.multiply(pairs[0].0, pairs[0].1).unwrap();
+    for (a, b) in &pairs[1..] {
+        s.ev.multiply_acc(&mut chained, a, b).unwrap();
+    }
+    assert_eq!(s.ev.multiply_sum(&pairs).unwrap(), chained);
+    let pt = s.enc.encode(&xs[1], 1, s.params.default_scale()).unwrap();
+    let plain: Vec<(&Ciphertext, &Plaintext)> = cts.iter().map(|c| (c, &pt)).collect();
+    let mut chained = s.ev.multiply_plain(&cts[0], &pt).unwrap();
+    for (c, p) in &plain[1..] {
+        s.ev.multiply_plain_acc(&mut chained, c, p).unwrap();
+    }
+    assert_eq!(s.ev.multiply_plain_sum(&plain).unwrap(), chained);
+}
