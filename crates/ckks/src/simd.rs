@@ -85,41 +85,66 @@ mod imp {
         pulp::cast(a)
     }
 
-    /// `(hi 2^52 + lo) mod t` for `hi + (lo >> 52) < 2^52`: Shoup reductions of both halves
-    /// (`c = 2^52 mod t`, `c52`/`one52` the Shoup constants of `c` and 1).
-    #[inline(always)]
-    fn reduce_52(
-        simd: Ifma,
-        lo: __m512i,
-        hi: __m512i,
-        vt: __m512i,
-        vc: __m512i,
-        vc52: __m512i,
-        vone52: __m512i,
-    ) -> __m512i {
-        let f = simd.avx512f;
-        let m = simd.avx512ifma;
-        let zero = f._mm512_set1_epi64(0);
-        let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
-        let big_h = f._mm512_add_epi64(hi, f._mm512_srli_epi64::<52>(lo));
-        let big_l = f._mm512_and_si512(lo, mask);
-        let q = m._mm512_madd52hi_epu64(zero, big_h, vc52);
-        let r1 = f._mm512_and_si512(
-            f._mm512_sub_epi64(
-                m._mm512_madd52lo_epu64(zero, big_h, vc),
-                m._mm512_madd52lo_epu64(zero, q, vt),
-            ),
-            mask,
-        );
-        let r1 = f._mm512_min_epu64(r1, f._mm512_sub_epi64(r1, vt));
-        let q = m._mm512_madd52hi_epu64(zero, big_l, vone52);
-        let r2 = f._mm512_and_si512(
-            f._mm512_sub_epi64(big_l, m._mm512_madd52lo_epu64(zero, q, vt)),
-            mask,
-        );
-        let r2 = f._mm512_min_epu64(r2, f._mm512_sub_epi64(r2, vt));
-        let s = f._mm512_add_epi64(r1, r2);
-        f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt))
+    /// Reduction of `hi·2^52 + lo` modulo `t < 2^50`, its constants splatted once:
+    /// `c = 2^52 mod t`, `c52` / `one52` the Shoup constants of `c` and 1.
+    #[derive(Clone, Copy)]
+    struct Reduce52 {
+        t: __m512i,
+        c: __m512i,
+        c52: __m512i,
+        one52: __m512i,
+    }
+
+    impl Reduce52 {
+        #[inline(always)]
+        fn new(simd: Ifma, t: u64) -> Self {
+            let c = ((1u128 << 52) % t as u128) as u64;
+            let c52 = (((c as u128) << 52) / t as u128) as u64;
+            let one52 = ((1u128 << 52) / t as u128) as u64;
+            let splat = |x: u64| simd.avx512f._mm512_set1_epi64(x as i64);
+            Self {
+                t: splat(t),
+                c: splat(c),
+                c52: splat(c52),
+                one52: splat(one52),
+            }
+        }
+
+        /// `(hi 2^52 + lo) mod t` for `hi + (lo >> 52) < 2^52`: Shoup reductions of both halves.
+        #[inline(always)]
+        fn apply(self, simd: Ifma, lo: __m512i, hi: __m512i) -> __m512i {
+            let f = simd.avx512f;
+            let m = simd.avx512ifma;
+            let zero = f._mm512_set1_epi64(0);
+            let mask = f._mm512_set1_epi64(((1u64 << 52) - 1) as i64);
+            let vt = self.t;
+            let big_h = f._mm512_add_epi64(hi, f._mm512_srli_epi64::<52>(lo));
+            let big_l = f._mm512_and_si512(lo, mask);
+            let q = m._mm512_madd52hi_epu64(zero, big_h, self.c52);
+            let r1 = f._mm512_and_si512(
+                f._mm512_sub_epi64(
+                    m._mm512_madd52lo_epu64(zero, big_h, self.c),
+                    m._mm512_madd52lo_epu64(zero, q, vt),
+                ),
+                mask,
+            );
+            let r1 = f._mm512_min_epu64(r1, f._mm512_sub_epi64(r1, vt));
+            let q = m._mm512_madd52hi_epu64(zero, big_l, self.one52);
+            let r2 = f._mm512_and_si512(
+                f._mm512_sub_epi64(big_l, m._mm512_madd52lo_epu64(zero, q, vt)),
+                mask,
+            );
+            let r2 = f._mm512_min_epu64(r2, f._mm512_sub_epi64(r2, vt));
+            self.add(simd, r1, r2)
+        }
+
+        /// `a + b mod t` for `a, b < t`.
+        #[inline(always)]
+        fn add(self, simd: Ifma, a: __m512i, b: __m512i) -> __m512i {
+            let f = simd.avx512f;
+            let s = f._mm512_add_epi64(a, b);
+            f._mm512_min_epu64(s, f._mm512_sub_epi64(s, self.t))
+        }
     }
 
     /// See [`super::dot2_reduce`].
@@ -137,19 +162,12 @@ mod imp {
         let Some(simd) = Ifma::try_new() else {
             return false;
         };
-        let c = ((1u128 << 52) % t as u128) as u64;
-        let c52 = (((c as u128) << 52) / t as u128) as u64;
-        let one52 = ((1u128 << 52) / t as u128) as u64;
         simd.vectorize(
             #[inline(always)]
             || {
-                let f = simd.avx512f;
                 let m = simd.avx512ifma;
-                let zero = f._mm512_set1_epi64(0);
-                let vt = f._mm512_set1_epi64(t as i64);
-                let vc = f._mm512_set1_epi64(c as i64);
-                let vc52 = f._mm512_set1_epi64(c52 as i64);
-                let vone52 = f._mm512_set1_epi64(one52 as i64);
+                let zero = simd.avx512f._mm512_set1_epi64(0);
+                let red = Reduce52::new(simd, t);
                 for i in (0..out0.len()).step_by(8) {
                     let (mut lo0, mut hi0, mut lo1, mut hi1) = (zero, zero, zero, zero);
                     for ((d, b), a) in ds.iter().zip(bs).zip(as_) {
@@ -160,8 +178,8 @@ mod imp {
                         lo1 = m._mm512_madd52lo_epu64(lo1, x, va);
                         hi1 = m._mm512_madd52hi_epu64(hi1, x, va);
                     }
-                    let r0 = reduce_52(simd, lo0, hi0, vt, vc, vc52, vone52);
-                    let r1 = reduce_52(simd, lo1, hi1, vt, vc, vc52, vone52);
+                    let r0 = red.apply(simd, lo0, hi0);
+                    let r1 = red.apply(simd, lo1, hi1);
                     out0[i..i + 8].copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(r0));
                     out1[i..i + 8].copy_from_slice(&pulp::cast::<__m512i, [u64; 8]>(r1));
                 }
@@ -191,9 +209,6 @@ mod imp {
             return false;
         };
         let max_terms = super::max_lazy_terms(t);
-        let c = ((1u128 << 52) % t as u128) as u64;
-        let c52 = (((c as u128) << 52) / t as u128) as u64;
-        let one52 = ((1u128 << 52) / t as u128) as u64;
         let mut by_out: Vec<Vec<(&[u64], &[u64])>> = vec![Vec::new(); outs.len()];
         for &(o, x, y) in terms {
             by_out[o].push((x, y));
@@ -201,17 +216,9 @@ mod imp {
         simd.vectorize(
             #[inline(always)]
             || {
-                let f = simd.avx512f;
                 let m = simd.avx512ifma;
-                let zero = f._mm512_set1_epi64(0);
-                let vt = f._mm512_set1_epi64(t as i64);
-                let vc = f._mm512_set1_epi64(c as i64);
-                let vc52 = f._mm512_set1_epi64(c52 as i64);
-                let vone52 = f._mm512_set1_epi64(one52 as i64);
-                let add_mod = |a: __m512i, b: __m512i| {
-                    let s = f._mm512_add_epi64(a, b);
-                    f._mm512_min_epu64(s, f._mm512_sub_epi64(s, vt))
-                };
+                let zero = simd.avx512f._mm512_set1_epi64(0);
+                let red = Reduce52::new(simd, t);
                 for i0 in (0..n).step_by(BLOCK) {
                     for (out, list) in outs.iter_mut().zip(&by_out) {
                         let mut r = [zero; 4];
@@ -221,8 +228,7 @@ mod imp {
                         for &(x, y) in list {
                             if count == max_terms {
                                 for v in 0..4 {
-                                    let red = reduce_52(simd, lo[v], hi[v], vt, vc, vc52, vone52);
-                                    r[v] = add_mod(r[v], red);
+                                    r[v] = red.add(simd, r[v], red.apply(simd, lo[v], hi[v]));
                                 }
                                 lo = [zero; 4];
                                 hi = [zero; 4];
@@ -237,8 +243,7 @@ mod imp {
                             }
                         }
                         for v in 0..4 {
-                            let red = reduce_52(simd, lo[v], hi[v], vt, vc, vc52, vone52);
-                            let s = add_mod(r[v], red);
+                            let s = red.add(simd, r[v], red.apply(simd, lo[v], hi[v]));
                             out[i0 + 8 * v..i0 + 8 * v + 8].copy_from_slice(&pulp::cast::<
                                 __m512i,
                                 [u64; 8],
