@@ -44,6 +44,14 @@ fn check_slots(a: usize, b: usize) -> Result<()> {
     }
 }
 
+fn check_level(left: usize, right: usize) -> Result<()> {
+    if left == right {
+        Ok(())
+    } else {
+        Err(Error::LevelMismatch { left, right })
+    }
+}
+
 fn check_degree(ct: &Ciphertext, expected: usize) -> Result<()> {
     if ct.degree() == expected {
         Ok(())
@@ -120,12 +128,7 @@ impl Evaluator {
     }
 
     fn check_cc(&self, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
-        if a.level() != b.level() {
-            return Err(Error::LevelMismatch {
-                left: a.level(),
-                right: b.level(),
-            });
-        }
+        check_level(a.level(), b.level())?;
         check_scale(a.scale, b.scale)?;
         check_slots(a.slots, b.slots)
     }
@@ -279,12 +282,7 @@ impl Evaluator {
     pub fn multiply_acc(&self, acc: &mut Ciphertext, a: &Ciphertext, b: &Ciphertext) -> Result<()> {
         check_degree(a, 1)?;
         check_degree(b, 1)?;
-        if a.level() != b.level() {
-            return Err(Error::LevelMismatch {
-                left: a.level(),
-                right: b.level(),
-            });
-        }
+        check_level(a.level(), b.level())?;
         check_slots(a.slots, b.slots)?;
         Self::check_accumulator(acc, a, b.scale)?;
         let ctx = self.ctx();
@@ -327,12 +325,7 @@ impl Evaluator {
                 check_degree(x, 1)?;
                 check_degree(y, 1)?;
                 for z in [x, y] {
-                    if z.level() != first.level() {
-                        return Err(Error::LevelMismatch {
-                            left: first.level(),
-                            right: z.level(),
-                        });
-                    }
+                    check_level(first.level(), z.level())?;
                     check_slots(first.slots, z.slots)?;
                 }
                 check_scale(scale, x.scale * y.scale)?;
@@ -384,12 +377,7 @@ impl Evaluator {
             for (x, pt) in pairs.iter() {
                 Self::check_plain_product(x, pt)?;
                 check_degree(x, c.degree())?;
-                if x.level() != first.level() {
-                    return Err(Error::LevelMismatch {
-                        left: first.level(),
-                        right: x.level(),
-                    });
-                }
+                check_level(first.level(), x.level())?;
                 check_slots(first.slots, x.slots)?;
                 check_scale(scale, x.scale * pt.scale)?;
                 terms.extend(
@@ -549,12 +537,7 @@ impl Evaluator {
 
     /// `acc` can accumulate `ct` times a plaintext of scale `pt_scale`.
     fn check_accumulator(acc: &Ciphertext, ct: &Ciphertext, pt_scale: f64) -> Result<()> {
-        if acc.level() != ct.level() {
-            return Err(Error::LevelMismatch {
-                left: acc.level(),
-                right: ct.level(),
-            });
-        }
+        check_level(acc.level(), ct.level())?;
         check_scale(acc.scale, ct.scale * pt_scale)?;
         check_slots(acc.slots, ct.slots)
     }
