@@ -27,6 +27,24 @@ fn setup(params: Parameters) -> Setup {
     }
 }
 
+/// `Σ a ⊗ b` by chained `multiply_acc` (the reference of the lazily reduced sums).
+fn chained_sum(ev: &Evaluator, pairs: &[(&Ciphertext, &Ciphertext)]) -> Ciphertext {
+    let mut acc = ev.multiply(pairs[0].0, pairs[0].1).unwrap();
+    for (a, b) in &pairs[1..] {
+        ev.multiply_acc(&mut acc, a, b).unwrap();
+    }
+    acc
+}
+
+/// `Σ c ⊙ p` by chained `multiply_plain_acc`.
+fn chained_plain_sum(ev: &Evaluator, pairs: &[(&Ciphertext, &Plaintext)]) -> Ciphertext {
+    let mut acc = ev.multiply_plain(pairs[0].0, pairs[0].1).unwrap();
+    for (c, p) in &pairs[1..] {
+        ev.multiply_plain_acc(&mut acc, c, p).unwrap();
+    }
+    acc
+}
+
 fn vector(len: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -608,12 +626,12 @@ fn sums_of_products_equal_chained_accumulation() {
     let cts: Vec<Ciphertext> = xs.iter().map(|x| s.encrypt(x, 2)).collect();
     let pairs: Vec<(&Ciphertext, &Ciphertext)> =
         (0..20).map(|i| (&cts[2 * i], &cts[2 * i + 1])).collect();
-    let mut chained = s.ev.multiply(pairs[0].0, pairs[0].1).unwrap();
-    for (a, b) in &pairs[1..] {
-        s.ev.multiply_acc(&mut chained, a, b).unwrap();
-    }
     let sum = s.ev.multiply_sum(&pairs).unwrap();
-    assert_eq!(sum, chained, "tensor sum is bit-identical");
+    assert_eq!(
+        sum,
+        chained_sum(&s.ev, &pairs),
+        "tensor sum is bit-identical"
+    );
     let got =
         s.ev.rescale(&s.ev.relinearize(&sum, &s.rlk).unwrap())
             .unwrap();
@@ -634,13 +652,9 @@ fn sums_of_products_equal_chained_accumulation() {
         .map(|i| s.ev.drop_level(&cts[2 * i], 1).unwrap())
         .collect();
     let plain_pairs: Vec<(&Ciphertext, &Plaintext)> = low.iter().zip(&pts).collect();
-    let mut chained = s.ev.multiply_plain(&low[0], &pts[0]).unwrap();
-    for (c, p) in &plain_pairs[1..] {
-        s.ev.multiply_plain_acc(&mut chained, c, p).unwrap();
-    }
     assert_eq!(
         s.ev.multiply_plain_sum(&plain_pairs).unwrap(),
-        chained,
+        chained_plain_sum(&s.ev, &plain_pairs),
         "plain sum is bit-identical"
     );
 
@@ -690,16 +704,14 @@ fn sums_of_products_above_the_ifma_bound_fall_back_bit_identically() {
     let cts: Vec<Ciphertext> = xs.iter().map(|x| s.encrypt(x, 1)).collect();
     let pairs: Vec<(&Ciphertext, &Ciphertext)> =
         (0..20).map(|i| (&cts[2 * i], &cts[2 * i + 1])).collect();
-    let mut chained = s.ev.multiply(pairs[0].0, pairs[0].1).unwrap();
-    for (a, b) in &pairs[1..] {
-        s.ev.multiply_acc(&mut chained, a, b).unwrap();
-    }
-    assert_eq!(s.ev.multiply_sum(&pairs).unwrap(), chained);
+    assert_eq!(
+        s.ev.multiply_sum(&pairs).unwrap(),
+        chained_sum(&s.ev, &pairs)
+    );
     let pt = s.enc.encode(&xs[1], 1, s.params.default_scale()).unwrap();
     let plain: Vec<(&Ciphertext, &Plaintext)> = cts.iter().map(|c| (c, &pt)).collect();
-    let mut chained = s.ev.multiply_plain(&cts[0], &pt).unwrap();
-    for (c, p) in &plain[1..] {
-        s.ev.multiply_plain_acc(&mut chained, c, p).unwrap();
-    }
-    assert_eq!(s.ev.multiply_plain_sum(&plain).unwrap(), chained);
+    assert_eq!(
+        s.ev.multiply_plain_sum(&plain).unwrap(),
+        chained_plain_sum(&s.ev, &plain)
+    );
 }
