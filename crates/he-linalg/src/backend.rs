@@ -81,30 +81,20 @@ pub trait SlotBackend: Sync {
     /// `Σ a ⊗ b` over each non-empty list of pairs (degree 2, not relinearized). Several sums
     /// at once, so that a backend can read operands shared by many sums from memory once.
     fn mul_sums(&self, sums: &[Vec<(&Self::Ct, &Self::Ct)>]) -> Result<Vec<Self::Ct>> {
-        sums.iter()
-            .map(|pairs| {
-                let ((a, b), rest) = pairs.split_first().ok_or_else(empty_sum)?;
-                let mut acc = self.mul(a, b)?;
-                for (a, b) in rest {
-                    self.mul_add(&mut acc, a, b)?;
-                }
-                Ok(acc)
-            })
-            .collect()
+        fold_sums(
+            sums,
+            |&(a, b)| self.mul(a, b),
+            |acc, &(a, b)| self.mul_add(acc, a, b),
+        )
     }
     /// `Σ a ⊙ p` over each non-empty list of pairs (plaintexts at the ciphertexts' level or
     /// above), several sums at once like [`SlotBackend::mul_sums`].
     fn mul_plain_sums(&self, sums: &[Vec<(&Self::Ct, &Self::Pt)>]) -> Result<Vec<Self::Ct>> {
-        sums.iter()
-            .map(|pairs| {
-                let ((a, p), rest) = pairs.split_first().ok_or_else(empty_sum)?;
-                let mut acc = self.mul_plain(a, p)?;
-                for (a, p) in rest {
-                    self.mul_plain_add(&mut acc, a, p)?;
-                }
-                Ok(acc)
-            })
-            .collect()
+        fold_sums(
+            sums,
+            |&(a, p)| self.mul_plain(a, p),
+            |acc, &(a, p)| self.mul_plain_add(acc, a, p),
+        )
     }
     /// Relinearizes a degree-2 ciphertext (one key switch); degree 1 is returned unchanged.
     fn relinearize(&self, a: &Self::Ct) -> Result<Self::Ct>;
@@ -254,7 +244,25 @@ pub fn scales_match(a: f64, b: f64) -> bool {
     (a - b).abs() <= SCALE_TOLERANCE * a.abs().max(b.abs())
 }
 
-/// The error for a sum of products without products.
-fn empty_sum() -> crate::Error {
-    crate::Error::Unsupported("internal: a sum of products needs at least one product".into())
+/// Each non-empty list of pairs folded into one ciphertext: `first` on its first pair, `add`
+/// for every further one (the default [`SlotBackend::mul_sums`] / `mul_plain_sums`).
+fn fold_sums<X, C>(
+    sums: &[Vec<X>],
+    first: impl Fn(&X) -> Result<C>,
+    add: impl Fn(&mut C, &X) -> Result<()>,
+) -> Result<Vec<C>> {
+    sums.iter()
+        .map(|pairs| {
+            let (head, rest) = pairs.split_first().ok_or_else(|| {
+                crate::Error::Unsupported(
+                    "internal: a sum of products needs at least one product".into(),
+                )
+            })?;
+            let mut acc = first(head)?;
+            for x in rest {
+                add(&mut acc, x)?;
+            }
+            Ok(acc)
+        })
+        .collect()
 }
