@@ -781,15 +781,14 @@ impl<P> AttentionValues<P> {
                 let masks: Vec<_> = self.masks[bo].par_iter().map(|m| b.expanded(m)).collect();
                 // Broadcast diagonals (lo and hi part) of each shift, all sums at once (they
                 // share the masks and the rotated scores), rescaled to l1.
+                // Each sum is keyed by the baby rotation of V it multiplies: the shift for the
+                // lo part, the shift minus n' for the wrapped hi part.
                 let mut sums = Vec::new();
-                let mut keys = Vec::new();
+                let mut v_idx = Vec::new();
                 for kk in 0..shifts {
-                    let wrapped = wraps(n, np, bo * g + kk);
-                    for (part, src) in [&rot_lo, &rot_hi]
-                        .into_iter()
-                        .enumerate()
-                        .take(1 + usize::from(wrapped))
-                    {
+                    let hi = self.baby.hi_idx[kk].filter(|_| wraps(n, np, bo * g + kk));
+                    for (src, vi) in [(&rot_lo, Some(kk)), (&rot_hi, hi)] {
+                        let Some(vi) = vi else { continue };
                         let pairs = masks
                             .iter()
                             .enumerate()
@@ -802,22 +801,14 @@ impl<P> AttentionValues<P> {
                             })
                             .collect::<Result<Vec<_>>>()?;
                         sums.push(pairs);
-                        keys.push((kk, part));
+                        v_idx.push(vi);
                     }
                 }
-                let sums = b.mul_plain_sums(&sums)?;
-                let diags = sums
+                let diags = b
+                    .mul_plain_sums(&sums)?
                     .into_par_iter()
-                    .zip(keys)
-                    .filter_map(|(d, (kk, part))| {
-                        // The wrapped part multiplies V rotated by the shift minus n'.
-                        let idx = if part == 0 {
-                            Some(kk)
-                        } else {
-                            self.baby.hi_idx[kk]
-                        }?;
-                        Some(b.rescale(&d).map(|d| (d, idx)))
-                    })
+                    .zip(v_idx)
+                    .map(|(d, idx)| Ok((b.rescale(&d)?, idx)))
                     .collect::<Result<Vec<_>>>()?;
                 if diags.is_empty() {
                     return Ok(vec![None; vb.len()]);
