@@ -1,5 +1,6 @@
 //! Criterion benchmarks at N = 2^14 (log QP = 430) and N = 2^15 (log QP = 870), on the current
-//! rayon thread pool (set RAYON_NUM_THREADS=1 for single-threaded numbers).
+//! rayon thread pool (set RAYON_NUM_THREADS=1 for single-threaded numbers); at N = 2^14 also
+//! sums of many tensor products sharing their operands, chained against `multiply_sums`.
 
 use ckks::poly::{Coeff, Poly};
 use ckks::*;
@@ -62,6 +63,37 @@ fn bench(c: &mut Criterion) {
         g.bench_function("decrypt_decode", |b| {
             b.iter(|| enc.decode(&dec.decrypt(&ct).unwrap()))
         });
+        if preset == Preset::N14L7 {
+            // Q·Kᵀ-like sums at 4 limbs: 32 sums of 64 tensor products over 64 + 64 shared
+            // ciphertexts, chained multiply_acc against the lazily reduced multiply_sums.
+            let cts: Vec<Ciphertext> = (0..128)
+                .map(|i| {
+                    let p = enc.encode(&data(params.max_slots(), i), 3, scale).unwrap();
+                    encryptor.encrypt(&p).unwrap()
+                })
+                .collect();
+            let sums: Vec<Vec<(&Ciphertext, &Ciphertext)>> = (0..32)
+                .map(|m| {
+                    (0..64)
+                        .map(|i| (&cts[i], &cts[64 + (i + m) % 64]))
+                        .collect()
+                })
+                .collect();
+            g.bench_function("tensor_sums_32x64_chained", |b| {
+                b.iter(|| {
+                    for pairs in &sums {
+                        let mut acc = ev.multiply(pairs[0].0, pairs[0].1).unwrap();
+                        for (x, y) in &pairs[1..] {
+                            ev.multiply_acc(&mut acc, x, y).unwrap();
+                        }
+                    }
+                })
+            });
+            let refs: Vec<&[(&Ciphertext, &Ciphertext)]> = sums.iter().map(Vec::as_slice).collect();
+            g.bench_function("tensor_sums_32x64_multiply_sums", |b| {
+                b.iter(|| ev.multiply_sums(&refs).unwrap())
+            });
+        }
         g.finish();
     }
 }
