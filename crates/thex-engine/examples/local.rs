@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p thex-engine --example local -- (--model DIR | --random SHAPE)
 //!  [--text "..." | --tokens N] [--layers K] [--pre-encode] [--repeat R] [--breakdown]
-//!  [--plan-only] [--log-q0 BITS] [--log-scale BITS] [--extra-levels E]`
+//!  [--plan-only] [--log-q0 BITS] [--log-scale BITS] [--extra-levels E]
+//!  [--ntt-weights-max-gib G]`
 //!
 //! `DIR` is a THE-X model directory (with `thex.json`), or a plain BERT directory such as the
 //! MiniLM-L6 cache: then its first `K` layers (default 2) get every THE-X approximation with
@@ -15,7 +16,8 @@
 //! input needs: per inference by default, once at compile time with `--pre-encode`.
 //! `--breakdown` prints the planned key switches of layer 0 per operation and of every layer;
 //! `--plan-only` prints them and stops before key generation. `--log-q0`, `--log-scale` and `--extra-levels`
-//! override the engine's CKKS parameter choice (`EngineParams`).
+//! override the engine's CKKS parameter choice, `--ntt-weights-max-gib` its limit for weights in
+//! NTT form (`EngineParams`; 0 keeps them compact).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
@@ -60,6 +62,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--log-q0" => defaults.log_q0 = val()?.parse()?,
             "--extra-levels" => defaults.extra_levels = val()?.parse()?,
             "--log-scale" => defaults.log_scale = val()?.parse()?,
+            "--ntt-weights-max-gib" => {
+                defaults.ntt_weights_max_bytes = val()?.parse::<usize>()? << 30
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }

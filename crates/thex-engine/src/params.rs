@@ -38,7 +38,7 @@ pub struct EngineParams {
     /// afterwards (`false`: far less memory for large models, encoding time per request).
     pub pre_encode: bool,
     /// Pre-encoded weights are kept in NTT form (every product skips the transform of its
-    /// plaintext: BERT-tiny-sized inference about 15% faster) while that takes at most this
+    /// plaintext: BERT-tiny-sized inference about 10% faster) while that takes at most this
     /// many bytes, bounded by `compact bytes × (max_level + 1)` per bucket in order; compact
     /// (up to `level + 1` times smaller) otherwise. 0 keeps every bucket compact.
     pub ntt_weights_max_bytes: usize,
