@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--extra-levels" => defaults.extra_levels = val()?.parse()?,
             "--log-scale" => defaults.log_scale = val()?.parse()?,
             "--ntt-weights-max-gib" => {
-                defaults.ntt_weights_max_bytes = val()?.parse::<usize>()? << 30
+                defaults.ntt_weights_max_bytes = val()?.parse::<usize>()?.saturating_mul(1 << 30)
             }
             other => return Err(format!("unknown argument {other}").into()),
         }

@@ -53,7 +53,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let engine = EngineParams {
         buckets: args.buckets.clone(),
         pre_encode: !args.lazy_encode,
-        ntt_weights_max_bytes: args.ntt_weights_max_gib << 30,
+        ntt_weights_max_bytes: args.ntt_weights_max_gib.saturating_mul(1 << 30),
         ..Default::default()
     };
     let t = Instant::now();
