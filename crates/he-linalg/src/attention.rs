@@ -233,7 +233,8 @@ struct Placement {
 }
 
 /// `factor · Q·Kᵀ` for all heads, prepared (masks encoded) for one level and pair of input
-/// scales. The output is in diagonal form ([`scores_layout`]), two levels lower, at Q's scale.
+/// scales. The output is in diagonal form ([`scores_layout`]), two levels lower, at Q's scale
+/// (or the one given to [`QkScores::with_out_scale`]).
 ///
 /// Token shifts `r = g·b + k` are split baby-step/giant-step: K is rotated by the `k` (and
 /// `k - n'`, hoisted) and Q by `-g·b` (hoisted). Before the products, each rotated K is cut to
@@ -264,7 +265,7 @@ pub struct QkScores<P> {
 
 impl<P> QkScores<P> {
     /// Prepares `factor · Q·Kᵀ` for Q and K laid out by `layout` at `level` with scales
-    /// `scale_q` and `scale_k`.
+    /// `scale_q` and `scale_k`; the scores come out at `scale_q`.
     pub fn new<B: SlotBackend<Pt = P>>(
         b: &B,
         layout: &Layout,
@@ -273,7 +274,23 @@ impl<P> QkScores<P> {
         scale_k: f64,
         factor: f64,
     ) -> Result<Self> {
+        Self::with_out_scale(b, layout, level, (scale_q, scale_k), factor, scale_q)
+    }
+
+    /// [`QkScores::new`] with the scores at `out_scale` instead (folded into the scale of Q's
+    /// group masks: no extra operation).
+    pub fn with_out_scale<B: SlotBackend<Pt = P>>(
+        b: &B,
+        layout: &Layout,
+        level: usize,
+        (scale_q, scale_k): (f64, f64),
+        factor: f64,
+        out_scale: f64,
+    ) -> Result<Self> {
         check_slots(b, layout)?;
+        if !(out_scale.is_finite() && out_scale > 0.0) {
+            return Err(Error::Unsupported(format!("output scale {out_scale}")));
+        }
         let (heads, head_dim, hp, g) = heads_of(layout)?;
         if level < 2 || level > b.max_level() {
             return Err(Error::NotEnoughLevels {
@@ -285,9 +302,9 @@ impl<P> QkScores<P> {
         let slots = layout.slots();
         let (n, np) = (layout.rows(), layout.row_stride());
         let groups_in = g.min(head_dim);
-        // Q keeps its scale through the group mask and rescale; K ends at q_{level-1}, so the
-        // product rescales back to Q's scale.
-        let group_scale = b.rescale_factor(level);
+        // Q goes to `out_scale` through the group mask and rescale; K ends at q_{level-1}, so
+        // the product rescales back to `out_scale`.
+        let group_scale = b.rescale_factor(level) * out_scale / scale_q;
         let token_scale = b.rescale_factor(level) * b.rescale_factor(level - 1) / scale_k;
         let n_out = out_layout.n_cts();
         let giant = (0..n_out)

@@ -109,6 +109,10 @@ pub struct LinearSpec<'a> {
     pub bias: Option<&'a [f64]>,
     /// Column order of the output layout.
     pub out_order: ColumnOrder,
+    /// Scale of the output; `None` keeps the input's. A lower one (e.g. for a ciphertext about
+    /// to be decrypted under a small modulus) is folded into the weights' encoding scale: no
+    /// extra operation, the weights just carry fewer bits.
+    pub out_scale: Option<f64>,
 }
 
 /// Physical weights and nonzero diagonals of one map, before encoding.
@@ -185,7 +189,20 @@ impl<P> EncodedLinear<P> {
             weights,
             bias,
             out_order,
+            out_scale: None,
         };
+        Self::from_spec(b, spec, in_layout, level, scale, method)
+    }
+
+    /// [`EncodedLinear::new`] from a [`LinearSpec`] (which may set the output scale).
+    pub fn from_spec<B: SlotBackend<Pt = P>>(
+        b: &B,
+        spec: LinearSpec<'_>,
+        in_layout: &Layout,
+        level: usize,
+        scale: f64,
+        method: LinearMethod,
+    ) -> Result<Self> {
         let mut one = Self::new_shared(b, &[spec], in_layout, level, scale, method)?;
         one.pop()
             .ok_or_else(|| Error::Unsupported("internal: no map encoded".into()))
@@ -240,7 +257,14 @@ impl<P> EncodedLinear<P> {
         prepared
             .into_iter()
             .zip(specs)
-            .map(|(p, spec)| Self::build(b, p, spec.bias, in_layout, level, scale, method, giant))
+            .map(|(p, spec)| {
+                let out_scale = spec.out_scale.unwrap_or(scale);
+                if !(out_scale.is_finite() && out_scale > 0.0) {
+                    return Err(Error::Unsupported(format!("output scale {out_scale}")));
+                }
+                let scales = (scale, out_scale);
+                Self::build(b, p, spec.bias, in_layout, level, scales, method, giant)
+            })
             .collect()
     }
 
@@ -252,7 +276,7 @@ impl<P> EncodedLinear<P> {
         bias: Option<&[f64]>,
         in_layout: &Layout,
         level: usize,
-        scale: f64,
+        (scale, out_scale): (f64, f64),
         method: LinearMethod,
         giant: usize,
     ) -> Result<Self> {
@@ -266,7 +290,8 @@ impl<P> EncodedLinear<P> {
             .into_iter()
             .map(|s| s.into_iter().collect())
             .collect();
-        let wscale = b.rescale_factor(level);
+        // The rescale divides by q_level: the weights' scale sets the output's.
+        let wscale = b.rescale_factor(level) * out_scale / scale;
         let n = in_layout.rows();
         let mut blocks = Vec::with_capacity(c_out);
         for bo in 0..c_out {
@@ -307,7 +332,7 @@ impl<P> EncodedLinear<P> {
                     out_layout
                         .pack(&m)?
                         .iter()
-                        .map(|v| b.encode(v, level - 1, scale))
+                        .map(|v| b.encode(v, level - 1, out_scale))
                         .collect::<Result<Vec<_>>>()?,
                 )
             }
@@ -439,7 +464,7 @@ impl<P> EncodedLinear<P> {
         }
     }
 
-    /// `X·W + bias`, one level down at the input scale.
+    /// `X·W + bias`, one level down at the output scale (the input's unless the spec set one).
     pub fn apply<B: SlotBackend<Pt = P>>(
         &self,
         b: &B,

@@ -172,6 +172,7 @@ fn shared_maps_must_agree() {
         weights: &Matrix::zeros(9, 8),
         bias: None,
         out_order: ColumnOrder::Contiguous,
+        out_scale: None,
     }];
     assert!(EncodedLinear::new_shared(&b, &bad, &lin, 2, s, LinearMethod::Bsgs).is_err());
     assert!(

@@ -144,10 +144,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server_model = Arc::new(ServerModel::compile(&model, &engine)?);
     let plan = server_model.plan(bucket)?;
     println!(
-        "compiled: N = 2^{}, {} levels, scale 2^{:.0} (calibrated max |value| {:.1}), log QP = {:.0}, bucket {bucket}: {} Galois keys, {} key switches, {} plaintexts, {:.1} MB encoded weights, pre-encode {pre_encode} ({:.2} s)",
+        "compiled: N = 2^{}, {} levels, scale 2^{:.0}, decrypted at 2^{:.0} (calibrated max |value| {:.1}), log QP = {:.0}, bucket {bucket}: {} Galois keys, {} key switches, {} plaintexts, {:.1} MB encoded weights, pre-encode {pre_encode} ({:.2} s)",
         server_model.params().log_n(),
         server_model.params().max_level(),
         server_model.params().default_scale().log2(),
+        server_model.request_scale().log2(),
         server_model.calibrated_magnitude().unwrap_or(f64::NAN),
         server_model.params().log_qp(),
         plan.galois_steps.len(),

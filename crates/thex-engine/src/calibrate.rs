@@ -89,30 +89,41 @@ pub fn max_decrypted_magnitude(
     Ok(m)
 }
 
-/// Smallest encoding scale (bits) chosen before decrypting one level higher instead.
-pub const MIN_LOG_SCALE: u32 = 32;
+/// Smallest scale (bits) of the decrypted ciphertexts chosen before decrypting one level
+/// higher instead: about 2^-12 absolute precision left on them after the last rescale.
+pub const MIN_REQUEST_LOG_SCALE: u32 = 26;
 
-/// The encoding scale (bits, at most `log_scale`) and the extra levels (at least
+/// The scales and levels that leave room for the decrypted values ([`fit_headroom`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    /// log2 of the scale of the ciphertexts the client decrypts (at most the encoding scale).
+    pub request_log_scale: u32,
+    /// Levels above the pipeline's depth (the client decrypts under `q_0 … q_e`).
+    pub extra_levels: usize,
+}
+
+/// The decrypted ciphertexts' scale (bits, at most `log_scale`) and the extra levels (at least
 /// `extra_levels`) that leave `max_abs` times 2^[`MARGIN_BITS`] below the client's refusal
-/// threshold `Q/4Δ`, `Q` the modulus the client decrypts under: with no extra level the scale
-/// drops as far as [`MIN_LOG_SCALE`]; beyond that one extra prime of the scale's size is kept
-/// (decrypting under `q_0·q_1` leaves `q_0/4` above the scale), precision stays. `None` when
-/// even that is too small.
+/// threshold `Q/4Δ_r`, `Q` the modulus the client decrypts under. The encoding scale of the
+/// rest of the program stays `log_scale`; the decrypted ciphertexts' scale drops as far as
+/// [`MIN_REQUEST_LOG_SCALE`] (or `log_scale` if that is lower), beyond that one extra prime
+/// is kept. `None` when even that is too small.
 pub fn fit_headroom(
     log_q0: u32,
     log_scale: u32,
     extra_levels: usize,
     max_abs: f64,
-) -> Option<(u32, usize)> {
-    let need = max_abs.max(1.0).log2().ceil() as u32 + MARGIN_BITS + 2;
-    if extra_levels == 0 {
-        let s = log_scale.min(log_q0.saturating_sub(need));
-        if s >= MIN_LOG_SCALE {
-            return Some((s, 0));
-        }
-    }
-    let e = extra_levels.max(1);
-    (log_q0 as usize + (e - 1) * log_scale as usize >= need as usize).then_some((log_scale, e))
+) -> Option<Headroom> {
+    let need = max_abs.max(1.0).log2().ceil() as usize + MARGIN_BITS as usize + 2;
+    let floor = MIN_REQUEST_LOG_SCALE.min(log_scale) as usize;
+    let tries = if extra_levels == 0 { vec![0, 1] } else { vec![extra_levels] };
+    tries.into_iter().find_map(|e| {
+        let room = (log_q0 as usize + e * log_scale as usize).checked_sub(need)?;
+        (room >= floor).then(|| Headroom {
+            request_log_scale: room.min(log_scale as usize) as u32,
+            extra_levels: e,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -120,17 +131,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scale_or_an_extra_level_leaves_the_margin() {
-        // Values up to 300 (2^9), margin 2^4, refusal at q0/4Δ: 50 - 9 - 4 - 2 = 35.
-        assert_eq!(fit_headroom(50, 40, 0, 300.0), Some((35, 0)));
-        assert_eq!(fit_headroom(50, 36, 0, 1.0), Some((36, 0)));
-        assert_eq!(fit_headroom(50, 36, 0, 4000.0), Some((32, 0)));
-        // 55424 would need a 28-bit scale: one more level instead, at full precision.
-        assert_eq!(fit_headroom(50, 36, 0, 55424.0), Some((36, 1)));
-        assert_eq!(fit_headroom(50, 36, 2, 55424.0), Some((36, 2)));
+    fn request_scale_or_an_extra_level_leaves_the_margin() {
+        let h = |request_log_scale, extra_levels| {
+            Some(Headroom {
+                request_log_scale,
+                extra_levels,
+            })
+        };
+        // Values up to 300 (2^9), margin 2^4, refusal at q0/4Δr: 50 - 9 - 4 - 2 = 35.
+        assert_eq!(fit_headroom(50, 40, 0, 300.0), h(35, 0));
+        assert_eq!(fit_headroom(50, 36, 0, 1.0), h(36, 0));
+        assert_eq!(fit_headroom(50, 36, 0, 4000.0), h(32, 0));
+        // 55424 needs a 28-bit request scale: still no extra level.
+        assert_eq!(fit_headroom(50, 36, 0, 55424.0), h(28, 0));
+        // 2^20 would need 2^24: one more level instead, at the full scale.
+        assert_eq!(fit_headroom(50, 36, 0, 1_048_576.0), h(36, 1));
+        assert_eq!(fit_headroom(50, 36, 2, 55424.0), h(36, 2));
         // Values near 2^50 do not fit under q0·q1 with the margin.
         assert_eq!(fit_headroom(50, 36, 0, 1e15), None);
-        assert_eq!(fit_headroom(50, 36, 2, 1e15), Some((36, 2)));
+        assert_eq!(fit_headroom(50, 36, 2, 1e15), h(36, 2));
+        // A small encoding scale is its own floor.
+        assert_eq!(fit_headroom(24, 22, 0, 2.0), h(22, 1));
     }
 
     #[test]

@@ -20,11 +20,17 @@ pub const PIPELINE_DEPTH: usize = 6;
 pub struct EngineParams {
     /// Length buckets (powers of two) the server compiles for.
     pub buckets: Vec<usize>,
-    /// log2 of the encoding scale (also the size of the rescaling primes), at most. Default 36:
-    /// about 2^-20 relative precision per round, and with `log_q0 = 50` decrypted values up to
-    /// 2^12 in magnitude (the client refuses larger ones, [`crate::EngineError::OutOfRange`]).
-    /// [`crate::ServerModel::compile`] lowers it for models whose values need more room.
+    /// log2 of the encoding scale (also the size of the rescaling primes). Default 36: about
+    /// 2^-20 relative precision per round.
     pub log_scale: u32,
+    /// log2 of the scale of the ciphertexts the client decrypts (`None`: `log_scale`). With
+    /// `log_q0 = 50` and a 2^36 scale the client can decrypt values up to 2^12 (it refuses
+    /// larger ones, [`crate::EngineError::OutOfRange`]); [`crate::ServerModel::compile`]
+    /// lowers this scale for models whose values need more room. Only the last product before
+    /// each decryption carries it (its plaintext's scale is lowered to match): the rest of the
+    /// program keeps `log_scale`.
+    #[serde(default)]
+    pub request_log_scale: Option<u32>,
     /// Bits of the base prime q_0 (headroom above the scale for the decrypted values). Primes
     /// of at most 50 bits keep the NTTs on the fast 52-bit (IFMA) kernels: 60-bit primes made
     /// an inference about 25% slower.
@@ -52,6 +58,7 @@ impl Default for EngineParams {
         Self {
             buckets: DEFAULT_BUCKETS.to_vec(),
             log_scale: 36,
+            request_log_scale: None,
             log_q0: 50,
             extra_levels: 0,
             log_n: None,
@@ -82,7 +89,22 @@ impl EngineParams {
                 self.log_scale, self.log_q0
             ));
         }
+        if let Some(r) = self.request_log_scale
+            && !(20..=self.log_scale).contains(&r)
+        {
+            return bad(format!(
+                "request_log_scale {r} (need 20..=log_scale {})",
+                self.log_scale
+            ));
+        }
         Ok(())
+    }
+
+    /// The scale of the ciphertexts the client decrypts: 2^`request_log_scale` (or the
+    /// encoding scale `default_scale` when unset).
+    pub fn request_scale(&self, default_scale: f64) -> f64 {
+        self.request_log_scale
+            .map_or(default_scale, |r| 2f64.powi(r as i32))
     }
 
     /// Largest bucket.

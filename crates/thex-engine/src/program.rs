@@ -303,6 +303,8 @@ pub(crate) struct LayerProgram {
     pub w1: EncodedLinear<CkksPlaintext>,
     pub tail: LayerTail,
     pub plan: Plan,
+    /// Scale of the ciphertexts sent to the client (see [`EngineParams::request_log_scale`]).
+    pub request_scale: f64,
 }
 
 impl LayerProgram {
@@ -421,62 +423,66 @@ fn levels(enc: &CkksBackend, params: &Parameters) -> Result<(usize, usize, f64)>
     Ok((top, lx, enc.default_scale()))
 }
 
+/// A BSGS map of a ciphertext at the encoding scale; the output at `out_scale` (`None`: the
+/// same).
 fn bsgs(
     enc: &CkksBackend,
-    m: &Matrix,
-    b: Option<&[f64]>,
+    (m, b): (&Matrix, Option<&[f64]>),
     input: &Layout,
-    order: ColumnOrder,
+    out_order: ColumnOrder,
     level: usize,
+    out_scale: Option<f64>,
 ) -> Result<EncodedLinear<CkksPlaintext>> {
+    let spec = LinearSpec {
+        weights: m,
+        bias: b,
+        out_order,
+        out_scale,
+    };
     let delta = enc.default_scale();
-    Ok(EncodedLinear::new(
+    Ok(EncodedLinear::from_spec(
         enc,
-        m,
-        b,
+        spec,
         input,
-        order,
         level,
         delta,
         LinearMethod::Bsgs,
     )?)
 }
 
+/// Encodes the parts every layer shares; what the client decrypts (scores, `z₁`, `z₂`) comes
+/// out at `request_scale`.
 fn encode_shared(
     enc: &CkksBackend,
     w: &ModelWeights,
     l: &BucketLayouts,
     params: &Parameters,
+    request_scale: f64,
 ) -> Result<SharedProgram> {
     let (top, lx, delta) = levels(enc, params)?;
     let d = &w.dims;
     let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
     // Q and K leave the projections at `lx - 1` but the scores only need to reach the decrypt
     // level: they are dropped to two above it first (fewer primes in all of Q·Kᵀ).
-    let qk = QkScores::new(enc, &l.heads, qk_level(params), delta, delta, factor)?;
+    let qk = QkScores::with_out_scale(
+        enc,
+        &l.heads,
+        qk_level(params),
+        (delta, delta),
+        factor,
+        request_scale,
+    )?;
 
     // Reciprocal network on fresh `e` / `h₁` / `h₂` at the top level.
     let (mul, add, t2m, t2b, t3m) = reciprocal_mats(w, l);
-    let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, top, enc.rescale_factor(top))?;
-    let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, delta)?;
+    let t1_scale = enc.rescale_factor(top) * request_scale / delta;
+    let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, top, t1_scale)?;
+    let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, request_scale)?;
     let low = top - PIPELINE_DEPTH + 1;
-    let t2 = bsgs(
-        enc,
-        &t2m,
-        Some(&t2b),
-        &l.reciprocal,
-        l.reciprocal.order(),
-        low,
-    )?;
+    let rec = &l.reciprocal;
+    let t2 = bsgs(enc, (&t2m, Some(&t2b)), rec, rec.order(), low, Some(request_scale))?;
     let t3_bias = vec![w.reciprocal.b3; d.heads * l.bucket];
-    let t3 = bsgs(
-        enc,
-        &t3m,
-        Some(&t3_bias),
-        &l.reciprocal,
-        l.scores.order(),
-        top,
-    )?;
+    let t3 = bsgs(enc, (&t3m, Some(&t3_bias)), rec, l.scores.order(), top, None)?;
 
     // e (fresh, top) split by rows to top - 1 where T(s) is; P = e ⊙ T at top - 2 with scale
     // Δ²/q_{top-1}; V at lx - 1.
@@ -500,17 +506,23 @@ fn encode_shared(
     })
 }
 
+/// Encodes one layer's own weights; what the client decrypts (`u`, the logits) comes out at
+/// `request_scale`.
 fn encode_layer(
     enc: &CkksBackend,
     w: &ModelWeights,
     f: &FoldedLayer,
     l: &BucketLayouts,
     params: &Parameters,
-    shared: Arc<SharedProgram>,
+    (shared, request_scale): (Arc<SharedProgram>, f64),
 ) -> Result<LayerProgram> {
     let (top, lx, delta) = levels(enc, params)?;
     let lin = |m: &Matrix, b: Option<&[f64]>, input: &Layout, order, level| {
-        bsgs(enc, m, b, input, order, level)
+        bsgs(enc, (m, b), input, order, level, None)
+    };
+    let to_client = |m: &Matrix, b: Option<&[f64]>, input: &Layout, level| {
+        let out = Some(request_scale);
+        bsgs(enc, (m, b), input, ColumnOrder::Contiguous, level, out)
     };
     let heads_order = l.heads.order();
     // Q, K and V share the baby-step rotations of X (one giant step for the three).
@@ -519,6 +531,7 @@ fn encode_layer(
             weights,
             bias: Some(bias.as_slice()),
             out_order: heads_order,
+            out_scale: None,
         });
     let mut qkv = EncodedLinear::new_shared(enc, &specs, &l.hidden, lx, delta, LinearMethod::Bsgs)?
         .into_iter();
@@ -537,13 +550,7 @@ fn encode_layer(
         ColumnOrder::Contiguous,
         ctx_level,
     )?;
-    let w1 = lin(
-        &f.w1,
-        Some(&f.b1),
-        &l.hidden,
-        ColumnOrder::Contiguous,
-        ctx_level - 1,
-    )?;
+    let w1 = to_client(&f.w1, Some(&f.b1), &l.hidden, ctx_level - 1)?;
 
     let (tail, tail_plan) = match &f.tail {
         FoldedTail::Next { w2, g12, c } => {
@@ -555,14 +562,14 @@ fn encode_layer(
             (LayerTail::Next { w2, g12 }, p)
         }
         FoldedTail::Logits { m1, m2, bias } => {
-            let m1 = lin(m1, None, &l.ffn, ColumnOrder::Contiguous, low)?;
-            let m2 = lin(m2, None, &l.hidden, ColumnOrder::Contiguous, low)?;
+            let m1 = to_client(m1, None, &l.ffn, low)?;
+            let m2 = to_client(m2, None, &l.hidden, low)?;
             let steps: Vec<usize> = (0..l.bucket.trailing_zeros()).map(|j| 1 << j).collect();
             let mut v = vec![0.0; enc.slots()];
             for (c, b) in bias.iter().enumerate() {
                 v[l.logits.position(0, c).1] = *b;
             }
-            let bias = enc.encode(&v, low - 1, delta)?;
+            let bias = enc.encode(&v, low - 1, request_scale)?;
             let sum = OpPlan {
                 name: format!("token sum x{}", l.bucket),
                 rotation_steps: steps.iter().copied().collect(),
@@ -616,6 +623,7 @@ fn encode_layer(
         w1,
         tail,
         plan,
+        request_scale,
     })
 }
 
@@ -682,11 +690,12 @@ impl ServerModel {
     /// Compiles a THE-X model (see [`crate::split_model`]) with parameters chosen from
     /// `engine`.
     ///
-    /// The encoding scale is `engine.log_scale` or lower: the largest value the client will
-    /// decrypt is measured on the plaintext model (random token sequences of the smallest and
-    /// largest bucket, [`crate::calibrate`]) and the scale leaves it 16× below the client's
-    /// refusal threshold `q_0/4Δ`, down to a 2^32 scale; models with larger values get one
-    /// extra level instead ([`crate::calibrate::fit_headroom`]). See
+    /// The encoding scale is `engine.log_scale`; the ciphertexts the client decrypts may have
+    /// a lower one: the largest value the client will decrypt is measured on the plaintext
+    /// model (random token sequences of the smallest and largest bucket, [`crate::calibrate`])
+    /// and their scale `Δ_r` leaves it 16× below the client's refusal threshold `q_0/4Δ_r`,
+    /// down to 2^[`crate::calibrate::MIN_REQUEST_LOG_SCALE`]; models with larger values get
+    /// one extra level instead ([`crate::calibrate::fit_headroom`]). See
     /// [`ServerModel::calibrated_magnitude`].
     pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
@@ -696,8 +705,8 @@ impl ServerModel {
         Ok(compiled)
     }
 
-    /// The calibration step of [`ServerModel::compile`] alone: `engine` with the scale (and
-    /// extra levels) that leave room for the largest value the client will decrypt, and that
+    /// The calibration step of [`ServerModel::compile`] alone: `engine` with the request scale
+    /// (and extra levels) that leave room for the largest value the client will decrypt, and that
     /// value. Lets a caller compile bucket by bucket at one scale.
     pub fn calibrated(
         model: &thex_model::ThexModel,
@@ -722,7 +731,7 @@ impl ServerModel {
         let lengths: Vec<usize> = lengths.into_iter().collect();
         let magnitude =
             crate::calibrate::max_decrypted_magnitude(model, weights, embeddings.vocab, &lengths)?;
-        let Some((log_scale, extra_levels)) = crate::calibrate::fit_headroom(
+        let Some(room) = crate::calibrate::fit_headroom(
             engine.log_q0,
             engine.log_scale,
             engine.extra_levels,
@@ -734,9 +743,13 @@ impl ServerModel {
                 engine.log_q0, engine.extra_levels
             )));
         };
+        // A request scale set by the caller is kept if it is lower.
+        let request = engine
+            .request_log_scale
+            .map_or(room.request_log_scale, |r| r.min(room.request_log_scale));
         let engine = EngineParams {
-            log_scale,
-            extra_levels,
+            request_log_scale: (request < engine.log_scale).then_some(request),
+            extra_levels: room.extra_levels,
             ..engine.clone()
         };
         Ok((engine, magnitude))
@@ -833,6 +846,7 @@ impl ServerModel {
             &self.weights,
             self.layouts(b)?,
             &self.params,
+            self.request_scale(),
         )?);
         bytes += shared.heap_bytes();
         pts += shared.t2.n_plaintexts() + shared.t3.n_plaintexts();
@@ -880,7 +894,7 @@ impl ServerModel {
             &self.folded[layer],
             l,
             &self.params,
-            shared,
+            (shared, self.request_scale()),
         )
     }
 
@@ -896,7 +910,13 @@ impl ServerModel {
         }
         // Not pre-encoded: the shared part too is encoded per layer and dropped after use.
         let enc = weight_encoder(&self.params, true);
-        let shared = encode_shared(&enc, &self.weights, self.layouts(bucket)?, &self.params)?;
+        let shared = encode_shared(
+            &enc,
+            &self.weights,
+            self.layouts(bucket)?,
+            &self.params,
+            self.request_scale(),
+        )?;
         Ok(Arc::new(self.encode(
             &enc,
             bucket,
@@ -914,6 +934,11 @@ impl ServerModel {
     /// The CKKS parameters.
     pub fn params(&self) -> &Parameters {
         &self.params
+    }
+    /// The scale of every ciphertext the client decrypts (the encoding scale, or lower: see
+    /// [`EngineParams::request_log_scale`]).
+    pub fn request_scale(&self) -> f64 {
+        self.engine.request_scale(self.params.default_scale())
     }
     /// The engine settings (buckets sorted).
     pub fn engine_params(&self) -> &EngineParams {

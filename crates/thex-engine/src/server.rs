@@ -372,6 +372,20 @@ impl ServerSession {
                     Self::tap(&mut self.taps, format!("layer{layer}.probs"), &p);
                 }
                 Self::tap(&mut self.taps, format!("layer{layer}.context"), &ctx);
+                // S₁ has a level to spare above the decrypt level (W₁ consumes it for `u`):
+                // its copy for the client takes the request scale there.
+                let s1 = if scales_match(prog.request_scale, ops::scale(b, &s1)) {
+                    s1
+                } else {
+                    let c = b.rescale_factor(ops::level(b, &s1)) * prog.request_scale
+                        / ops::scale(b, &s1);
+                    let cts = s1
+                        .cts()
+                        .iter()
+                        .map(|ct| b.rescale(&b.mul_const(ct, 1.0, c)?))
+                        .collect::<he_linalg::Result<Vec<_>>>()?;
+                    PackedMatrix::new(s1.layout().clone(), cts)?
+                };
                 let req = self.request(
                     next,
                     layer,

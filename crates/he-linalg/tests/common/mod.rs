@@ -32,6 +32,7 @@ pub fn specs<'a>(
             weights: w,
             bias: Some(bias),
             out_order,
+            out_scale: None,
         })
         .collect()
 }
