@@ -12,8 +12,8 @@ use he_linalg::attention::{
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
-    CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, SlotBackend, SlotClient,
-    decrypt_matrix, encrypt_matrix, ops, precision_bits,
+    CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec, Matrix, SlotBackend,
+    SlotClient, decrypt_matrix, encrypt_matrix, ops, precision_bits,
 };
 
 const MIN_BITS: f64 = 16.0;
@@ -385,4 +385,67 @@ fn compact_weights_from_a_keyless_encoder_give_bit_identical_results() {
     let sq = enc.mul(&ct, &ct).unwrap();
     assert!(enc.relinearize(&sq).is_err());
     assert!(enc.relin_key().is_none());
+}
+
+/// A linear map and Q·Kᵀ asked for a lower output scale (as for ciphertexts about to be
+/// decrypted under a small modulus) come out at exactly that scale, same levels, same values.
+#[test]
+fn outputs_at_a_lower_scale() {
+    let mut b = backend();
+    let slots = b.slots();
+    let (n, heads, dh) = (9, 2, 8);
+    let d = heads * dh;
+    let mut r = rng(21);
+    let x = random_matrix(&mut r, n, d, 4.0);
+    let w = random_matrix(&mut r, d, d, 1.0 / (d as f64).sqrt());
+    let bias = random_vec(&mut r, d, 1.0);
+    let k = random_matrix(&mut r, n, d, 4.0);
+    let (s, low) = (b.default_scale(), 2f64.powi(30));
+    let lc = Layout::new(slots, n, d, ColumnOrder::Contiguous).unwrap();
+    let spec = LinearSpec {
+        weights: &w,
+        bias: Some(&bias),
+        out_order: ColumnOrder::Contiguous,
+        out_scale: Some(low),
+    };
+    let lin = EncodedLinear::from_spec(&b, spec, &lc, 3, s, LinearMethod::Bsgs).unwrap();
+    let lh = lc
+        .with_cols(
+            d,
+            ColumnOrder::HeadInterleaved {
+                heads,
+                head_dim: dh,
+            },
+        )
+        .unwrap();
+    let factor = 0.5;
+    let qk = QkScores::with_out_scale(&b, &lh, 3, (s, s), factor, low).unwrap();
+    assert!(QkScores::with_out_scale(&b, &lh, 3, (s, s), factor, f64::NAN).is_err());
+    let mut steps = lin.plan().rotation_steps;
+    steps.extend(qk.plan().rotation_steps);
+    with_keys(&mut b, steps);
+
+    let y = lin
+        .apply(&b, &encrypt_matrix(&b, &x, &lc, 3).unwrap())
+        .unwrap();
+    assert_eq!((ops::level(&b, &y), ops::scale(&b, &y)), (2, low));
+    let want = add_bias(&x.matmul(&w).unwrap(), &bias);
+    let bits = precision_bits(&decrypt_matrix(&b, &y).unwrap(), &want).unwrap();
+    assert!(bits >= MIN_BITS, "linear at 2^30: {bits:.1} bits");
+
+    let eq = encrypt_matrix(&b, &x, &lh, 3).unwrap();
+    let ek = encrypt_matrix(&b, &k, &lh, 3).unwrap();
+    let es = qk.apply(&b, &eq, &ek).unwrap();
+    assert_eq!((ops::level(&b, &es), ops::scale(&b, &es)), (1, low));
+    let sl = scores_layout(&lh).unwrap();
+    let got = scores_to_heads(&sl, &decrypt_matrix(&b, &es).unwrap()).unwrap();
+    for (h, g) in got.iter().enumerate() {
+        let want = x
+            .columns(h * dh, dh)
+            .matmul(&k.columns(h * dh, dh).transpose())
+            .unwrap()
+            .map(|v| v * factor);
+        let bits = precision_bits(g, &want).unwrap();
+        assert!(bits >= MIN_BITS, "QK head {h} at 2^30: {bits:.1} bits");
+    }
 }

@@ -116,7 +116,11 @@ pub fn fit_headroom(
 ) -> Option<Headroom> {
     let need = max_abs.max(1.0).log2().ceil() as usize + MARGIN_BITS as usize + 2;
     let floor = MIN_REQUEST_LOG_SCALE.min(log_scale) as usize;
-    let tries = if extra_levels == 0 { vec![0, 1] } else { vec![extra_levels] };
+    let tries = if extra_levels == 0 {
+        vec![0, 1]
+    } else {
+        vec![extra_levels]
+    };
     tries.into_iter().find_map(|e| {
         let room = (log_q0 as usize + e * log_scale as usize).checked_sub(need)?;
         (room >= floor).then(|| Headroom {

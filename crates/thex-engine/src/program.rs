@@ -480,9 +480,23 @@ fn encode_shared(
     let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, request_scale)?;
     let low = top - PIPELINE_DEPTH + 1;
     let rec = &l.reciprocal;
-    let t2 = bsgs(enc, (&t2m, Some(&t2b)), rec, rec.order(), low, Some(request_scale))?;
+    let t2 = bsgs(
+        enc,
+        (&t2m, Some(&t2b)),
+        rec,
+        rec.order(),
+        low,
+        Some(request_scale),
+    )?;
     let t3_bias = vec![w.reciprocal.b3; d.heads * l.bucket];
-    let t3 = bsgs(enc, (&t3m, Some(&t3_bias)), rec, l.scores.order(), top, None)?;
+    let t3 = bsgs(
+        enc,
+        (&t3m, Some(&t3_bias)),
+        rec,
+        l.scores.order(),
+        top,
+        None,
+    )?;
 
     // e (fresh, top) split by rows to top - 1 where T(s) is; P = e ⊙ T at top - 2 with scale
     // Δ²/q_{top-1}; V at lx - 1.

@@ -714,3 +714,58 @@ fn ntt_and_compact_weights_compute_the_same_ciphertexts() {
     });
     assert_eq!(requests[0], requests[1]);
 }
+
+/// Decrypted values are sent at the request scale (here forced down to 2^26) while the rest of
+/// the program keeps 2^36 and no level is added: every request and the logits carry it, and
+/// the logits still match the plaintext model.
+#[test]
+fn requests_at_a_lower_scale_keep_the_levels_and_agree() {
+    let s = setup();
+    let engine = EngineParams {
+        buckets: vec![16],
+        request_log_scale: Some(26),
+        ..Default::default()
+    };
+    let server = Arc::new(ServerModel::compile(&s.model, &engine).unwrap());
+    assert_eq!(server.request_scale(), 2f64.powi(26));
+    assert_eq!(server.params().default_scale(), 2f64.powi(36));
+    assert_eq!(decrypt_level(server.params()), 0);
+    let mut c = ClientSession::new(server.client_bundle()).unwrap();
+    let keys = c.evaluation_keys(&[]).unwrap();
+    let mut srv = ServerSession::new(server, keys, &[]).unwrap();
+    let tokens = ids(13, 8);
+    let mut step = srv.start(c.encrypt_ids(&tokens).unwrap()).unwrap();
+    let mut kinds = Vec::new();
+    let logits = loop {
+        match step {
+            Step::Done(lg) => break lg,
+            Step::NeedRelu(req) => {
+                for item in &req.items {
+                    kinds.push(item.kind);
+                    for ct in &item.cts {
+                        assert_eq!(ct.scale().log2().round(), 26.0, "{:?}", item.kind);
+                    }
+                }
+                step = srv.resume(c.answer(&req).unwrap()).unwrap();
+            }
+        }
+    };
+    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    assert_eq!(logits.ct.scale().log2().round(), 26.0);
+    let pred = c.decrypt_logits(&logits).unwrap();
+    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
+    let want = values(
+        s.model
+            .forward(&batch, false)
+            .unwrap()
+            .logits
+            .as_ref()
+            .unwrap(),
+    );
+    let err = pred
+        .logits
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err < 1e-3, "logit error {err}");
+}
