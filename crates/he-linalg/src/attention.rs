@@ -225,7 +225,7 @@ fn token_mask(l: &Layout, tokens: std::ops::Range<usize>) -> Vec<f64> {
 }
 
 /// Where one group offset `m` of an output ciphertext goes: its rotation, and the baby indices
-/// `k` whose products it sums (each with Q's feature group `(k + m) mod g`).
+/// `k` whose products it sums (each through Q's feature group `(k + m) mod g`).
 #[derive(Debug)]
 struct Placement {
     step: usize,
@@ -233,16 +233,18 @@ struct Placement {
 }
 
 /// `factor · Q·Kᵀ` for all heads, prepared (masks encoded) for one level and pair of input
-/// scales. The output is in diagonal form ([`scores_layout`]), two levels lower, at Q's scale
+/// scales. The output is in diagonal form ([`scores_layout`]), three levels lower, at Q's scale
 /// (or the one given to [`QkScores::with_out_scale`]).
 ///
 /// Token shifts `r = g·b + k` are split baby-step/giant-step: K is rotated by the `k` (and
-/// `k - n'`, hoisted) and Q by `-g·b` (hoisted). Before the products, each rotated K is cut to
-/// the token rows of its shift (`tokrot(K, r)`, one or two masks) and each rotated Q to one
-/// feature group with the `factor` (one mask per group), both consuming one level; the
-/// products that land on group offset `m` of output ciphertext `b` are summed unrelinearized,
-/// then relinearized, rescaled and rotated into place once. Masks are thus `O(g)` per output
-/// ciphertext instead of one per product.
+/// `k - n'`, hoisted) and Q by `-g·b` (hoisted). Each rotated K is cut to the token rows of its
+/// shift (`tokrot(K, r)`, one or two masks, one level); its products with the rotated Q, summed
+/// over Q's ciphertexts, give every feature's term of shift `r` in every feature group
+/// (`P_k`: one tensor product per shift and input ciphertext, relinearized, one level). The
+/// scores of the `g` shifts of output ciphertext `b` are then gathered by feature group: group
+/// offset `m` sums `P_k` masked to Q's feature group `(k + m) mod g` (with the `factor`, one
+/// level), and is rotated into place once. Masks are `O(g)` per output ciphertext, tensor
+/// products `O(g)` too; only the plaintext mask products are `O(g²)`.
 #[derive(Debug)]
 pub struct QkScores<P> {
     layout: Layout,
@@ -253,8 +255,8 @@ pub struct QkScores<P> {
     baby: Baby,
     /// Rotation of Q for output ciphertext `b`: `-g·b`.
     giant: Vec<usize>,
-    /// Per output ciphertext, per feature group of Q: the group's chunks times `factor`, in the
-    /// frame of Q rotated by `-g·b` (`None` past the head dimension).
+    /// Per output ciphertext, per feature group: the group's chunks times `factor`, in the
+    /// frame rotated by `-g·b` (`None` past the head dimension), two levels below the input.
     group_masks: Vec<Vec<Option<P>>>,
     /// Per output ciphertext, per baby index `k` with shift `g·b + k < n'`: token masks of
     /// `rot(K, k)` and, where rows wrap, of `rot(K, k - n')`.
@@ -277,7 +279,7 @@ impl<P> QkScores<P> {
         Self::with_out_scale(b, layout, level, (scale_q, scale_k), factor, scale_q)
     }
 
-    /// [`QkScores::new`] with the scores at `out_scale` instead (folded into the scale of Q's
+    /// [`QkScores::new`] with the scores at `out_scale` instead (folded into the scale of the
     /// group masks: no extra operation).
     pub fn with_out_scale<B: SlotBackend<Pt = P>>(
         b: &B,
@@ -292,9 +294,9 @@ impl<P> QkScores<P> {
             return Err(Error::Unsupported(format!("output scale {out_scale}")));
         }
         let (heads, head_dim, hp, g) = heads_of(layout)?;
-        if level < 2 || level > b.max_level() {
+        if level < 3 || level > b.max_level() {
             return Err(Error::NotEnoughLevels {
-                needed: 2,
+                needed: 3,
                 available: level.min(b.max_level()),
             });
         }
@@ -302,10 +304,10 @@ impl<P> QkScores<P> {
         let slots = layout.slots();
         let (n, np) = (layout.rows(), layout.row_stride());
         let groups_in = g.min(head_dim);
-        // Q goes to `out_scale` through the group mask and rescale; K ends at q_{level-1}, so
-        // the product rescales back to `out_scale`.
-        let group_scale = b.rescale_factor(level) * out_scale / scale_q;
+        // K ends at q_{level-1}, so the tensor product rescales back to Q's scale; the group
+        // masks take it to `out_scale`.
         let token_scale = b.rescale_factor(level) * b.rescale_factor(level - 1) / scale_k;
+        let group_scale = b.rescale_factor(level - 2) * out_scale / scale_q;
         let n_out = out_layout.n_cts();
         let giant = (0..n_out)
             .map(|bo| (slots - (g * bo) % slots) % slots)
@@ -317,7 +319,7 @@ impl<P> QkScores<P> {
         );
         for bo in 0..n_out {
             let back = slots - (g * bo) % slots;
-            let enc = |v: Vec<f64>, scale| b.encode(&rotated(&v, back), level, scale);
+            let enc = |v: Vec<f64>, lvl, scale| b.encode(&rotated(&v, back), lvl, scale);
             group_masks.push(
                 (0..g)
                     .map(|src| {
@@ -325,6 +327,7 @@ impl<P> QkScores<P> {
                             .then(|| {
                                 enc(
                                     group_mask(layout, heads, hp, src, 0..n, factor),
+                                    level - 2,
                                     group_scale,
                                 )
                             })
@@ -339,9 +342,9 @@ impl<P> QkScores<P> {
                         let r = bo * g + k;
                         let (lo_t, hi_t) = token_ranges(n, np, r);
                         let hi = wraps(n, np, r)
-                            .then(|| enc(token_mask(layout, hi_t), token_scale))
+                            .then(|| enc(token_mask(layout, hi_t), level, token_scale))
                             .transpose()?;
-                        Ok((enc(token_mask(layout, lo_t), token_scale)?, hi))
+                        Ok((enc(token_mask(layout, lo_t), level, token_scale)?, hi))
                     })
                     .collect::<Result<Vec<_>>>()?,
             );
@@ -408,21 +411,21 @@ impl<P> QkScores<P> {
         let hoisted = c
             * (self.baby.nonzero().count() + self.giant.iter().filter(|&&s| s != 0).count()) as u64;
         let mut rots = 0u64;
-        let mut relins = 0u64;
         for pl in self.placements.iter().flatten() {
-            relins += 1;
             if pl.step != 0 {
                 rots += 1;
                 steps.insert(pl.step);
             }
         }
+        // One relinearized product per shift.
+        let relins = self.token_masks.iter().map(Vec::len).sum::<usize>() as u64;
         OpPlan {
             name: format!("QK^T {}x{}", self.layout.rows(), self.layout.cols()),
             rotation_steps: steps,
             rotations: hoisted + rots,
             hoisted_rotations: hoisted,
             relinearizations: relins,
-            depth: 2,
+            depth: 3,
         }
     }
 
@@ -442,26 +445,20 @@ impl<P> QkScores<P> {
             .par_iter()
             .map(|c| b.rotate_hoisted(c, &self.baby.steps))
             .collect::<Result<Vec<_>>>()?;
+        // Q meets the masked K one level down.
         let qg = qs
             .par_iter()
-            .map(|c| b.rotate_hoisted(c, &self.giant))
+            .map(|c| {
+                b.rotate_hoisted(c, &self.giant)?
+                    .iter()
+                    .map(|x| b.drop_to_level(x, self.level - 1))
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<Vec<_>>>()?;
         let out = (0..self.placements.len())
             .into_par_iter()
             .map(|bo| {
-                // Per input ciphertext: Q's feature groups (factor applied) and tokrot(K, g·b + k).
-                // Each mask is transformed once and applied to every input ciphertext.
-                let qm = self.group_masks[bo]
-                    .par_iter()
-                    .map(|p| {
-                        let Some(p) = p else { return Ok(None) };
-                        let p = b.expanded(p);
-                        qg.iter()
-                            .map(|qa| b.rescale(&b.mul_plain(&qa[bo], &p)?))
-                            .collect::<Result<Vec<_>>>()
-                            .map(Some)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                // tokrot(K, g·b + k) per shift and input ciphertext; each mask transformed once.
                 let km = self.token_masks[bo]
                     .par_iter()
                     .enumerate()
@@ -479,30 +476,40 @@ impl<P> QkScores<P> {
                             .collect::<Result<Vec<_>>>()
                     })
                     .collect::<Result<Vec<_>>>()?;
-                // All placements' products at once: they share the masked operands.
+                // P_k = Σ_a Q_a ⊙ tokrot(K_a, g·b + k): every feature's term of the shift.
+                let sums: Vec<Vec<_>> = km
+                    .iter()
+                    .map(|ka| qg.iter().map(|qa| &qa[bo]).zip(ka).collect())
+                    .collect();
+                let prods = b
+                    .mul_sums(&sums)?
+                    .into_par_iter()
+                    .map(|x| b.rescale(&b.relinearize(&x)?))
+                    .collect::<Result<Vec<_>>>()?;
+                // Gather by feature group: all placements at once (they share the products).
+                let masks: Vec<Option<_>> = self.group_masks[bo]
+                    .par_iter()
+                    .map(|p| p.as_ref().map(|p| b.expanded(p)))
+                    .collect();
                 let sums = self.placements[bo]
                     .iter()
                     .map(|pl| {
-                        let mut pairs = Vec::new();
-                        for &(kk, src) in &pl.terms {
-                            let qs = qm[src].as_ref().ok_or_else(|| {
-                                Error::Unsupported("internal: missing group mask".into())
-                            })?;
-                            pairs.extend(qs.iter().zip(&km[kk]));
-                        }
-                        if pairs.is_empty() {
-                            return Err(Error::Unsupported(
-                                "internal: empty score placement".into(),
-                            ));
-                        }
-                        Ok(pairs)
+                        pl.terms
+                            .iter()
+                            .map(|&(kk, src)| {
+                                let m = masks[src].as_ref().ok_or_else(|| {
+                                    Error::Unsupported("internal: missing group mask".into())
+                                })?;
+                                Ok((&prods[kk], &**m))
+                            })
+                            .collect::<Result<Vec<_>>>()
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let placed = b
-                    .mul_sums(&sums)?
+                    .mul_plain_sums(&sums)?
                     .into_par_iter()
                     .zip(&self.placements[bo])
-                    .map(|(x, pl)| b.rotate(&b.rescale(&b.relinearize(&x)?)?, pl.step))
+                    .map(|(x, pl)| b.rotate(&b.rescale(&x)?, pl.step))
                     .collect::<Result<Vec<_>>>()?;
                 let mut placed = placed.into_iter();
                 let mut acc = placed

@@ -286,7 +286,7 @@ impl Ctx<'_> {
             .map(|_| self.rng.matrix(n, n, 0.0, 2.0 / n as f64))
             .collect();
 
-        let qk = QkScores::new(&*self.b, &l, 2, s, s, factor)?;
+        let qk = QkScores::new(&*self.b, &l, 3, s, s, factor)?;
         // A·V on weights split by rows (one level, as the engine does on the fresh `e`).
         let split = RowSplit::new(&*self.b, &sl, 3, s)?;
         let av = AttentionValues::new(&*self.b, &sl, &l, (2, s), (1, s))?;
@@ -297,7 +297,7 @@ impl Ctx<'_> {
         let b = &*self.b;
 
         // Q·Kᵀ.
-        let (eq, ek) = (encrypt_matrix(b, &q, &l, 2)?, encrypt_matrix(b, &k, &l, 2)?);
+        let (eq, ek) = (encrypt_matrix(b, &q, &l, 3)?, encrypt_matrix(b, &k, &l, 3)?);
         let (ms, ks, es) = timed(b, self.repeats, || qk.apply(b, &eq, &ek))?;
         let got = attention::scores_to_heads(&sl, &decrypt_matrix(b, &es)?)?;
         let mut bits = f64::INFINITY;

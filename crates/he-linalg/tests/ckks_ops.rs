@@ -98,7 +98,7 @@ fn attention_scores_masks_sums_values() {
     let factor = 1.0 / (dh as f64).sqrt();
     let qk = QkScores::new(&b, &l, 4, s, s, factor).unwrap();
     let sl = scores_layout(&l).unwrap();
-    // Scores come out at level 2; the mask takes one level; A·V runs at level 1 -> 0.
+    // Scores come out at level 1; A·V needs two levels above its output.
     let av = AttentionValues::new(&b, &sl, &l, (1, s), (1, s)).unwrap_err();
     assert!(matches!(av, he_linalg::Error::NotEnoughLevels { .. }));
     let av = AttentionValues::new(&b, &sl, &l, (2, s), (2, s)).unwrap();
@@ -436,7 +436,7 @@ fn outputs_at_a_lower_scale() {
     let eq = encrypt_matrix(&b, &x, &lh, 3).unwrap();
     let ek = encrypt_matrix(&b, &k, &lh, 3).unwrap();
     let es = qk.apply(&b, &eq, &ek).unwrap();
-    assert_eq!((ops::level(&b, &es), ops::scale(&b, &es)), (1, low));
+    assert_eq!((ops::level(&b, &es), ops::scale(&b, &es)), (0, low));
     let sl = scores_layout(&lh).unwrap();
     let got = scores_to_heads(&sl, &decrypt_matrix(&b, &es).unwrap()).unwrap();
     for (h, g) in got.iter().enumerate() {

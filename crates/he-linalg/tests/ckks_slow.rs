@@ -80,7 +80,7 @@ fn bert_sized_attention() {
         let l = Layout::new(b.slots(), n, d, hi).unwrap();
         let sl = scores_layout(&l).unwrap();
         let s = b.default_scale();
-        let qk = QkScores::new(&b, &l, 2, s, s, 1.0 / (dh as f64).sqrt()).unwrap();
+        let qk = QkScores::new(&b, &l, 3, s, s, 1.0 / (dh as f64).sqrt()).unwrap();
         let av = AttentionValues::new(&b, &sl, &l, (2, s), (1, s)).unwrap();
         let mut steps = qk.plan().rotation_steps;
         steps.extend(av.plan().rotation_steps);
@@ -93,8 +93,8 @@ fn bert_sized_attention() {
         let es = qk
             .apply(
                 &b,
-                &encrypt_matrix(&b, &q, &l, 2).unwrap(),
-                &encrypt_matrix(&b, &k, &l, 2).unwrap(),
+                &encrypt_matrix(&b, &q, &l, 3).unwrap(),
+                &encrypt_matrix(&b, &k, &l, 3).unwrap(),
             )
             .unwrap();
         let got = scores_to_heads(&sl, &decrypt_matrix(&b, &es).unwrap()).unwrap();

@@ -22,7 +22,7 @@ struct Case {
 }
 
 fn run(c: &Case, seed: u64) {
-    let b = ClearBackend::like_ckks(c.slots, 6).unwrap();
+    let b = ClearBackend::like_ckks(c.slots, 7).unwrap();
     let d = c.heads * c.dh;
     let mut r = rng(seed);
     let q = random_matrix(&mut r, c.n, d, 4.0);
@@ -34,15 +34,15 @@ fn run(c: &Case, seed: u64) {
     };
     let l = Layout::new(c.slots, c.n, d, order).unwrap();
     let (eq, ek, ev) = (
-        encrypt_matrix(&b, &q, &l, 6).unwrap(),
-        encrypt_matrix(&b, &k, &l, 6).unwrap(),
+        encrypt_matrix(&b, &q, &l, 7).unwrap(),
+        encrypt_matrix(&b, &k, &l, 7).unwrap(),
         encrypt_matrix(&b, &v, &l, 4).unwrap(),
     );
     let s = b.default_scale();
     let factor = 1.0 / (c.dh as f64).sqrt();
 
     // Q·Kᵀ per head.
-    let qk = QkScores::new(&b, &l, 6, s, s, factor).unwrap();
+    let qk = QkScores::new(&b, &l, 7, s, s, factor).unwrap();
     b.stats().reset();
     let es = qk.apply(&b, &eq, &ek).unwrap();
     let plan = qk.plan();
@@ -207,7 +207,7 @@ fn attention_rejects_contiguous_layout() {
         },
     )
     .unwrap();
-    assert!(QkScores::new(&b, &l, 1, 1.0, 1.0, 1.0).is_err());
+    assert!(QkScores::new(&b, &l, 2, 1.0, 1.0, 1.0).is_err());
 }
 
 #[test]
@@ -263,7 +263,7 @@ fn bert_shaped_attention_plans() {
         };
         let l = Layout::new(8192, n, d, hi).unwrap();
         let sl = scores_layout(&l).unwrap();
-        let qk = QkScores::new(&b, &l, 2, s, s, 1.0).unwrap().plan();
+        let qk = QkScores::new(&b, &l, 3, s, s, 1.0).unwrap().plan();
         let av = AttentionValues::new(&b, &sl, &l, (2, s), (1, s))
             .unwrap()
             .plan();

@@ -151,9 +151,10 @@ mod tests {
         // 2^20 would need 2^24: one more level instead, at the full scale.
         assert_eq!(fit_headroom(50, 36, 0, 1_048_576.0), h(36, 1));
         assert_eq!(fit_headroom(50, 36, 2, 55424.0), h(36, 2));
-        // Values near 2^50 do not fit under q0·q1 with the margin.
-        assert_eq!(fit_headroom(50, 36, 0, 1e15), None);
-        assert_eq!(fit_headroom(50, 36, 2, 1e15), h(36, 2));
+        // Values near 2^50 fit under q0·q1 at a 2^30 request scale, not near 2^80.
+        assert_eq!(fit_headroom(50, 36, 0, 1e15), h(30, 1));
+        assert_eq!(fit_headroom(50, 36, 0, 1e24), None);
+        assert_eq!(fit_headroom(50, 36, 2, 1e24), h(36, 2));
         // A small encoding scale is its own floor.
         assert_eq!(fit_headroom(24, 22, 0, 2.0), h(22, 1));
     }

@@ -7,7 +7,7 @@
 //!
 //! | segment | server computes | client round |
 //! |---|---|---|
-//! | `X` → softmax | `Q, K, V = X·W + b`; `y = (scale/√d)·Q·Kᵀ + shift` (3 levels) | `e = ReLU(y^p) ⊙ mask` |
+//! | `X` → softmax | `Q, K, V = X·W + b`; `y = (scale/√d)·Q·Kᵀ + shift` (4 levels) | `e = ReLU(y^p) ⊙ mask` |
 //! | `e` → T₁ | `s = Σ_keys e` (no level); `z₁ = s·w₁ + b₁` (1) | `h₁ = ReLU(z₁)` |
 //! | `h₁` → T₂ | `z₂ = h₁·W₂ + b₂` (1) | `h₂ = ReLU(z₂)` |
 //! | `h₂` → FFN | `T = h₂·w₃ + b₃` broadcast over keys (1); `P = e ⊙ T` (1); `C = P·V` (2); `S₁ = C·Wo + bo + X` (1); `u = S₁·(γ₁W₁) + β₁W₁ + b₁` (1) | `ReLU(u) ⊙ w`, refresh `S₁ ⊙ w` |
@@ -359,9 +359,10 @@ pub fn decrypt_level(params: &Parameters) -> usize {
     params.max_level().saturating_sub(PIPELINE_DEPTH)
 }
 
-/// The level Q and K are dropped to before Q·Kᵀ (two levels above [`decrypt_level`]).
+/// The level of Q and K for Q·Kᵀ (three levels above [`decrypt_level`]: where the projections
+/// leave them).
 pub fn qk_level(params: &Parameters) -> usize {
-    decrypt_level(params) + 2
+    decrypt_level(params) + 3
 }
 
 /// The level of every layer's input `X` (the client encrypts its input there): two below a
@@ -462,8 +463,7 @@ fn encode_shared(
     let (top, lx, delta) = levels(enc, params)?;
     let d = &w.dims;
     let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
-    // Q and K leave the projections at `lx - 1` but the scores only need to reach the decrypt
-    // level: they are dropped to two above it first (fewer primes in all of Q·Kᵀ).
+    // Q and K leave the projections at `lx - 1`, three levels above the decrypt level.
     let qk = QkScores::with_out_scale(
         enc,
         &l.heads,

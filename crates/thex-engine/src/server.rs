@@ -237,11 +237,7 @@ impl ServerSession {
             )
             .into());
         };
-        let lq = crate::program::qk_level(b.params());
-        let (q, k) = (
-            ops::drop_to_level(b, &q, lq)?,
-            ops::drop_to_level(b, &k, lq)?,
-        );
+        // Q·Kᵀ drops Q and K to its level (`program::qk_level`) if they are above it.
         let y = prog.shared.qk.apply(b, &q, &k)?;
         let y = ops::add_const(b, &y, prog.shift)?;
         self.compute
