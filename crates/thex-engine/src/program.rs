@@ -353,8 +353,8 @@ pub(crate) enum LayerTail {
 }
 
 /// The level every ciphertext the client decrypts is sent at: `max_level - PIPELINE_DEPTH`
-/// (the engine's `extra_levels`, 0 by default: only `q_0` is left, 2^14 above the scale).
-/// The server drops requests and logits to it before sending them.
+/// (the engine's `extra_levels`, 0 by default: only `q_0` is left, 2^14 or more above the
+/// request scale). The server drops requests and logits to it before sending them.
 pub fn decrypt_level(params: &Parameters) -> usize {
     params.max_level().saturating_sub(PIPELINE_DEPTH)
 }

@@ -269,6 +269,8 @@ fn bench_e2e_reports_every_run_in_json() {
         assert!(r["max_logit_error"].as_f64().unwrap() < 0.5, "{r}");
         let scale = r["log_scale"].as_f64().unwrap();
         assert!((20.0..=36.0).contains(&scale), "{r}");
+        let request = r["request_log_scale"].as_f64().unwrap();
+        assert!((20.0..=scale).contains(&request), "{r}");
         assert!(r["calibrated_max"].as_f64().unwrap() > 0.0, "{r}");
         let phases = r["phases"].as_object().unwrap();
         assert!(

@@ -43,6 +43,9 @@ pub struct E2eRun {
     pub log_n: u32,
     /// log2 of the encoding scale the compiler chose.
     pub log_scale: f64,
+    /// log2 of the scale of the ciphertexts the client decrypts (calibrated, at most
+    /// `log_scale`).
+    pub request_log_scale: f64,
     /// Largest value the client decrypts on the calibration inputs.
     pub calibrated_max: Option<f64>,
     /// Largest |encrypted − plaintext| logit of the measured inferences.
@@ -135,6 +138,7 @@ pub fn measure(
             keygen_s,
             log_n: server_model.params().log_n(),
             log_scale: server_model.params().default_scale().log2(),
+            request_log_scale: server_model.request_scale().log2(),
             calibrated_max: server_model.calibrated_magnitude(),
             max_logit_error,
             repeats: repeats.max(1),
@@ -160,13 +164,21 @@ pub fn load_model(dir: Option<PathBuf>, quiet: bool) -> anyhow::Result<(String, 
 /// Prints runs as a table.
 pub fn print_table(runs: &[E2eRun]) {
     println!(
-        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9} {:>6}  per layer (s)",
-        "model", "tokens", "total s", "rounds", "up MB", "down MB", "keys MB", "compile s", "scale"
+        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9} {:>11}  per layer (s)",
+        "model",
+        "tokens",
+        "total s",
+        "rounds",
+        "up MB",
+        "down MB",
+        "keys MB",
+        "compile s",
+        "scale / dec"
     );
     for r in runs {
         let layers: Vec<String> = r.layers.iter().map(|s| format!("{s:.2}")).collect();
         println!(
-            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1} {:>6}  {}",
+            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1} {:>11}  {}",
             r.model,
             r.tokens,
             r.total_s,
@@ -175,7 +187,7 @@ pub fn print_table(runs: &[E2eRun]) {
             r.bytes_down as f64 / 1e6,
             r.key_bytes as f64 / 1e6,
             r.compile_s,
-            format!("2^{:.0}", r.log_scale),
+            format!("2^{:.0} / 2^{:.0}", r.log_scale, r.request_log_scale),
             layers.join(" ")
         );
     }
