@@ -224,9 +224,6 @@ fn token_mask(l: &Layout, tokens: std::ops::Range<usize>) -> Vec<f64> {
     v
 }
 
-/// Per baby index `k`: the token masks of `rot(x, k)` and, where rows wrap, of `rot(x, k - n')`.
-type TokenMasks<P> = Vec<(P, Option<P>)>;
-
 /// Token masks (see [`token_ranges`]) of the shifts `g·b + k` of output ciphertext `b`, in the
 /// frame rotated by `-g·b`, at `level` and `scale`: per baby index `k`, the mask of the rows
 /// using `rot(x, k)` and, where rows wrap, of the rows using `rot(x, k - n')`.
@@ -236,7 +233,7 @@ fn shift_token_masks<B: SlotBackend>(
     (g, bo): (usize, usize),
     level: usize,
     scale: f64,
-) -> Result<TokenMasks<B::Pt>> {
+) -> Result<Vec<(B::Pt, Option<B::Pt>)>> {
     let (n, np, slots) = (layout.rows(), layout.row_stride(), layout.slots());
     let back = slots - (g * bo) % slots;
     let enc = |v: Vec<f64>| b.encode(&rotated(&v, back), level, scale);
@@ -319,7 +316,7 @@ pub struct QkScores<P> {
     group_masks: Vec<Vec<Option<P>>>,
     /// Per output ciphertext, per baby index `k` with shift `g·b + k < n'`: token masks of
     /// `rot(K, k)` and, where rows wrap, of `rot(K, k - n')`.
-    token_masks: Vec<TokenMasks<P>>,
+    token_masks: Vec<Vec<(P, Option<P>)>>,
     /// Per output ciphertext: the group offsets that receive products.
     placements: Vec<Vec<Placement>>,
 }
@@ -580,7 +577,7 @@ pub struct AttentionValues<P> {
     /// rotated by `-g·b`.
     masks: Vec<Vec<P>>,
     /// Per weights ciphertext `b`: the token masks of its shifts ([`shift_token_masks`]).
-    token_masks: Vec<TokenMasks<P>>,
+    token_masks: Vec<Vec<(P, Option<P>)>>,
 }
 
 impl<P> AttentionValues<P> {
