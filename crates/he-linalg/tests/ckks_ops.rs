@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, key_mask, row_sums, scores_layout, scores_to_heads,
+    AttentionValues, QkScores, RowSplit, key_mask, row_sums, scores_layout, scores_to_heads,
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
@@ -99,9 +99,9 @@ fn attention_scores_masks_sums_values() {
     let qk = QkScores::new(&b, &l, 4, s, s, factor).unwrap();
     let sl = scores_layout(&l).unwrap();
     // Scores come out at level 1; A·V needs two levels above its output.
-    let av = AttentionValues::new(&b, &sl, &l, 1, (s, s)).unwrap_err();
+    let av = AttentionValues::new(&b, &sl, &l, (1, s), (1, s)).unwrap_err();
     assert!(matches!(av, he_linalg::Error::NotEnoughLevels { .. }));
-    let av = AttentionValues::new(&b, &sl, &l, 2, (s, s)).unwrap();
+    let av = AttentionValues::new(&b, &sl, &l, (2, s), (2, s)).unwrap();
     let mut steps = qk.plan().rotation_steps;
     steps.extend(av.plan().rotation_steps);
     steps.extend(
@@ -157,7 +157,9 @@ fn attention_scores_masks_sums_values() {
         assert!(bits >= MIN_BITS, "row sums head {h}: {bits:.1} bits");
     }
 
-    let eo = av.apply(&b, &masked, &ev).unwrap();
+    let split = RowSplit::new(&b, &sl, 3, ops::scale(&b, &masked)).unwrap();
+    let [lo, hi] = split.apply(&b, &masked).unwrap();
+    let eo = av.apply(&b, &lo, &hi, &ev).unwrap();
     assert_eq!(ops::level(&b, &eo), 0);
     let got = decrypt_matrix(&b, &eo).unwrap();
     let mut want = Matrix::zeros(n, d);

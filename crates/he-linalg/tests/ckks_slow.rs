@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, heads_to_scores, scores_layout, scores_to_heads,
+    AttentionValues, QkScores, RowSplit, heads_to_scores, scores_layout, scores_to_heads,
 };
 use he_linalg::{
     CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, SlotBackend,
@@ -81,7 +81,7 @@ fn bert_sized_attention() {
         let sl = scores_layout(&l).unwrap();
         let s = b.default_scale();
         let qk = QkScores::new(&b, &l, 3, s, s, 1.0 / (dh as f64).sqrt()).unwrap();
-        let av = AttentionValues::new(&b, &sl, &l, 2, (s, s)).unwrap();
+        let av = AttentionValues::new(&b, &sl, &l, (2, s), (1, s)).unwrap();
         let mut steps = qk.plan().rotation_steps;
         steps.extend(av.plan().rotation_steps);
         b.generate_rotation_keys(&steps).unwrap();
@@ -111,9 +111,13 @@ fn bert_sized_attention() {
         let a: Vec<Matrix> = (0..heads)
             .map(|_| random_matrix(&mut r, n, n, 1.0 / n as f64).map(|x| x + 1.0 / n as f64))
             .collect();
-        let ea = encrypt_matrix(&b, &heads_to_scores(&sl, &a).unwrap(), &sl, 2).unwrap();
+        let ea = encrypt_matrix(&b, &heads_to_scores(&sl, &a).unwrap(), &sl, 3).unwrap();
+        let [lo, hi] = RowSplit::new(&b, &sl, 3, s)
+            .unwrap()
+            .apply(&b, &ea)
+            .unwrap();
         let eo = av
-            .apply(&b, &ea, &encrypt_matrix(&b, &v, &l, 2).unwrap())
+            .apply(&b, &lo, &hi, &encrypt_matrix(&b, &v, &l, 1).unwrap())
             .unwrap();
         let got = decrypt_matrix(&b, &eo).unwrap();
         let mut want = Matrix::zeros(n, d);

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, heads_to_scores, key_mask, row_sums, row_sums_plan, scores_layout,
-    scores_to_heads,
+    AttentionValues, QkScores, RowSplit, heads_to_scores, key_mask, row_sums, row_sums_plan,
+    scores_layout, scores_to_heads,
 };
 use he_linalg::{
     ClearBackend, ColumnOrder, Layout, Matrix, SlotBackend, decrypt_matrix, encrypt_matrix, ops,
@@ -96,14 +96,36 @@ fn run(c: &Case, seed: u64) {
         }
     }
 
+    // Split by rows (one level): the parts add up to the scores.
     let lvl_m = ops::level(&b, &masked);
-    let av = AttentionValues::new(&b, &sl, &l, lvl_m, (ops::scale(&b, &masked), s)).unwrap();
+    let split = RowSplit::new(&b, &sl, lvl_m, ops::scale(&b, &masked)).unwrap();
+    let [lo, hi] = split.apply(&b, &masked).unwrap();
+    assert_eq!(ops::level(&b, &lo), lvl_m - 1);
+    let parts = decrypt_matrix(&b, &ops::add(&b, &lo, &hi).unwrap()).unwrap();
+    assert!(precision_bits(&parts, &dm).unwrap() > 40.0);
+    let lo_heads = scores_to_heads(&sl, &decrypt_matrix(&b, &lo).unwrap()).unwrap();
+    for (h, m) in lo_heads.iter().enumerate() {
+        for t in 0..c.n {
+            for u in 0..c.n {
+                // Keys at or after the row stay in lo; the wrapped ones (u < t) go to hi.
+                let want = if u >= t {
+                    masked_heads[h].get(t, u)
+                } else {
+                    0.0
+                };
+                assert!((m.get(t, u) - want).abs() < 1e-9, "lo part ({t}, {u})");
+            }
+        }
+    }
+
+    let lvl_s = lvl_m - 1;
+    let av = AttentionValues::new(&b, &sl, &l, (lvl_s, ops::scale(&b, &lo)), (4, s)).unwrap();
     b.stats().reset();
-    let eo = av.apply(&b, &masked, &ev).unwrap();
+    let eo = av.apply(&b, &lo, &hi, &ev).unwrap();
     let plan = av.plan();
     assert!(plan.matches(&b.stats().snapshot()), "{plan:?}");
     assert_eq!(plan.rotation_steps, b.stats().used_steps());
-    assert_eq!(ops::level(&b, &eo), lvl_m - plan.depth);
+    assert_eq!(ops::level(&b, &eo), lvl_s - plan.depth);
     assert!((ops::scale(&b, &eo) / s - 1.0).abs() < 1e-12);
     let got = decrypt_matrix(&b, &eo).unwrap();
     let mut want = Matrix::zeros(c.n, d);
@@ -189,7 +211,7 @@ fn attention_rejects_contiguous_layout() {
 }
 
 #[test]
-fn attention_values_rejects_bad_input() {
+fn row_split_rejects_bad_input() {
     let b = ClearBackend::like_ckks(256, 4).unwrap();
     let s = b.default_scale();
     let hi = ColumnOrder::HeadInterleaved {
@@ -198,17 +220,16 @@ fn attention_values_rejects_bad_input() {
     };
     let l = Layout::new(256, 8, 8, hi).unwrap();
     let sl = scores_layout(&l).unwrap();
-    // Not V's scores layout, not enough levels, a level above the top.
+    // Not a scores layout, no level to consume, a level above the top.
     let contiguous = Layout::new(256, 8, 16, ColumnOrder::Contiguous).unwrap();
-    assert!(AttentionValues::<he_linalg::ClearPt>::new(&b, &contiguous, &l, 3, (s, s)).is_err());
-    assert!(AttentionValues::<he_linalg::ClearPt>::new(&b, &sl, &l, 1, (s, s)).is_err());
-    assert!(AttentionValues::<he_linalg::ClearPt>::new(&b, &sl, &l, 5, (s, s)).is_err());
-    let av = AttentionValues::new(&b, &sl, &l, 3, (s, s)).unwrap();
+    assert!(RowSplit::new(&b, &contiguous, 3, s).is_err());
+    assert!(RowSplit::new(&b, &sl, 0, s).is_err());
+    assert!(RowSplit::new(&b, &sl, 5, s).is_err());
+    let split = RowSplit::new(&b, &sl, 3, s).unwrap();
     let m = Matrix::from_fn(8, sl.cols(), |t, c| (t * 31 + c) as f64 / 100.0);
-    let v = encrypt_matrix(&b, &Matrix::from_fn(8, 8, |t, i| (t + i) as f64), &l, 3).unwrap();
-    // Weights in another layout, at another scale, a level too low.
+    // Another layout, another scale, a level too low.
     let other = encrypt_matrix(&b, &Matrix::zeros(8, 8), &l, 3).unwrap();
-    assert!(av.apply(&b, &other, &v).is_err());
+    assert!(split.apply(&b, &other).is_err());
     let ok = encrypt_matrix(&b, &m, &sl, 3).unwrap();
     let rescaled: Vec<_> = ok
         .cts()
@@ -216,33 +237,24 @@ fn attention_values_rejects_bad_input() {
         .map(|c| b.set_scale(c, s * 2.0).unwrap())
         .collect();
     let wrong_scale = he_linalg::PackedMatrix::new(sl.clone(), rescaled).unwrap();
-    assert!(av.apply(&b, &wrong_scale, &v).is_err());
-    let low = encrypt_matrix(&b, &m, &sl, 2).unwrap();
-    assert!(av.apply(&b, &low, &v).is_err());
+    assert!(split.apply(&b, &wrong_scale).is_err());
     assert!(
-        av.apply(
-            &b,
-            &ok,
-            &encrypt_matrix(&b, &Matrix::zeros(8, 8), &l, 2).unwrap()
-        )
-        .is_err()
+        split
+            .apply(&b, &encrypt_matrix(&b, &m, &sl, 2).unwrap())
+            .is_err()
     );
-    // From a higher level both inputs are dropped first.
-    let high = av
-        .apply(&b, &encrypt_matrix(&b, &m, &sl, 4).unwrap(), &v)
+    // From a higher level the input is dropped first; the parts add up to it.
+    let [lo, hi] = split
+        .apply(&b, &encrypt_matrix(&b, &m, &sl, 4).unwrap())
         .unwrap();
-    let same = av.apply(&b, &ok, &v).unwrap();
-    let (x, y) = (
-        decrypt_matrix(&b, &high).unwrap(),
-        decrypt_matrix(&b, &same).unwrap(),
-    );
-    assert!(precision_bits(&x, &y).unwrap() > 40.0);
+    let sum = decrypt_matrix(&b, &ops::add(&b, &lo, &hi).unwrap()).unwrap();
+    assert!(precision_bits(&sum, &m).unwrap() > 40.0);
 }
 
 #[test]
 fn bert_shaped_attention_plans() {
     // Exact key-switch counts documented in docs/packing.md.
-    for (n, d, heads, qk_ks, av_ks) in [(64, 384, 12, 215, 183), (128, 128, 2, 387, 267)] {
+    for (n, d, heads, qk_ks, av_ks) in [(64, 384, 12, 215, 246), (128, 128, 2, 387, 394)] {
         let b = ClearBackend::like_ckks(8192, 3).unwrap();
         let s = b.default_scale();
         let hi = ColumnOrder::HeadInterleaved {
@@ -252,7 +264,9 @@ fn bert_shaped_attention_plans() {
         let l = Layout::new(8192, n, d, hi).unwrap();
         let sl = scores_layout(&l).unwrap();
         let qk = QkScores::new(&b, &l, 3, s, s, 1.0).unwrap().plan();
-        let av = AttentionValues::new(&b, &sl, &l, 2, (s, s)).unwrap().plan();
+        let av = AttentionValues::new(&b, &sl, &l, (2, s), (1, s))
+            .unwrap()
+            .plan();
         assert_eq!((qk.key_switches(), av.key_switches()), (qk_ks, av_ks));
     }
 }

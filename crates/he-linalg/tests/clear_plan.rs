@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, key_mask, row_sums, row_sums_plan, scores_layout,
+    AttentionValues, QkScores, RowSplit, key_mask, row_sums, row_sums_plan, scores_layout,
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
@@ -49,8 +49,9 @@ fn encoder_layer_plan_matches_run() {
     let qk = QkScores::new(&b, &lh, top - 1, s, s, 0.5).unwrap();
     let cube = Polynomial::power(vec![1.0, 1.5, 0.75, 0.125]).unwrap();
     let level_e = top - 1 - qk.plan().depth - 1 - cube.depth();
-    let av = AttentionValues::new(&b, &sl, &lh, level_e, (s, s)).unwrap();
-    let level_o = level_e - av.plan().depth;
+    let split = RowSplit::new(&b, &sl, level_e, s).unwrap();
+    let av = AttentionValues::new(&b, &sl, &lh, (level_e - 1, s), (top - 1, s)).unwrap();
+    let level_o = level_e - 1 - av.plan().depth;
     let wo = lin(d, d, &lh, c, level_o);
     let w1 = lin(d, ffn, &lx, c, level_o - 1);
     let sq = Polynomial::power(vec![0.0, 0.5, 0.25]).unwrap();
@@ -63,6 +64,7 @@ fn encoder_layer_plan_matches_run() {
         .then(OpPlan::plaintext("key mask", 1))
         .then(cube.plan().repeated(sl.n_cts()))
         .then(row_sums_plan(&sl).unwrap())
+        .then(split.plan())
         .then(av.plan())
         .then(wo.plan())
         .then(w1.plan())
@@ -80,7 +82,8 @@ fn encoder_layer_plan_matches_run() {
     let m = ops::encode_multiplier(&b, &key_mask(&sl, n).unwrap(), &sc).unwrap();
     let e = poly_all(&b, &ops::mul_plain(&b, &sc, &m).unwrap(), &cube);
     let _denominators = row_sums(&b, &e).unwrap();
-    let o = av.apply(&b, &e, &v).unwrap();
+    let [lo, hi] = split.apply(&b, &e).unwrap();
+    let o = av.apply(&b, &lo, &hi, &v).unwrap();
     let h = wo.apply(&b, &o).unwrap();
     let f = poly_all(&b, &w1.apply(&b, &h).unwrap(), &sq);
     let y = w2.apply(&b, &f).unwrap();
@@ -91,5 +94,5 @@ fn encoder_layer_plan_matches_run() {
     assert_eq!(plan.relinearizations(), used.relinearizations);
     assert_eq!(plan.key_switches(), used.key_switches);
     assert_eq!(ops::level(&b, &y), top - plan.levels());
-    assert_eq!(plan.levels(), 14);
+    assert_eq!(plan.levels(), 15);
 }

@@ -1,7 +1,7 @@
 //! The compiled server program: folded weights, per-bucket layouts and encoded operations,
 //! levels, the exact Galois key set and the round schedule.
 //!
-//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L - 1`;
+//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L - 2`;
 //! every request is dropped to [`decrypt_level`] before it is sent, and replies come back at
 //! [`reply_level`]):
 //!
@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use ckks::Parameters;
-use he_linalg::attention::{AttentionValues, QkScores, row_sums_plan, scores_layout};
+use he_linalg::attention::{AttentionValues, QkScores, RowSplit, row_sums_plan, scores_layout};
 use he_linalg::plan::{OpPlan, Plan};
 use he_linalg::{
     CkksBackend, CkksPlaintext, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec,
@@ -273,6 +273,9 @@ pub(crate) struct SharedProgram {
     pub t2: EncodedLinear<CkksPlaintext>,
     pub t3: EncodedLinear<CkksPlaintext>,
     pub av: AttentionValues<CkksPlaintext>,
+    /// Splits the fresh softmax reply `e` by rows (lo/hi, see [`RowSplit`]) in the level it
+    /// has to spare above `T(s)`.
+    pub split: RowSplit<CkksPlaintext>,
 }
 
 impl SharedProgram {
@@ -284,6 +287,7 @@ impl SharedProgram {
             + self.t1_add.heap_bytes()
             + self.t2.heap_bytes()
             + self.t3.heap_bytes()
+            + self.split.heap_bytes()
     }
 }
 
@@ -361,12 +365,12 @@ pub fn qk_level(params: &Parameters) -> usize {
     decrypt_level(params) + 3
 }
 
-/// The level of every layer's input `X` (the client encrypts its input there): one below a
+/// The level of every layer's input `X` (the client encrypts its input there): two below a
 /// fresh ciphertext. The value projection `V` (one level below `X`) then meets `P = e ⊙ T(s)`
-/// (fresh `e` times `T(s)`, two levels down) at the level attention · V works at, and no prime
-/// more is carried through the Q/K/V products.
+/// (fresh `e`, two levels down) at the level attention · V needs, and no prime more is carried
+/// through the Q/K/V products.
 pub fn input_level(params: &Parameters) -> usize {
-    params.max_level() - 1
+    params.max_level() - 2
 }
 
 /// The level the client encrypts a reply item at: the lowest from which the server's next
@@ -456,7 +460,7 @@ fn encode_shared(
     params: &Parameters,
     request_scale: f64,
 ) -> Result<SharedProgram> {
-    let (top, _, delta) = levels(enc, params)?;
+    let (top, lx, delta) = levels(enc, params)?;
     let d = &w.dims;
     let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
     // Q and K leave the projections at `lx - 1`, three levels above the decrypt level.
@@ -494,10 +498,17 @@ fn encode_shared(
         None,
     )?;
 
-    // P = e ⊙ T (fresh e dropped to T's level top - 1) at top - 2 with scale Δ²/q_{top-1};
-    // V there too (lx - 1).
+    // e (fresh, top) split by rows to top - 1 where T(s) is; P = e ⊙ T at top - 2 with scale
+    // Δ²/q_{top-1}; V at lx - 1.
+    let split = RowSplit::new(enc, &l.scores, top, delta)?;
     let p_scale = delta * delta / enc.rescale_factor(top - 1);
-    let av = AttentionValues::new(enc, &l.scores, &l.heads, top - 2, (p_scale, delta))?;
+    let av = AttentionValues::new(
+        enc,
+        &l.scores,
+        &l.heads,
+        (top - 2, p_scale),
+        (lx - 1, delta),
+    )?;
     Ok(SharedProgram {
         qk,
         t1_mul,
@@ -505,6 +516,7 @@ fn encode_shared(
         t2,
         t3,
         av,
+        split,
     })
 }
 
@@ -605,8 +617,9 @@ fn encode_layer(
         .then(sh.t2.plan())
         .then(sh.t3.plan())
         .then(OpPlan {
-            name: "e * T(s)".into(),
-            relinearizations: l.scores.n_cts() as u64,
+            // The row split of e uses e's spare level (it is fresh, T(s) one level lower).
+            name: "e row split, e * T(s)".into(),
+            relinearizations: 2 * l.scores.n_cts() as u64,
             depth: 1,
             ..OpPlan::default()
         })

@@ -356,13 +356,17 @@ impl ServerSession {
             }
             Pending::Reciprocal2 { x, v, e } => {
                 let t = prog.shared.t3.apply(b, &fresh.remove(0))?;
-                let p = ops::mul(b, &e, &t)?;
-                let ctx = prog.shared.av.apply(b, &p, &v)?;
+                let [e_lo, e_hi] = prog.shared.split.apply(b, &e)?;
+                let (p_lo, p_hi) = (ops::mul(b, &e_lo, &t)?, ops::mul(b, &e_hi, &t)?);
+                let ctx = prog.shared.av.apply(b, &p_lo, &p_hi, &v)?;
                 let y = prog.wo.apply(b, &ctx)?;
                 let s1 = ops::add(b, &y, &x)?;
                 let u = prog.w1.apply(b, &s1)?;
                 Self::tap(&mut self.taps, format!("layer{layer}.reciprocal"), &t);
-                Self::tap(&mut self.taps, format!("layer{layer}.probs"), &p);
+                if self.taps.is_some() {
+                    let p = ops::add(b, &p_lo, &p_hi)?;
+                    Self::tap(&mut self.taps, format!("layer{layer}.probs"), &p);
+                }
                 Self::tap(&mut self.taps, format!("layer{layer}.context"), &ctx);
                 // S₁ has a level to spare above the decrypt level (W₁ consumes it for `u`):
                 // its copy for the client takes the request scale there.
