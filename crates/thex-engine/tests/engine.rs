@@ -105,6 +105,24 @@ fn bits(err: f64, magnitude: f64) -> f64 {
     -(err / magnitude.max(1e-300)).log2()
 }
 
+/// The plaintext THE-X model's logits for one token sequence.
+fn plain_logits(model: &ThexModel, tokens: &[u32]) -> Vec<f64> {
+    let batch = Batch::new(&[tokens.to_vec()], 0, &Device::Cpu).unwrap();
+    values(
+        model
+            .forward(&batch, false)
+            .unwrap()
+            .logits
+            .as_ref()
+            .unwrap(),
+    )
+}
+
+/// Largest |a - b| over paired entries.
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+}
+
 fn ids(n: usize, seed: u32) -> Vec<u32> {
     (0..n as u32).map(|i| 2 + (i * 7 + seed) % 45).collect()
 }
@@ -264,11 +282,7 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
     }
     let want = values(out.logits.as_ref().unwrap());
     let pred = c.decrypt_logits(&logits).unwrap();
-    let err = pred
-        .logits
-        .iter()
-        .zip(&want)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = max_abs_diff(&pred.logits, &want);
     let mag = want.iter().fold(0f64, |m, x| m.max(x.abs()));
     check("logits".into(), err, mag);
     eprintln!("{}", report.join("\n"));
@@ -283,21 +297,9 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     let s = setup();
     let (mut c, mut srv) = (client(s), server(s));
     let tokens = ids(16, 11);
-    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
-    let want = values(
-        s.model
-            .forward(&batch, false)
-            .unwrap()
-            .logits
-            .as_ref()
-            .unwrap(),
-    );
+    let want = plain_logits(&s.model, &tokens);
     let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
-    let err = r
-        .logits
-        .iter()
-        .zip(&want)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = max_abs_diff(&r.logits, &want);
     eprintln!(
         "16 tokens: {} rounds, {} B up, {} B down, {:.2} s, logit error {err:.2e}",
         r.rounds, r.bytes_up, r.bytes_down, r.total_seconds
@@ -612,21 +614,9 @@ fn minilm_shaped_model_agrees_slow() {
     let keys = c.evaluation_keys(&[]).unwrap();
     let mut srv = ServerSession::new(server.clone(), keys, &[]).unwrap();
     let tokens = ids(13, 2);
-    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
-    let want = values(
-        model
-            .forward(&batch, false)
-            .unwrap()
-            .logits
-            .as_ref()
-            .unwrap(),
-    );
+    let want = plain_logits(&model, &tokens);
     let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
-    let err = r
-        .logits
-        .iter()
-        .zip(&want)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = max_abs_diff(&r.logits, &want);
     eprintln!(
         "MiniLM-shaped, 2 layers, 13 tokens: {} rounds, {:.1} MB up, {:.1} MB down, {:.1} s, logit error {err:.2e}",
         r.rounds,
@@ -753,19 +743,7 @@ fn requests_at_a_lower_scale_keep_the_levels_and_agree() {
     assert_eq!(kinds.len(), 10, "{kinds:?}");
     assert_eq!(logits.ct.scale().log2().round(), 26.0);
     let pred = c.decrypt_logits(&logits).unwrap();
-    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
-    let want = values(
-        s.model
-            .forward(&batch, false)
-            .unwrap()
-            .logits
-            .as_ref()
-            .unwrap(),
-    );
-    let err = pred
-        .logits
-        .iter()
-        .zip(&want)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let want = plain_logits(&s.model, &tokens);
+    let err = max_abs_diff(&pred.logits, &want);
     assert!(err < 1e-3, "logit error {err}");
 }
