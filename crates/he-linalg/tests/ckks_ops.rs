@@ -409,6 +409,13 @@ fn outputs_at_a_lower_scale() {
         out_scale: Some(low),
     };
     let lin = EncodedLinear::from_spec(&b, spec, &lc, 3, s, LinearMethod::Bsgs).unwrap();
+    for bad in [0.0, f64::NAN, f64::INFINITY] {
+        let spec = LinearSpec {
+            out_scale: Some(bad),
+            ..spec
+        };
+        assert!(EncodedLinear::from_spec(&b, spec, &lc, 3, s, LinearMethod::Bsgs).is_err());
+    }
     let lh = lc
         .with_cols(
             d,

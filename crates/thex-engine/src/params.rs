@@ -197,5 +197,19 @@ mod tests {
             ..Default::default()
         };
         assert!(e.validate().is_err());
+        // A request scale above the encoding scale, or too small to decode.
+        for r in [37, 19] {
+            let e = EngineParams {
+                request_log_scale: Some(r),
+                ..Default::default()
+            };
+            assert!(e.validate().is_err(), "{r}");
+        }
+        let e = EngineParams {
+            request_log_scale: Some(28),
+            ..Default::default()
+        };
+        assert!(e.validate().is_ok());
+        assert_eq!(e.request_scale(2f64.powi(36)), 2f64.powi(28));
     }
 }
