@@ -14,10 +14,11 @@
 //! `(A·V)_h[t, i] = Σ_r S_h[t, t+r] · tokrot(V, r)[t, i]`.
 //!
 //! Masks go on the operands, not on each product: for Q·Kᵀ the token masks on the rotated K and
-//! the group selection (with the `1/√d` factor) on the rotated Q; for A·V the weights come split
-//! by token rows ([`RowSplit`]) and the masks only select a feature group. Products are summed
-//! unrelinearized (lazy relinearization); each operation consumes two levels. Row sums over keys
-//! are a rotate-and-sum over the `g` groups, already broadcast over each head's row.
+//! the group selection (with the `1/√d` factor) on the products; for A·V the group selection on
+//! the rotated attention weights and the token cut either on the rotated V or, with the weights
+//! split by rows beforehand ([`RowSplit`]), nowhere ([`AvMasking`]). Products are summed
+//! unrelinearized (lazy relinearization); Q·Kᵀ consumes three levels, A·V two. Row sums over
+//! keys are a rotate-and-sum over the `g` groups, already broadcast over each head's row.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -26,9 +27,13 @@ use rayon::prelude::*;
 
 use crate::backend::{PlaintextSize, SlotBackend, scales_match};
 use crate::error::{Error, Result};
-use crate::layout::{ColumnOrder, Layout, PackedMatrix, PlainMatrix, check_slots};
+use crate::layout::{ColumnOrder, Layout, PackedMatrix, check_slots};
 use crate::matrix::Matrix;
 use crate::plan::OpPlan;
+
+mod values;
+
+pub use values::{AttentionValues, AvMasking, RowSplit};
 
 /// Heads, padded heads `H` and groups per ciphertext `g` of a head-interleaved layout.
 fn heads_of(l: &Layout) -> Result<(usize, usize, usize, usize)> {
@@ -224,6 +229,65 @@ fn token_mask(l: &Layout, tokens: std::ops::Range<usize>) -> Vec<f64> {
     v
 }
 
+/// Per baby index `k`: the token masks of `rot(x, k)` and, where rows wrap, of `rot(x, k - n')`.
+type TokenMasks<P> = Vec<(P, Option<P>)>;
+
+/// Token masks (see [`token_ranges`]) of the shifts `g·b + k` of output ciphertext `b`, in the
+/// frame rotated by `-g·b`, at `level` and `scale`: per baby index `k`, the mask of the rows
+/// using `rot(x, k)` and, where rows wrap, of the rows using `rot(x, k - n')`.
+fn shift_token_masks<B: SlotBackend>(
+    b: &B,
+    layout: &Layout,
+    (g, bo): (usize, usize),
+    level: usize,
+    scale: f64,
+) -> Result<TokenMasks<B::Pt>> {
+    let (n, np, slots) = (layout.rows(), layout.row_stride(), layout.slots());
+    let back = slots - (g * bo) % slots;
+    let enc = |v: Vec<f64>| b.encode(&rotated(&v, back), level, scale);
+    (0..g.min(np.saturating_sub(g * bo)))
+        .map(|k| {
+            let r = bo * g + k;
+            let (lo_t, hi_t) = token_ranges(n, np, r);
+            let hi = wraps(n, np, r)
+                .then(|| enc(token_mask(layout, hi_t)))
+                .transpose()?;
+            Ok((enc(token_mask(layout, lo_t))?, hi))
+        })
+        .collect()
+}
+
+/// `tokrot(x_a, g·b + k)` (one level down) for every shift `k` of [`shift_token_masks`] `masks`
+/// and every input ciphertext `a`, from the baby rotations `xb[a]` of [`Baby`]; each mask is
+/// transformed once for all the inputs.
+fn token_rotated<B: SlotBackend>(
+    b: &B,
+    xb: &[Vec<B::Ct>],
+    baby: &Baby,
+    masks: &[(B::Pt, Option<B::Pt>)],
+) -> Result<Vec<Vec<B::Ct>>>
+where
+    B::Pt: Clone + Send + Sync,
+{
+    masks
+        .par_iter()
+        .enumerate()
+        .map(|(kk, (lo, hi))| {
+            let lo = b.expanded(lo);
+            let hi = hi.as_ref().map(|h| b.expanded(h));
+            xb.iter()
+                .map(|xa| {
+                    let mut x = b.mul_plain(&xa[kk], &lo)?;
+                    if let (Some(h), Some(idx)) = (&hi, baby.hi_idx[kk]) {
+                        b.mul_plain_add(&mut x, &xa[idx], h)?;
+                    }
+                    b.rescale(&x)
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect()
+}
+
 /// Where one group offset `m` of an output ciphertext goes: its rotation, and the baby indices
 /// `k` whose products it sums (each through Q's feature group `(k + m) mod g`).
 #[derive(Debug)]
@@ -260,7 +324,7 @@ pub struct QkScores<P> {
     group_masks: Vec<Vec<Option<P>>>,
     /// Per output ciphertext, per baby index `k` with shift `g·b + k < n'`: token masks of
     /// `rot(K, k)` and, where rows wrap, of `rot(K, k - n')`.
-    token_masks: Vec<Vec<(P, Option<P>)>>,
+    token_masks: Vec<TokenMasks<P>>,
     /// Per output ciphertext: the group offsets that receive products.
     placements: Vec<Vec<Placement>>,
 }
@@ -336,18 +400,7 @@ impl<P> QkScores<P> {
                     .collect::<Result<Vec<_>>>()?,
             );
             let shifts = g.min(np.saturating_sub(g * bo));
-            token_masks.push(
-                (0..shifts)
-                    .map(|k| {
-                        let r = bo * g + k;
-                        let (lo_t, hi_t) = token_ranges(n, np, r);
-                        let hi = wraps(n, np, r)
-                            .then(|| enc(token_mask(layout, hi_t), level, token_scale))
-                            .transpose()?;
-                        Ok((enc(token_mask(layout, lo_t), level, token_scale)?, hi))
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            );
+            token_masks.push(shift_token_masks(b, layout, (g, bo), level, token_scale)?);
             placements.push(
                 (0..g)
                     .filter_map(|m| {
@@ -458,24 +511,8 @@ impl<P> QkScores<P> {
         let out = (0..self.placements.len())
             .into_par_iter()
             .map(|bo| {
-                // tokrot(K, g·b + k) per shift and input ciphertext; each mask transformed once.
-                let km = self.token_masks[bo]
-                    .par_iter()
-                    .enumerate()
-                    .map(|(kk, (lo, hi))| {
-                        let lo = b.expanded(lo);
-                        let hi = hi.as_ref().map(|h| b.expanded(h));
-                        kb.iter()
-                            .map(|ka| {
-                                let mut x = b.mul_plain(&ka[kk], &lo)?;
-                                if let (Some(h), Some(idx)) = (&hi, self.baby.hi_idx[kk]) {
-                                    b.mul_plain_add(&mut x, &ka[idx], h)?;
-                                }
-                                b.rescale(&x)
-                            })
-                            .collect::<Result<Vec<_>>>()
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                // tokrot(K, g·b + k) per shift and input ciphertext.
+                let km = token_rotated(b, &kb, &self.baby, &self.token_masks[bo])?;
                 // P_k = Σ_a Q_a ⊙ tokrot(K_a, g·b + k): every feature's term of the shift.
                 let sums: Vec<Vec<_>> = km
                     .iter()
@@ -522,346 +559,6 @@ impl<P> QkScores<P> {
             })
             .collect::<Result<Vec<_>>>()?;
         PackedMatrix::new(self.out_layout.clone(), out)
-    }
-}
-
-/// Row masks that split diagonal-form scores in two for [`AttentionValues`]: for token shift
-/// `r`, the rows `t` whose key `t + r` lies in the same padded block (`lo`, `t < n' - r`) and
-/// the rows whose key wraps around (`hi`). Prepared for one level and scale; the parts come out
-/// one level lower at the same scale.
-#[derive(Debug)]
-pub struct RowSplit<P> {
-    /// Scale of the input (the parts keep it).
-    scale: f64,
-    /// The `[lo, hi]` row masks, at the input's level and the scale its rescale divides out.
-    parts: [PlainMatrix<P>; 2],
-}
-
-impl<P> RowSplit<P> {
-    /// Masks for scores laid out by `scores` (see [`scores_layout`]) at `level` and `scale`.
-    pub fn new<B: SlotBackend<Pt = P>>(
-        b: &B,
-        scores: &Layout,
-        level: usize,
-        scale: f64,
-    ) -> Result<Self> {
-        let (heads, np, ..) = heads_of(scores)?;
-        if level < 1 || level > b.max_level() {
-            return Err(Error::NotEnoughLevels {
-                needed: 1,
-                available: level.min(b.max_level()),
-            });
-        }
-        let n = scores.rows();
-        let part = |wrapped: bool| {
-            let m = Matrix::from_fn(n, heads * np, |t, c| {
-                let r = c % np;
-                f64::from(u8::from((t + r >= np) == wrapped))
-            });
-            PlainMatrix::encode(b, &m, scores, level, b.rescale_factor(level))
-        };
-        Ok(Self {
-            scale,
-            parts: [part(false)?, part(true)?],
-        })
-    }
-
-    /// Bytes of encoded masks.
-    pub fn heap_bytes(&self) -> usize
-    where
-        P: PlaintextSize,
-    {
-        self.parts.iter().map(PlainMatrix::heap_bytes).sum()
-    }
-
-    /// Plan of [`RowSplit::apply`].
-    pub fn plan(&self) -> OpPlan {
-        OpPlan::plaintext("scores row split", 1)
-    }
-
-    /// The `[lo, hi]` parts of `s`, one level lower; `lo + hi = s`.
-    pub fn apply<B: SlotBackend<Pt = P>>(
-        &self,
-        b: &B,
-        s: &PackedMatrix<B::Ct>,
-    ) -> Result<[PackedMatrix<B::Ct>; 2]>
-    where
-        P: Send + Sync,
-    {
-        let [lo, hi] = &self.parts;
-        let layout = lo.layout();
-        let ss = check_input(b, s, layout, lo.level(), self.scale, "scores layout")?;
-        let part = |masks: &PlainMatrix<P>| -> Result<PackedMatrix<B::Ct>> {
-            let cts = ss
-                .par_iter()
-                .zip(masks.pts())
-                .map(|(c, m)| b.rescale(&b.mul_plain(c, m)?))
-                .collect::<Result<Vec<_>>>()?;
-            PackedMatrix::new(layout.clone(), cts)
-        };
-        Ok([part(lo)?, part(hi)?])
-    }
-}
-
-/// Attention weights × V for all heads, prepared for fixed levels and scales. The weights
-/// come split by [`RowSplit`]; the output has V's layout and scale, at level
-/// `min(level_s - 1, level_v) - 1`.
-///
-/// For token shift `r = g·b + k`, the scores diagonal is broadcast over the head's features
-/// from hoisted rotations of scores ciphertext `b` (its `lo` and `hi` parts, with masks
-/// pre-rotated by `-g·b`), V is rotated by the baby shifts `k` and `k - n'` (hoisted), and each
-/// output ciphertext's partial sum for `b` is relinearized and rotated by `g·b` once. The
-/// broadcast masks select one feature group: `g` per scores ciphertext, each transformed once
-/// per use and applied to every shift.
-#[derive(Debug)]
-pub struct AttentionValues<P> {
-    s_layout: Layout,
-    v_layout: Layout,
-    level_s: usize,
-    scale_s: f64,
-    level_v: usize,
-    scale_v: f64,
-    baby: Baby,
-    /// Per scores ciphertext `b`: the group offsets `m` of its rotations that are used.
-    s_ms: Vec<Vec<usize>>,
-    /// Per scores ciphertext `b`, per feature group of V: the group's chunks, in the frame
-    /// rotated by `-g·b`.
-    masks: Vec<Vec<P>>,
-}
-
-impl<P> AttentionValues<P> {
-    /// Prepares `A·V` for scores laid out by `s_layout` (see [`scores_layout`]), split by
-    /// [`RowSplit`], at `level_s` with scale `scale_s`, and V laid out by `v_layout` at
-    /// `level_v` with scale `scale_v`.
-    pub fn new<B: SlotBackend<Pt = P>>(
-        b: &B,
-        s_layout: &Layout,
-        v_layout: &Layout,
-        (level_s, scale_s): (usize, f64),
-        (level_v, scale_v): (usize, f64),
-    ) -> Result<Self> {
-        check_slots(b, v_layout)?;
-        let (heads, head_dim, hp, g) = heads_of(v_layout)?;
-        if &scores_layout(v_layout)? != s_layout {
-            return Err(Error::LayoutMismatch {
-                what: "scores layout does not belong to V's layout",
-            });
-        }
-        if level_s > b.max_level() || level_v > b.max_level() {
-            return Err(Error::LevelTooHigh {
-                level: level_s.max(level_v),
-                max: b.max_level(),
-            });
-        }
-        let l1 = (level_s.max(1) - 1).min(level_v);
-        if level_s < 2 || l1 < 1 {
-            return Err(Error::NotEnoughLevels {
-                needed: 2,
-                available: level_s.min(level_v + 1),
-            });
-        }
-        let slots = v_layout.slots();
-        let (n, np) = (v_layout.rows(), v_layout.row_stride());
-        let groups_v = g.min(head_dim);
-        let mask_scale = b.rescale_factor(l1) * b.rescale_factor(l1 + 1) / scale_s;
-        let nb = s_layout.n_cts();
-        let mut s_ms = Vec::with_capacity(nb);
-        let mut masks = Vec::with_capacity(nb);
-        for bo in 0..nb {
-            let used: BTreeSet<usize> = (0..g.min(np.saturating_sub(g * bo)))
-                .flat_map(|k| (0..groups_v).map(move |gv| (k + g - gv) % g))
-                .collect();
-            s_ms.push(used.into_iter().collect());
-            let back = slots - (g * bo) % slots;
-            masks.push(
-                (0..groups_v)
-                    .map(|gv| {
-                        let v = group_mask(v_layout, heads, hp, gv, 0..n, 1.0);
-                        b.encode(&rotated(&v, back), l1 + 1, mask_scale)
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            );
-        }
-        Ok(Self {
-            baby: Baby::new(slots, n, np, g),
-            s_layout: s_layout.clone(),
-            v_layout: v_layout.clone(),
-            level_s,
-            scale_s,
-            level_v,
-            scale_v,
-            s_ms,
-            masks,
-        })
-    }
-
-    /// Bytes of encoded masks.
-    pub fn heap_bytes(&self) -> usize
-    where
-        P: PlaintextSize,
-    {
-        self.masks.iter().flatten().map(|p| p.heap_bytes()).sum()
-    }
-
-    fn l1(&self) -> usize {
-        (self.level_s - 1).min(self.level_v)
-    }
-
-    /// Rotation steps `m·H·n' - g·b` of scores ciphertext `b`, for its used offsets `m`.
-    fn s_steps(&self, bo: usize) -> Vec<usize> {
-        let slots = self.v_layout.slots();
-        let np = self.v_layout.row_stride();
-        let (hp, g) = self.v_layout.head_groups().unwrap_or((1, 1));
-        self.s_ms[bo]
-            .iter()
-            .map(|&m| (m * hp * np + slots - (g * bo) % slots) % slots)
-            .collect()
-    }
-
-    /// Rotation by `g·b` of output partial sums, per scores ciphertext `b`.
-    fn back_steps(&self) -> Vec<usize> {
-        let slots = self.v_layout.slots();
-        let (_, g) = self.v_layout.head_groups().unwrap_or((1, 1));
-        (0..self.s_layout.n_cts())
-            .map(|bo| (g * bo) % slots)
-            .collect()
-    }
-
-    /// Rotation steps, key switches and depth of [`AttentionValues::apply`].
-    pub fn plan(&self) -> OpPlan {
-        let c = self.v_layout.n_cts() as u64;
-        let mut steps: BTreeSet<usize> = self.baby.nonzero().collect();
-        let mut hoisted = c * self.baby.nonzero().count() as u64;
-        for bo in 0..self.s_ms.len() {
-            for st in self.s_steps(bo).into_iter().filter(|&s| s != 0) {
-                // The lo and the hi part.
-                hoisted += 2;
-                steps.insert(st);
-            }
-        }
-        let back: Vec<usize> = self.back_steps().into_iter().filter(|&s| s != 0).collect();
-        steps.extend(back.iter().copied());
-        OpPlan {
-            name: format!("AV {}x{}", self.v_layout.rows(), self.v_layout.cols()),
-            rotation_steps: steps,
-            rotations: hoisted + c * back.len() as u64,
-            hoisted_rotations: hoisted,
-            relinearizations: c * self.s_layout.n_cts() as u64,
-            depth: self.level_s - (self.l1() - 1),
-        }
-    }
-
-    /// Computes `A·V` for all heads from the [`RowSplit`] parts of the weights.
-    pub fn apply<B: SlotBackend<Pt = P>>(
-        &self,
-        b: &B,
-        s_lo: &PackedMatrix<B::Ct>,
-        s_hi: &PackedMatrix<B::Ct>,
-        v: &PackedMatrix<B::Ct>,
-    ) -> Result<PackedMatrix<B::Ct>>
-    where
-        P: Clone + Send + Sync,
-    {
-        let l1 = self.l1();
-        let lo = check_input(
-            b,
-            s_lo,
-            &self.s_layout,
-            self.level_s,
-            self.scale_s,
-            "scores",
-        )?;
-        let hi = check_input(
-            b,
-            s_hi,
-            &self.s_layout,
-            self.level_s,
-            self.scale_s,
-            "scores",
-        )?;
-        let vs = check_input(b, v, &self.v_layout, self.level_v, self.scale_v, "V layout")?;
-        let (n, np) = (self.v_layout.rows(), self.v_layout.row_stride());
-        let (_, g) = self.v_layout.head_groups().unwrap_or((1, 1));
-        let rot = |parts: &[Cow<'_, B::Ct>]| {
-            parts
-                .par_iter()
-                .enumerate()
-                .map(|(bo, ct)| b.rotate_hoisted(&b.drop_to_level(ct, l1 + 1)?, &self.s_steps(bo)))
-                .collect::<Result<Vec<_>>>()
-        };
-        let (rot_lo, rot_hi) = (rot(&lo)?, rot(&hi)?);
-        let vb = vs
-            .par_iter()
-            .map(|c| b.rotate_hoisted(&b.drop_to_level(c, l1)?, &self.baby.steps))
-            .collect::<Result<Vec<_>>>()?;
-        // Partial outputs of every scores ciphertext (in parallel), then their sum.
-        let partials = self
-            .back_steps()
-            .into_par_iter()
-            .enumerate()
-            .map(|(bo, back)| -> Result<Vec<Option<B::Ct>>> {
-                let shifts = g.min(np.saturating_sub(g * bo));
-                // Each mask transformed once for all the shifts it serves.
-                let masks: Vec<_> = self.masks[bo].par_iter().map(|m| b.expanded(m)).collect();
-                // Broadcast diagonals (lo and hi part) of each shift, all sums at once (they
-                // share the masks and the rotated scores), rescaled to l1.
-                // Each sum is keyed by the baby rotation of V it multiplies: the shift for the
-                // lo part, the shift minus n' for the wrapped hi part.
-                let mut sums = Vec::new();
-                let mut v_idx = Vec::new();
-                for kk in 0..shifts {
-                    let hi = self.baby.hi_idx[kk].filter(|_| wraps(n, np, bo * g + kk));
-                    for (src, vi) in [(&rot_lo, Some(kk)), (&rot_hi, hi)] {
-                        let Some(vi) = vi else { continue };
-                        let pairs = masks
-                            .iter()
-                            .enumerate()
-                            .map(|(gv, mask)| {
-                                let m = (kk + g - gv) % g;
-                                let idx = self.s_ms[bo].binary_search(&m).map_err(|_| {
-                                    Error::Unsupported("internal: missing scores rotation".into())
-                                })?;
-                                Ok((&src[bo][idx], &**mask))
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        sums.push(pairs);
-                        v_idx.push(vi);
-                    }
-                }
-                let diags = b
-                    .mul_plain_sums(&sums)?
-                    .into_par_iter()
-                    .zip(v_idx)
-                    .map(|(d, idx)| Ok((b.rescale(&d)?, idx)))
-                    .collect::<Result<Vec<_>>>()?;
-                if diags.is_empty() {
-                    return Ok(vec![None; vb.len()]);
-                }
-                let sums: Vec<Vec<_>> = vb
-                    .iter()
-                    .map(|va| diags.iter().map(|(d, idx)| (d, &va[*idx])).collect())
-                    .collect();
-                b.mul_sums(&sums)?
-                    .into_par_iter()
-                    .map(|p| Ok(Some(b.rotate(&b.rescale(&b.relinearize(&p)?)?, back)?)))
-                    .collect()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut acc: Vec<Option<B::Ct>> = vec![None; vs.len()];
-        for part in partials {
-            for (slot, p) in acc.iter_mut().zip(part) {
-                let Some(p) = p else { continue };
-                match slot.as_mut() {
-                    None => *slot = Some(p),
-                    Some(x) => b.add_assign(x, &p)?,
-                }
-            }
-        }
-        let out = acc
-            .into_iter()
-            .map(|c| c.ok_or_else(|| Error::Unsupported("internal: empty output".into())))
-            .collect::<Result<Vec<_>>>()?;
-        PackedMatrix::new(self.v_layout.clone(), out)
     }
 }
 

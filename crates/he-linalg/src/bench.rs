@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::attention::{self, AttentionValues, QkScores, RowSplit};
+use crate::attention::{self, AttentionValues, AvMasking, QkScores, RowSplit};
 use crate::backend::SlotBackend;
 use crate::ckks_backend::CkksBackend;
 use crate::error::Result;
@@ -287,11 +287,16 @@ impl Ctx<'_> {
             .collect();
 
         let qk = QkScores::new(&*self.b, &l, 3, s, s, factor)?;
-        // A·V on weights split by rows (one level, as the engine does on the fresh `e`).
+        // A·V on weights split by rows (one level, as the engine does on the fresh `e`), and
+        // on whole weights with V cut by token masks.
         let split = RowSplit::new(&*self.b, &sl, 3, s)?;
-        let av = AttentionValues::new(&*self.b, &sl, &l, (2, s), (1, s))?;
+        let av_rows =
+            AttentionValues::new(&*self.b, (&sl, &l), AvMasking::WeightRows, (2, s), (1, s))?;
+        let av_tokens =
+            AttentionValues::new(&*self.b, (&sl, &l), AvMasking::ValueTokens, (2, s), (2, s))?;
         let mut steps = qk.plan().rotation_steps;
-        steps.extend(av.plan().rotation_steps);
+        steps.extend(av_rows.plan().rotation_steps);
+        steps.extend(av_tokens.plan().rotation_steps);
         steps.extend(attention::row_sums_plan(&sl)?.rotation_steps);
         self.b.generate_rotation_keys(&steps)?;
         let b = &*self.b;
@@ -338,12 +343,6 @@ impl Ctx<'_> {
             bits,
         );
 
-        let ev = encrypt_matrix(b, &v, &l, 1)?;
-        let (ms, ks, eo) = timed(b, self.repeats, || {
-            let [lo, hi] = split.apply(b, &ea)?;
-            av.apply(b, &lo, &hi, &ev)
-        })?;
-        let got = decrypt_matrix(b, &eo)?;
         let mut want = Matrix::zeros(n, d);
         for (h, ah) in a.iter().enumerate() {
             let o = ah.matmul(&v.columns(h * dh, dh))?;
@@ -353,7 +352,11 @@ impl Ctx<'_> {
                 }
             }
         }
-        let bits = precision_bits(&got, &want)?;
+        let ev = encrypt_matrix(b, &v, &l, 1)?;
+        let (ms, ks, eo) = timed(b, self.repeats, || {
+            av_rows.apply(b, &split.apply(b, &ea)?, &ev)
+        })?;
+        let bits = precision_bits(&decrypt_matrix(b, &eo)?, &want)?;
         push(
             &mut self.ops,
             m,
@@ -361,6 +364,20 @@ impl Ctx<'_> {
             format!("{heads}x({n}x{n} · {n}x{dh})"),
             (ms, ks),
             3,
+            bits,
+        );
+        let ev = encrypt_matrix(b, &v, &l, 2)?;
+        let (ms, ks, eo) = timed(b, self.repeats, || {
+            av_tokens.apply(b, std::slice::from_ref(&ea), &ev)
+        })?;
+        let bits = precision_bits(&decrypt_matrix(b, &eo)?, &want)?;
+        push(
+            &mut self.ops,
+            m,
+            "attention·V all heads (token-masked V)",
+            format!("{heads}x({n}x{n} · {n}x{dh})"),
+            (ms, ks),
+            2,
             bits,
         );
 

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, RowSplit, key_mask, row_sums, scores_layout, scores_to_heads,
+    AttentionValues, AvMasking, QkScores, RowSplit, key_mask, row_sums, scores_layout,
+    scores_to_heads,
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
@@ -99,11 +100,18 @@ fn attention_scores_masks_sums_values() {
     let qk = QkScores::new(&b, &l, 4, s, s, factor).unwrap();
     let sl = scores_layout(&l).unwrap();
     // Scores come out at level 1; A·V needs two levels above its output.
-    let av = AttentionValues::new(&b, &sl, &l, (1, s), (1, s)).unwrap_err();
-    assert!(matches!(av, he_linalg::Error::NotEnoughLevels { .. }));
-    let av = AttentionValues::new(&b, &sl, &l, (2, s), (2, s)).unwrap();
+    let av = |m, level| AttentionValues::new(&b, (&sl, &l), m, (level, s), (level, s));
+    for m in [AvMasking::WeightRows, AvMasking::ValueTokens] {
+        let e = av(m, 1).unwrap_err();
+        assert!(matches!(e, he_linalg::Error::NotEnoughLevels { .. }));
+    }
+    let (av_rows, av_tokens) = (
+        av(AvMasking::WeightRows, 2).unwrap(),
+        av(AvMasking::ValueTokens, 2).unwrap(),
+    );
     let mut steps = qk.plan().rotation_steps;
-    steps.extend(av.plan().rotation_steps);
+    steps.extend(av_rows.plan().rotation_steps);
+    steps.extend(av_tokens.plan().rotation_steps);
     steps.extend(
         he_linalg::attention::row_sums_plan(&sl)
             .unwrap()
@@ -158,10 +166,6 @@ fn attention_scores_masks_sums_values() {
     }
 
     let split = RowSplit::new(&b, &sl, 3, ops::scale(&b, &masked)).unwrap();
-    let [lo, hi] = split.apply(&b, &masked).unwrap();
-    let eo = av.apply(&b, &lo, &hi, &ev).unwrap();
-    assert_eq!(ops::level(&b, &eo), 0);
-    let got = decrypt_matrix(&b, &eo).unwrap();
     let mut want = Matrix::zeros(n, d);
     for h in 0..heads {
         let o = masked_heads[h].matmul(&v.columns(h * dh, dh)).unwrap();
@@ -171,9 +175,18 @@ fn attention_scores_masks_sums_values() {
             }
         }
     }
-    let bits = precision_bits(&got, &want).unwrap();
-    println!("A·V: {bits:.1} bits");
-    assert!(bits >= MIN_BITS, "A·V: {bits:.1} bits");
+    // From the row parts of the weights, and from the whole weights with V token-masked.
+    let runs = [
+        (av_rows, split.apply(&b, &masked).unwrap().to_vec()),
+        (av_tokens, vec![masked]),
+    ];
+    for (av, weights) in runs {
+        let eo = av.apply(&b, &weights, &ev).unwrap();
+        assert_eq!(ops::level(&b, &eo), 0);
+        let bits = precision_bits(&decrypt_matrix(&b, &eo).unwrap(), &want).unwrap();
+        println!("A·V {:?}: {bits:.1} bits", av.masking());
+        assert!(bits >= MIN_BITS, "A·V {:?}: {bits:.1} bits", av.masking());
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, RowSplit, heads_to_scores, scores_layout, scores_to_heads,
+    AttentionValues, AvMasking, QkScores, RowSplit, heads_to_scores, scores_layout, scores_to_heads,
 };
 use he_linalg::{
     CkksBackend, ColumnOrder, EncodedLinear, Layout, LinearMethod, Matrix, SlotBackend,
@@ -81,9 +81,12 @@ fn bert_sized_attention() {
         let sl = scores_layout(&l).unwrap();
         let s = b.default_scale();
         let qk = QkScores::new(&b, &l, 3, s, s, 1.0 / (dh as f64).sqrt()).unwrap();
-        let av = AttentionValues::new(&b, &sl, &l, (2, s), (1, s)).unwrap();
+        let av = [(AvMasking::WeightRows, 1), (AvMasking::ValueTokens, 2)]
+            .map(|(m, lv)| AttentionValues::new(&b, (&sl, &l), m, (2, s), (lv, s)).unwrap());
         let mut steps = qk.plan().rotation_steps;
-        steps.extend(av.plan().rotation_steps);
+        for a in &av {
+            steps.extend(a.plan().rotation_steps);
+        }
         b.generate_rotation_keys(&steps).unwrap();
         let (q, k, v) = (
             random_matrix(&mut r, n, d, 4.0),
@@ -112,14 +115,10 @@ fn bert_sized_attention() {
             .map(|_| random_matrix(&mut r, n, n, 1.0 / n as f64).map(|x| x + 1.0 / n as f64))
             .collect();
         let ea = encrypt_matrix(&b, &heads_to_scores(&sl, &a).unwrap(), &sl, 3).unwrap();
-        let [lo, hi] = RowSplit::new(&b, &sl, 3, s)
+        let parts = RowSplit::new(&b, &sl, 3, s)
             .unwrap()
             .apply(&b, &ea)
             .unwrap();
-        let eo = av
-            .apply(&b, &lo, &hi, &encrypt_matrix(&b, &v, &l, 1).unwrap())
-            .unwrap();
-        let got = decrypt_matrix(&b, &eo).unwrap();
         let mut want = Matrix::zeros(n, d);
         for h in 0..heads {
             let o = a[h].matmul(&v.columns(h * dh, dh)).unwrap();
@@ -129,8 +128,17 @@ fn bert_sized_attention() {
                 }
             }
         }
-        let bits = precision_bits(&got, &want).unwrap();
-        println!("AV {n}x{d}: {bits:.1} bits");
-        assert!(bits >= 16.0, "AV {n}x{d}: {bits:.1} bits");
+        let [rows, tokens] = &av;
+        for (a, weights, lv) in [
+            (rows, &parts[..], 1),
+            (tokens, std::slice::from_ref(&ea), 2),
+        ] {
+            let ev = encrypt_matrix(&b, &v, &l, lv).unwrap();
+            let got = decrypt_matrix(&b, &a.apply(&b, weights, &ev).unwrap()).unwrap();
+            let bits = precision_bits(&got, &want).unwrap();
+            let m = a.masking();
+            println!("AV {m:?} {n}x{d}: {bits:.1} bits");
+            assert!(bits >= 16.0, "AV {m:?} {n}x{d}: {bits:.1} bits");
+        }
     }
 }

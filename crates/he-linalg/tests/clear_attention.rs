@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, RowSplit, heads_to_scores, key_mask, row_sums, row_sums_plan,
-    scores_layout, scores_to_heads,
+    AttentionValues, AvMasking, QkScores, RowSplit, heads_to_scores, key_mask, row_sums,
+    row_sums_plan, scores_layout, scores_to_heads,
 };
 use he_linalg::{
     ClearBackend, ColumnOrder, Layout, Matrix, SlotBackend, decrypt_matrix, encrypt_matrix, ops,
@@ -118,16 +118,6 @@ fn run(c: &Case, seed: u64) {
         }
     }
 
-    let lvl_s = lvl_m - 1;
-    let av = AttentionValues::new(&b, &sl, &l, (lvl_s, ops::scale(&b, &lo)), (4, s)).unwrap();
-    b.stats().reset();
-    let eo = av.apply(&b, &lo, &hi, &ev).unwrap();
-    let plan = av.plan();
-    assert!(plan.matches(&b.stats().snapshot()), "{plan:?}");
-    assert_eq!(plan.rotation_steps, b.stats().used_steps());
-    assert_eq!(ops::level(&b, &eo), lvl_s - plan.depth);
-    assert!((ops::scale(&b, &eo) / s - 1.0).abs() < 1e-12);
-    let got = decrypt_matrix(&b, &eo).unwrap();
     let mut want = Matrix::zeros(c.n, d);
     for h in 0..c.heads {
         let o = masked_heads[h].matmul(&v.columns(h * c.dh, c.dh)).unwrap();
@@ -137,8 +127,34 @@ fn run(c: &Case, seed: u64) {
             }
         }
     }
-    let bits = precision_bits(&got, &want).unwrap();
-    assert!(bits > 40.0, "AV: {bits} bits");
+    // A·V from the row parts (V one level below them), and from the whole weights (V at
+    // their level); the same product either way.
+    let (whole, parts) = (std::slice::from_ref(&masked), [lo, hi]);
+    let forms: [(AvMasking, &[_], usize); 2] = [
+        (AvMasking::WeightRows, &parts, lvl_m - 1),
+        (AvMasking::ValueTokens, whole, lvl_m),
+    ];
+    for (masking, weights, lvl_s) in forms {
+        let scale_s = ops::scale(&b, &weights[0]);
+        let av = AttentionValues::new(&b, (&sl, &l), masking, (lvl_s, scale_s), (4, s)).unwrap();
+        assert_eq!(av.parts(), weights.len());
+        b.stats().reset();
+        let eo = av.apply(&b, weights, &ev).unwrap();
+        let plan = av.plan();
+        assert!(plan.matches(&b.stats().snapshot()), "{masking:?} {plan:?}");
+        assert_eq!(plan.rotation_steps, b.stats().used_steps());
+        assert_eq!(ops::level(&b, &eo), lvl_s - plan.depth, "{masking:?}");
+        assert!((ops::scale(&b, &eo) / s - 1.0).abs() < 1e-12);
+        let bits = precision_bits(&decrypt_matrix(&b, &eo).unwrap(), &want).unwrap();
+        assert!(bits > 40.0, "AV {masking:?}: {bits} bits");
+        // The other form's number of weight parts is refused.
+        let other = if weights.len() == 1 {
+            &parts[..]
+        } else {
+            whole
+        };
+        assert!(av.apply(&b, other, &ev).is_err());
+    }
 }
 
 #[test]
@@ -254,7 +270,10 @@ fn row_split_rejects_bad_input() {
 #[test]
 fn bert_shaped_attention_plans() {
     // Exact key-switch counts documented in docs/packing.md.
-    for (n, d, heads, qk_ks, av_ks) in [(64, 384, 12, 215, 246), (128, 128, 2, 387, 394)] {
+    for (n, d, heads, qk_ks, av_ks) in [
+        (64, 384, 12, 215, [246, 183]),
+        (128, 128, 2, 387, [394, 267]),
+    ] {
         let b = ClearBackend::like_ckks(8192, 3).unwrap();
         let s = b.default_scale();
         let hi = ColumnOrder::HeadInterleaved {
@@ -264,9 +283,12 @@ fn bert_shaped_attention_plans() {
         let l = Layout::new(8192, n, d, hi).unwrap();
         let sl = scores_layout(&l).unwrap();
         let qk = QkScores::new(&b, &l, 3, s, s, 1.0).unwrap().plan();
-        let av = AttentionValues::new(&b, &sl, &l, (2, s), (1, s))
-            .unwrap()
-            .plan();
-        assert_eq!((qk.key_switches(), av.key_switches()), (qk_ks, av_ks));
+        let av = [(AvMasking::WeightRows, 1), (AvMasking::ValueTokens, 2)].map(|(m, lv)| {
+            AttentionValues::new(&b, (&sl, &l), m, (2, s), (lv, s))
+                .unwrap()
+                .plan()
+                .key_switches()
+        });
+        assert_eq!((qk.key_switches(), av), (qk_ks, av_ks));
     }
 }

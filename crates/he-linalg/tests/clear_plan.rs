@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use he_linalg::attention::{
-    AttentionValues, QkScores, RowSplit, key_mask, row_sums, row_sums_plan, scores_layout,
+    AttentionValues, AvMasking, QkScores, RowSplit, key_mask, row_sums, row_sums_plan,
+    scores_layout,
 };
 use he_linalg::poly::{self, Polynomial};
 use he_linalg::{
@@ -50,7 +51,14 @@ fn encoder_layer_plan_matches_run() {
     let cube = Polynomial::power(vec![1.0, 1.5, 0.75, 0.125]).unwrap();
     let level_e = top - 1 - qk.plan().depth - 1 - cube.depth();
     let split = RowSplit::new(&b, &sl, level_e, s).unwrap();
-    let av = AttentionValues::new(&b, &sl, &lh, (level_e - 1, s), (top - 1, s)).unwrap();
+    let av = AttentionValues::new(
+        &b,
+        (&sl, &lh),
+        AvMasking::WeightRows,
+        (level_e - 1, s),
+        (top - 1, s),
+    )
+    .unwrap();
     let level_o = level_e - 1 - av.plan().depth;
     let wo = lin(d, d, &lh, c, level_o);
     let w1 = lin(d, ffn, &lx, c, level_o - 1);
@@ -82,8 +90,7 @@ fn encoder_layer_plan_matches_run() {
     let m = ops::encode_multiplier(&b, &key_mask(&sl, n).unwrap(), &sc).unwrap();
     let e = poly_all(&b, &ops::mul_plain(&b, &sc, &m).unwrap(), &cube);
     let _denominators = row_sums(&b, &e).unwrap();
-    let [lo, hi] = split.apply(&b, &e).unwrap();
-    let o = av.apply(&b, &lo, &hi, &v).unwrap();
+    let o = av.apply(&b, &split.apply(&b, &e).unwrap(), &v).unwrap();
     let h = wo.apply(&b, &o).unwrap();
     let f = poly_all(&b, &w1.apply(&b, &h).unwrap(), &sq);
     let y = w2.apply(&b, &f).unwrap();

@@ -4,7 +4,7 @@
 //! `cargo run --release -p thex-engine --example local -- (--model DIR | --random SHAPE)
 //!  [--text "..." | --tokens N] [--layers K] [--pre-encode] [--repeat R] [--breakdown]
 //!  [--plan-only] [--log-q0 BITS] [--log-scale BITS] [--extra-levels E]
-//!  [--ntt-weights-max-gib G]`
+//!  [--ntt-weights-max-gib G] [--attention-values rows|tokens]`
 //!
 //! `DIR` is a THE-X model directory (with `thex.json`), or a plain BERT directory such as the
 //! MiniLM-L6 cache: then its first `K` layers (default 2) get every THE-X approximation with
@@ -17,7 +17,8 @@
 //! `--breakdown` prints the planned key switches of layer 0 per operation and of every layer;
 //! `--plan-only` prints them and stops before key generation. `--log-q0`, `--log-scale` and `--extra-levels`
 //! override the engine's CKKS parameter choice, `--ntt-weights-max-gib` its limit for weights in
-//! NTT form (`EngineParams`; 0 keeps them compact).
+//! NTT form (`EngineParams`; 0 keeps them compact), `--attention-values` the compiler's choice of
+//! A·V masking (`rows`: weights split by rows, `tokens`: V token-masked).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_nn::VarMap;
+use he_linalg::attention::AvMasking;
 use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
 use thex_model::{
     Batch, HeadConfig, LoadOptions, ParamMode, Pooling, ThexConfig, ThexModel, TrainParams,
@@ -64,6 +66,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--log-scale" => defaults.log_scale = val()?.parse()?,
             "--ntt-weights-max-gib" => {
                 defaults.ntt_weights_max_bytes = val()?.parse::<usize>()?.saturating_mul(1 << 30)
+            }
+            "--attention-values" => {
+                defaults.attention_values = Some(match val()?.as_str() {
+                    "rows" => AvMasking::WeightRows,
+                    "tokens" => AvMasking::ValueTokens,
+                    other => return Err(format!("unknown A·V masking {other}").into()),
+                })
             }
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -144,13 +153,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server_model = Arc::new(ServerModel::compile(&model, &engine)?);
     let plan = server_model.plan(bucket)?;
     println!(
-        "compiled: N = 2^{}, {} levels, scale 2^{:.0}, decrypted at 2^{:.0} (calibrated max |value| {:.1}), log QP = {:.0}, bucket {bucket}: {} Galois keys, {} key switches, {} plaintexts, {:.1} MB encoded weights, pre-encode {pre_encode} ({:.2} s)",
+        "compiled: N = 2^{}, {} levels, scale 2^{:.0}, decrypted at 2^{:.0} (calibrated max |value| {:.1}), log QP = {:.0}, bucket {bucket}: A·V {:?}, {} Galois keys, {} key switches, {} plaintexts, {:.1} MB encoded weights, pre-encode {pre_encode} ({:.2} s)",
         server_model.params().log_n(),
         server_model.params().max_level(),
         server_model.params().default_scale().log2(),
         server_model.request_scale().log2(),
         server_model.calibrated_magnitude().unwrap_or(f64::NAN),
         server_model.params().log_qp(),
+        plan.attention_values,
         plan.galois_steps.len(),
         plan.key_switches,
         plan.plaintexts,

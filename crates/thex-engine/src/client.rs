@@ -39,7 +39,7 @@ pub struct ClientBundle {
 /// Magic of a serialized client bundle.
 pub const BUNDLE_MAGIC: [u8; 4] = *b"THXB";
 /// Version of the client bundle format.
-pub const BUNDLE_VERSION: u16 = 1;
+pub const BUNDLE_VERSION: u16 = 2;
 
 impl ClientBundle {
     /// Serializes: magic, version, a JSON header (everything but the embedding tables), then
@@ -157,6 +157,16 @@ impl ClientBundle {
         let mut b: Vec<usize> = self.plans.iter().map(|p| p.bucket).collect();
         b.sort_unstable();
         b
+    }
+    /// The plan of a compiled bucket.
+    pub fn plan(&self, bucket: usize) -> Result<&BucketPlan> {
+        self.plans
+            .iter()
+            .find(|p| p.bucket == bucket)
+            .ok_or_else(|| EngineError::UnknownBucket {
+                bucket,
+                available: self.buckets(),
+            })
     }
     /// The smallest bucket holding `tokens` tokens.
     pub fn bucket_for(&self, tokens: usize) -> Result<usize> {
@@ -328,7 +338,7 @@ impl ClientSession {
         let padded = Matrix::from_fn(bucket, x.cols(), |t, c| {
             if t < x.rows() { x.get(t, c) } else { 0.0 }
         });
-        let level = input_level(&self.params);
+        let level = self.input_level(bucket)?;
         let cts = layout
             .pack(&padded)?
             .iter()
@@ -340,6 +350,14 @@ impl ClientSession {
             next_round: 1,
         };
         Ok(EncryptedInput { bucket, cts })
+    }
+
+    /// The level of the layer inputs at `bucket` (set by its A·V masking).
+    fn input_level(&self, bucket: usize) -> Result<usize> {
+        Ok(input_level(
+            &self.params,
+            self.bundle.plan(bucket)?.attention_values,
+        ))
     }
 
     fn encrypt_fresh(&self, values: &[f64], level: usize) -> Result<SeededCiphertext> {
@@ -497,7 +515,7 @@ impl ClientSession {
             });
         }
         let weights = self.item_weights(it.kind, bucket, tokens, last)?;
-        let level = reply_level(&self.params, it.kind, last);
+        let level = reply_level(&self.params, self.input_level(bucket)?, it.kind, last);
         let slots = self.params.max_slots();
         let power = self.bundle.dims.softmax_power as i32;
         // Ciphertexts are independent: decrypt, apply and re-encrypt them in parallel.

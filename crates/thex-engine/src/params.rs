@@ -1,6 +1,7 @@
 //! Engine settings and the automatic choice of CKKS parameters.
 
 use ckks::{Parameters, ParametersLiteral, SecretDistribution};
+use he_linalg::attention::AvMasking;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -48,6 +49,13 @@ pub struct EngineParams {
     /// many bytes, bounded by `compact bytes × (max_level + 1)` per bucket in order; compact
     /// (up to `level + 1` times smaller) otherwise. 0 keeps every bucket compact.
     pub ntt_weights_max_bytes: usize,
+    /// How attention × V keeps each token shift's products to their rows, for every bucket
+    /// (`None`: chosen per bucket by [`crate::ServerModel::compile`], see
+    /// [`crate::program::auto_masking`]). [`AvMasking::ValueTokens`] takes each layer's input
+    /// one level above [`AvMasking::WeightRows`]: cheaper attention, dearer Q/K/V projections
+    /// and FFN output.
+    #[serde(default)]
+    pub attention_values: Option<AvMasking>,
 }
 
 /// Default [`EngineParams::ntt_weights_max_bytes`]: 8 GiB.
@@ -64,6 +72,7 @@ impl Default for EngineParams {
             log_n: None,
             pre_encode: true,
             ntt_weights_max_bytes: DEFAULT_NTT_WEIGHTS_MAX_BYTES,
+            attention_values: None,
         }
     }
 }

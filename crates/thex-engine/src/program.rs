@@ -1,9 +1,9 @@
 //! The compiled server program: folded weights, per-bucket layouts and encoded operations,
 //! levels, the exact Galois key set and the round schedule.
 //!
-//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at `L - 2`;
-//! every request is dropped to [`decrypt_level`] before it is sent, and replies come back at
-//! [`reply_level`]):
+//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at
+//! [`input_level`], `L - 2` or `L - 1` by the bucket's [`AvMasking`]; every request is dropped
+//! to [`decrypt_level`] before it is sent, and replies come back at [`reply_level`]):
 //!
 //! | segment | server computes | client round |
 //! |---|---|---|
@@ -23,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use ckks::Parameters;
-use he_linalg::attention::{AttentionValues, QkScores, RowSplit, row_sums_plan, scores_layout};
+use he_linalg::attention::{
+    AttentionValues, AvMasking, QkScores, RowSplit, row_sums_plan, scores_layout,
+};
 use he_linalg::plan::{OpPlan, Plan};
 use he_linalg::{
     CkksBackend, CkksPlaintext, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec,
@@ -273,9 +275,9 @@ pub(crate) struct SharedProgram {
     pub t2: EncodedLinear<CkksPlaintext>,
     pub t3: EncodedLinear<CkksPlaintext>,
     pub av: AttentionValues<CkksPlaintext>,
-    /// Splits the fresh softmax reply `e` by rows (lo/hi, see [`RowSplit`]) in the level it
-    /// has to spare above `T(s)`.
-    pub split: RowSplit<CkksPlaintext>,
+    /// With [`AvMasking::WeightRows`]: splits the fresh softmax reply `e` by rows (lo/hi, see
+    /// [`RowSplit`]) in the level it has to spare above `T(s)`.
+    pub split: Option<RowSplit<CkksPlaintext>>,
 }
 
 impl SharedProgram {
@@ -287,7 +289,7 @@ impl SharedProgram {
             + self.t1_add.heap_bytes()
             + self.t2.heap_bytes()
             + self.t3.heap_bytes()
-            + self.split.heap_bytes()
+            + self.split.as_ref().map_or(0, RowSplit::heap_bytes)
     }
 }
 
@@ -365,25 +367,57 @@ pub fn qk_level(params: &Parameters) -> usize {
     decrypt_level(params) + 3
 }
 
-/// The level of every layer's input `X` (the client encrypts its input there): two below a
-/// fresh ciphertext. The value projection `V` (one level below `X`) then meets `P = e ⊙ T(s)`
-/// (fresh `e`, two levels down) at the level attention · V needs, and no prime more is carried
-/// through the Q/K/V products.
-pub fn input_level(params: &Parameters) -> usize {
-    params.max_level() - 2
+/// The level of every layer's input `X` (the client encrypts its input there) when attention ·
+/// V uses `masking`: the value projection `V`, one level below `X`, meets `P = e ⊙ T(s)` (two
+/// levels below fresh) where A·V takes it, and no prime more is carried through the Q/K/V
+/// products. With [`AvMasking::WeightRows`] that is one level below `P` (`X` two below fresh),
+/// with [`AvMasking::ValueTokens`] at `P`'s level (`X` one below fresh).
+pub fn input_level(params: &Parameters, masking: AvMasking) -> usize {
+    params.max_level()
+        - match masking {
+            AvMasking::WeightRows => 2,
+            AvMasking::ValueTokens => 1,
+        }
 }
 
-/// The level the client encrypts a reply item at: the lowest from which the server's next
-/// segment still ends at [`decrypt_level`]. The reciprocal network's first hidden layer and the
-/// last layer's FFN/residual feed one linear map before the next decryption; the other
-/// FFN/residual feed the output projection to the next layer's input (one level above
-/// [`input_level`]); the rest feed the deep segments and come back at the top level.
-pub fn reply_level(params: &Parameters, kind: ItemKind, last_layer: bool) -> usize {
+/// The level the client encrypts a reply item at (`input_level`: the bucket's
+/// [`input_level`]): the lowest from which the server's next segment still ends at
+/// [`decrypt_level`]. The reciprocal network's first hidden layer and the last layer's
+/// FFN/residual feed one linear map before the next decryption; the other FFN/residual feed
+/// the output projection to the next layer's input (one level above `input_level`); the rest
+/// feed the deep segments and come back at the top level.
+pub fn reply_level(
+    params: &Parameters,
+    input_level: usize,
+    kind: ItemKind,
+    last_layer: bool,
+) -> usize {
     match kind {
         ItemKind::ReciprocalHidden1 => decrypt_level(params) + 1,
         ItemKind::Ffn | ItemKind::Residual if last_layer => decrypt_level(params) + 1,
-        ItemKind::Ffn | ItemKind::Residual => input_level(params) + 1,
+        ItemKind::Ffn | ItemKind::Residual => input_level + 1,
         _ => params.max_level(),
+    }
+}
+
+/// The attention · V masking [`ServerModel::compile`] picks for a bucket when
+/// [`EngineParams::attention_values`] is unset. [`AvMasking::ValueTokens`] halves A·V's
+/// broadcast products per layer (`n'·min(g, d_h)` with [`AvMasking::WeightRows`], `g` feature
+/// groups per ciphertext) and its weight rotations, and takes the Q/K/V projections and the
+/// FFN output one prime higher (their dense products per slot: `(4h² + 2h·f)·n'/slots` per
+/// layer with the other maps). It is picked when the first is at least a quarter of the
+/// second: measured (docs/benchmarks.md) BERT-tiny at 128 tokens (ratio 1.3) 18% faster with
+/// it, the default model at 16 tokens (0.04) the same, at 64 tokens (0.009) 13% slower.
+pub fn auto_masking(dims: &ModelDims, l: &BucketLayouts) -> AvMasking {
+    let (_, g) = l.heads.head_groups().unwrap_or((1, 1));
+    let np = l.heads.row_stride();
+    let broadcast = np * g.min(dims.head_dim);
+    let (h, f) = (dims.hidden, dims.ffn);
+    let dense = (4 * h * h + 2 * h * f) * np / l.hidden.slots();
+    if 4 * broadcast >= dense {
+        AvMasking::ValueTokens
+    } else {
+        AvMasking::WeightRows
     }
 }
 
@@ -412,9 +446,13 @@ fn reciprocal_mats(
 }
 
 /// Checks and constants both encoders use: the top level, the layer input level and Δ.
-fn levels(enc: &CkksBackend, params: &Parameters) -> Result<(usize, usize, f64)> {
+fn levels(
+    enc: &CkksBackend,
+    params: &Parameters,
+    masking: AvMasking,
+) -> Result<(usize, usize, f64)> {
     let top = params.max_level();
-    let lx = input_level(params);
+    let lx = input_level(params, masking);
     if lx < 3 || top < PIPELINE_DEPTH {
         return Err(EngineError::NotEnoughLevels {
             needed: PIPELINE_DEPTH,
@@ -451,16 +489,16 @@ fn bsgs(
     )?)
 }
 
-/// Encodes the parts every layer shares; what the client decrypts (scores, `z₁`, `z₂`) comes
-/// out at `request_scale`.
+/// Encodes the parts every layer shares for A·V's `masking`; what the client decrypts (scores,
+/// `z₁`, `z₂`) comes out at `request_scale`.
 fn encode_shared(
     enc: &CkksBackend,
     w: &ModelWeights,
     l: &BucketLayouts,
     params: &Parameters,
-    request_scale: f64,
+    (masking, request_scale): (AvMasking, f64),
 ) -> Result<SharedProgram> {
-    let (top, lx, delta) = levels(enc, params)?;
+    let (top, lx, delta) = levels(enc, params, masking)?;
     let d = &w.dims;
     let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
     // Q and K leave the projections at `lx - 1`, three levels above the decrypt level.
@@ -498,14 +536,17 @@ fn encode_shared(
         None,
     )?;
 
-    // e (fresh, top) split by rows to top - 1 where T(s) is; P = e ⊙ T at top - 2 with scale
-    // Δ²/q_{top-1}; V at lx - 1.
-    let split = RowSplit::new(enc, &l.scores, top, delta)?;
+    // P = e ⊙ T at top - 2 with scale Δ²/q_{top-1} (e fresh, T at top - 1): with row parts,
+    // e is split by rows to top - 1 first (its spare level); V at lx - 1.
+    let split = match masking {
+        AvMasking::WeightRows => Some(RowSplit::new(enc, &l.scores, top, delta)?),
+        AvMasking::ValueTokens => None,
+    };
     let p_scale = delta * delta / enc.rescale_factor(top - 1);
     let av = AttentionValues::new(
         enc,
-        &l.scores,
-        &l.heads,
+        (&l.scores, &l.heads),
+        masking,
         (top - 2, p_scale),
         (lx - 1, delta),
     )?;
@@ -530,7 +571,7 @@ fn encode_layer(
     params: &Parameters,
     (shared, request_scale): (Arc<SharedProgram>, f64),
 ) -> Result<LayerProgram> {
-    let (top, lx, delta) = levels(enc, params)?;
+    let (top, lx, delta) = levels(enc, params, shared.av.masking())?;
     let lin = |m: &Matrix, b: Option<&[f64]>, input: &Layout, order, level| {
         bsgs(enc, (m, b), input, order, level, None)
     };
@@ -618,8 +659,12 @@ fn encode_layer(
         .then(sh.t3.plan())
         .then(OpPlan {
             // The row split of e uses e's spare level (it is fresh, T(s) one level lower).
-            name: "e row split, e * T(s)".into(),
-            relinearizations: 2 * l.scores.n_cts() as u64,
+            name: match sh.split {
+                Some(_) => "e row split, e * T(s)",
+                None => "e * T(s)",
+            }
+            .into(),
+            relinearizations: (l.scores.n_cts() * sh.av.parts()) as u64,
             depth: 1,
             ..OpPlan::default()
         })
@@ -672,6 +717,8 @@ pub struct BucketPlan {
     pub weight_bytes: usize,
     /// Ciphertexts in each round's request (the same count goes back up), round by round.
     pub round_ciphertexts: Vec<usize>,
+    /// How attention · V is masked; sets the layer input level ([`input_level`]).
+    pub attention_values: AvMasking,
 }
 
 /// The compiled server program. Holds no key: sessions bring their evaluation keys.
@@ -855,12 +902,13 @@ impl ServerModel {
         let (mut ks, mut pts, mut bytes) = (0, 0, 0);
         let mut programs = Vec::new();
         let mut layer_plans = Vec::new();
+        let masking = self.masking(b)?;
         let shared = Arc::new(encode_shared(
             enc,
             &self.weights,
             self.layouts(b)?,
             &self.params,
-            self.request_scale(),
+            (masking, self.request_scale()),
         )?);
         bytes += shared.heap_bytes();
         pts += shared.t2.n_plaintexts() + shared.t3.n_plaintexts();
@@ -890,6 +938,7 @@ impl ServerModel {
                 plaintexts: pts,
                 weight_bytes: bytes,
                 round_ciphertexts,
+                attention_values: masking,
             },
         })
     }
@@ -929,7 +978,7 @@ impl ServerModel {
             &self.weights,
             self.layouts(bucket)?,
             &self.params,
-            self.request_scale(),
+            (self.masking(bucket)?, self.request_scale()),
         )?;
         Ok(Arc::new(self.encode(
             &enc,
@@ -937,6 +986,15 @@ impl ServerModel {
             layer,
             Arc::new(shared),
         )?))
+    }
+
+    /// A·V's masking at a compiled bucket: the engine's setting, or [`auto_masking`].
+    fn masking(&self, bucket: usize) -> Result<AvMasking> {
+        let l = self.layouts(bucket)?;
+        Ok(self
+            .engine
+            .attention_values
+            .unwrap_or_else(|| auto_masking(&self.weights.dims, l)))
     }
 
     /// The largest value the client decrypts on the calibration inputs (when compiled from a
@@ -993,6 +1051,15 @@ impl ServerModel {
                 bucket,
                 available: self.engine.buckets.clone(),
             })
+    }
+
+    /// The level of every layer's input at a compiled bucket ([`input_level`] for its
+    /// [`BucketPlan::attention_values`]).
+    pub fn input_level(&self, bucket: usize) -> Result<usize> {
+        Ok(input_level(
+            &self.params,
+            self.plan(bucket)?.attention_values,
+        ))
     }
 
     /// The plan summary of a compiled bucket.

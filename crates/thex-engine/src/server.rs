@@ -16,8 +16,8 @@ use crate::messages::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest, Step,
 };
 use crate::program::{
-    BucketLayouts, ItemKind, LayerProgram, LayerTail, ServerModel, decrypt_level, input_level,
-    reply_level, round_items,
+    BucketLayouts, ItemKind, LayerProgram, LayerTail, ServerModel, decrypt_level, reply_level,
+    round_items,
 };
 
 type Packed = PackedMatrix<Ciphertext>;
@@ -209,7 +209,7 @@ impl ServerSession {
             params,
             input.cts,
             layouts.hidden.n_cts(),
-            input_level(params),
+            self.model.input_level(input.bucket)?,
             "input",
         )?;
         self.compute.clear();
@@ -309,7 +309,7 @@ impl ServerSession {
             let layout = k.layout(&layouts);
             let params = self.model.params();
             let last = layer + 1 == self.model.layers();
-            let level = reply_level(params, k, last);
+            let level = reply_level(params, self.model.input_level(run.bucket)?, k, last);
             let cts = check_fresh(params, cts, layout.n_cts(), level, &format!("{k:?}"))?;
             fresh.push(PackedMatrix::new(layout.clone(), cts)?);
         }
@@ -356,16 +356,28 @@ impl ServerSession {
             }
             Pending::Reciprocal2 { x, v, e } => {
                 let t = prog.shared.t3.apply(b, &fresh.remove(0))?;
-                let [e_lo, e_hi] = prog.shared.split.apply(b, &e)?;
-                let (p_lo, p_hi) = (ops::mul(b, &e_lo, &t)?, ops::mul(b, &e_hi, &t)?);
-                let ctx = prog.shared.av.apply(b, &p_lo, &p_hi, &v)?;
+                // P = e ⊙ T, whole or by the row parts of e.
+                let p = match &prog.shared.split {
+                    Some(split) => split
+                        .apply(b, &e)?
+                        .iter()
+                        .map(|part| ops::mul(b, part, &t))
+                        .collect::<he_linalg::Result<Vec<_>>>()?,
+                    None => vec![ops::mul(b, &e, &t)?],
+                };
+                let ctx = prog.shared.av.apply(b, &p, &v)?;
                 let y = prog.wo.apply(b, &ctx)?;
                 let s1 = ops::add(b, &y, &x)?;
                 let u = prog.w1.apply(b, &s1)?;
                 Self::tap(&mut self.taps, format!("layer{layer}.reciprocal"), &t);
                 if self.taps.is_some() {
-                    let p = ops::add(b, &p_lo, &p_hi)?;
-                    Self::tap(&mut self.taps, format!("layer{layer}.probs"), &p);
+                    let mut parts = p.into_iter();
+                    if let Some(mut whole) = parts.next() {
+                        for part in parts {
+                            whole = ops::add(b, &whole, &part)?;
+                        }
+                        Self::tap(&mut self.taps, format!("layer{layer}.probs"), &whole);
+                    }
                 }
                 Self::tap(&mut self.taps, format!("layer{layer}.context"), &ctx);
                 // S₁ has a level to spare above the decrypt level (W₁ consumes it for `u`):

@@ -330,7 +330,8 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     );
     let l = s.server.layouts(16).unwrap();
     let layers = s.server.layers();
-    let mut up = l.hidden.n_cts() * poly(input_level(params));
+    let lx = s.server.input_level(16).unwrap();
+    let mut up = l.hidden.n_cts() * poly(lx);
     for round in 1..=s.server.rounds() {
         let layer = (round - 1) / 4;
         for &k in [
@@ -340,7 +341,7 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
             &[ItemKind::Ffn, ItemKind::Residual],
         ][(round - 1) % 4]
         {
-            let level = reply_level(params, k, layer + 1 == layers);
+            let level = reply_level(params, lx, k, layer + 1 == layers);
             up += k.layout(l).n_cts() * poly(level);
         }
     }
@@ -746,4 +747,47 @@ fn requests_at_a_lower_scale_keep_the_levels_and_agree() {
     let want = plain_logits(&s.model, &tokens);
     let err = max_abs_diff(&pred.logits, &want);
     assert!(err < 1e-3, "logit error {err}");
+}
+
+/// Attention · V from the row parts of the weights (layer input two levels below fresh) and
+/// with V token-masked (one below): the compiler picks the second for this attention-heavy
+/// shape, the first when asked; both agree with the plaintext model and the client encrypts
+/// at the level the bundle names.
+#[test]
+fn both_attention_value_maskings_agree() {
+    use he_linalg::attention::AvMasking;
+    let s = setup();
+    let top = s.server.params().max_level();
+    assert_eq!(
+        s.server.plan(16).unwrap().attention_values,
+        AvMasking::ValueTokens
+    );
+    assert_eq!(s.server.input_level(16).unwrap(), top - 1);
+    let engine = EngineParams {
+        buckets: vec![16],
+        attention_values: Some(AvMasking::WeightRows),
+        ..Default::default()
+    };
+    let rows = Arc::new(ServerModel::compile(&s.model, &engine).unwrap());
+    let bundle = rows.client_bundle();
+    assert_eq!(
+        bundle.plan(16).unwrap().attention_values,
+        AvMasking::WeightRows
+    );
+    assert_eq!(rows.input_level(16).unwrap(), top - 2);
+    let (ks_rows, ks_tokens) = (
+        rows.plan(16).unwrap().key_switches,
+        s.server.plan(16).unwrap().key_switches,
+    );
+    assert!(ks_tokens < ks_rows, "{ks_tokens} vs {ks_rows}");
+    let mut c = ClientSession::new(bundle).unwrap();
+    let keys = c.evaluation_keys(&[]).unwrap();
+    let mut srv = ServerSession::new(rows, keys, &[]).unwrap();
+    let tokens = ids(11, 4);
+    let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
+    let err = max_abs_diff(&r.logits, &plain_logits(&s.model, &tokens));
+    assert!(err < 1e-4, "logit error {err}");
+    // An input encrypted for the other form's level is refused.
+    let other = client(s).encrypt_ids(&tokens).unwrap();
+    assert!(srv.start(other).is_err());
 }
