@@ -272,6 +272,12 @@ fn bench_e2e_reports_every_run_in_json() {
         let request = r["request_log_scale"].as_f64().unwrap();
         assert!((20.0..=scale).contains(&request), "{r}");
         assert!(r["calibrated_max"].as_f64().unwrap() > 0.0, "{r}");
+        // The BERT-tiny shape's attention outweighs its linear maps: V is token-masked.
+        let av = r["attention_values"].as_str().unwrap();
+        assert!(["weight_rows", "value_tokens"].contains(&av), "{r}");
+        if r["model"] == "bert-tiny-shape" {
+            assert_eq!(av, "value_tokens", "{r}");
+        }
         let phases = r["phases"].as_object().unwrap();
         assert!(
             phases.keys().any(|k| k.starts_with("server.layer1.")),

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
+use he_linalg::attention::AvMasking;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
@@ -48,6 +49,9 @@ pub struct E2eRun {
     pub request_log_scale: f64,
     /// Largest value the client decrypts on the calibration inputs.
     pub calibrated_max: Option<f64>,
+    /// How attention · V is masked at this bucket (`weight_rows` or `value_tokens`: the
+    /// compiler's choice, `thex_engine::program::auto_masking`).
+    pub attention_values: AvMasking,
     /// Largest |encrypted − plaintext| logit of the measured inferences.
     pub max_logit_error: Option<f64>,
     /// Inferences measured.
@@ -140,6 +144,7 @@ pub fn measure(
             log_scale: server_model.params().default_scale().log2(),
             request_log_scale: server_model.request_scale().log2(),
             calibrated_max: server_model.calibrated_magnitude(),
+            attention_values: server_model.plan(t)?.attention_values,
             max_logit_error,
             repeats: repeats.max(1),
         });
@@ -164,7 +169,7 @@ pub fn load_model(dir: Option<PathBuf>, quiet: bool) -> anyhow::Result<(String, 
 /// Prints runs as a table.
 pub fn print_table(runs: &[E2eRun]) {
     println!(
-        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9} {:>11}  per layer (s)",
+        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9} {:>11} {:>6}  per layer (s)",
         "model",
         "tokens",
         "total s",
@@ -173,12 +178,13 @@ pub fn print_table(runs: &[E2eRun]) {
         "down MB",
         "keys MB",
         "compile s",
-        "scale / dec"
+        "scale / dec",
+        "A·V"
     );
     for r in runs {
         let layers: Vec<String> = r.layers.iter().map(|s| format!("{s:.2}")).collect();
         println!(
-            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1} {:>11}  {}",
+            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1} {:>11} {:>6}  {}",
             r.model,
             r.tokens,
             r.total_s,
@@ -188,6 +194,10 @@ pub fn print_table(runs: &[E2eRun]) {
             r.key_bytes as f64 / 1e6,
             r.compile_s,
             format!("2^{:.0} / 2^{:.0}", r.log_scale, r.request_log_scale),
+            match r.attention_values {
+                AvMasking::WeightRows => "rows",
+                AvMasking::ValueTokens => "tokens",
+            },
             layers.join(" ")
         );
     }
