@@ -281,7 +281,7 @@ where
                     if let (Some(h), Some(idx)) = (&hi, baby.hi_idx[kk]) {
                         b.mul_plain_add(&mut x, &xa[idx], h)?;
                     }
-                    b.rescale(&x)
+                    b.rescale(x)
                 })
                 .collect::<Result<Vec<_>>>()
         })
@@ -521,7 +521,7 @@ impl<P> QkScores<P> {
                 let prods = b
                     .mul_sums(&sums)?
                     .into_par_iter()
-                    .map(|x| b.rescale(&b.relinearize(&x)?))
+                    .map(|x| b.rescale(b.relinearize(x)?))
                     .collect::<Result<Vec<_>>>()?;
                 // Gather by feature group: all placements at once (they share the products).
                 let masks: Vec<Option<_>> = self.group_masks[bo]
@@ -546,7 +546,7 @@ impl<P> QkScores<P> {
                     .mul_plain_sums(&sums)?
                     .into_par_iter()
                     .zip(&self.placements[bo])
-                    .map(|(x, pl)| b.rotate(&b.rescale(&x)?, pl.step))
+                    .map(|(x, pl)| b.rotate(&b.rescale(x)?, pl.step))
                     .collect::<Result<Vec<_>>>()?;
                 let mut placed = placed.into_iter();
                 let mut acc = placed

@@ -97,9 +97,10 @@ pub trait SlotBackend: Sync {
         )
     }
     /// Relinearizes a degree-2 ciphertext (one key switch); degree 1 is returned unchanged.
-    fn relinearize(&self, a: &Self::Ct) -> Result<Self::Ct>;
-    /// Divides by [`SlotBackend::rescale_factor`] of the current level and drops one level.
-    fn rescale(&self, a: &Self::Ct) -> Result<Self::Ct>;
+    fn relinearize(&self, a: Self::Ct) -> Result<Self::Ct>;
+    /// Divides by [`SlotBackend::rescale_factor`] of the current level and drops one level
+    /// (in place: `a` is consumed).
+    fn rescale(&self, a: Self::Ct) -> Result<Self::Ct>;
     /// Drops a ciphertext to a lower level without changing its scale.
     fn drop_to_level(&self, a: &Self::Ct, level: usize) -> Result<Self::Ct>;
     /// Reinterprets the ciphertext at another scale: the encrypted values are multiplied by

@@ -484,7 +484,7 @@ mod tests {
             attention: true,
         };
         let r = run(&cfg).unwrap();
-        assert_eq!(r.ops.len(), 8);
+        assert_eq!(r.ops.len(), 9);
         for o in &r.ops {
             assert!(o.precision_bits >= 16.0, "{o:?}");
             if let Some(bk) = o.baseline_key_switches {
@@ -505,6 +505,6 @@ mod tests {
         ] {
             assert!(first.get(key).is_some(), "missing {key}");
         }
-        assert!(r.to_table().lines().count() == 9);
+        assert_eq!(r.to_table().lines().count(), 1 + r.ops.len());
     }
 }

@@ -317,20 +317,22 @@ impl SlotBackend for CkksBackend {
         let refs: Vec<&[(&Ciphertext, &Plaintext)]> = pairs.iter().map(Vec::as_slice).collect();
         Ok(self.eval.multiply_plain_sums(&refs)?)
     }
-    fn relinearize(&self, a: &Ciphertext) -> Result<Ciphertext> {
+    fn relinearize(&self, mut a: Ciphertext) -> Result<Ciphertext> {
         if a.degree() < 2 {
-            return Ok(a.clone());
+            return Ok(a);
         }
         let rlk = self
             .rlk
             .as_ref()
             .ok_or_else(|| Error::Unsupported("no relinearization key".into()))?;
         self.stats.record_relinearization();
-        Ok(self.eval.relinearize(a, rlk)?)
+        self.eval.relinearize_assign(&mut a, rlk)?;
+        Ok(a)
     }
-    fn rescale(&self, a: &Ciphertext) -> Result<Ciphertext> {
+    fn rescale(&self, mut a: Ciphertext) -> Result<Ciphertext> {
         self.stats.record_rescale();
-        Ok(self.eval.rescale(a)?)
+        self.eval.rescale_assign(&mut a)?;
+        Ok(a)
     }
     fn drop_to_level(&self, a: &Ciphertext, level: usize) -> Result<Ciphertext> {
         if level > a.level() {

@@ -224,15 +224,15 @@ impl SlotBackend for ClearBackend {
             degree: 2,
         })
     }
-    fn relinearize(&self, a: &ClearCt) -> Result<ClearCt> {
-        let mut out = a.clone();
-        if a.degree == 2 {
+    fn relinearize(&self, a: ClearCt) -> Result<ClearCt> {
+        let mut out = a;
+        if out.degree == 2 {
             self.stats.record_relinearization();
             out.degree = 1;
         }
         Ok(out)
     }
-    fn rescale(&self, a: &ClearCt) -> Result<ClearCt> {
+    fn rescale(&self, a: ClearCt) -> Result<ClearCt> {
         if a.level == 0 {
             return Err(Error::NotEnoughLevels {
                 needed: 1,
@@ -240,8 +240,8 @@ impl SlotBackend for ClearBackend {
             });
         }
         self.stats.record_rescale();
-        let mut out = a.clone();
-        out.scale /= self.moduli[a.level];
+        let mut out = a;
+        out.scale /= self.moduli[out.level];
         out.level -= 1;
         Ok(out)
     }
@@ -338,7 +338,7 @@ mod tests {
         let x = b.encrypt(&[1.0, 2.0, 3.0], 3, s).unwrap();
         let y = b.mul(&x, &x).unwrap();
         assert!(matches!(b.rotate(&y, 1), Err(Error::Degree { got: 2, .. })));
-        let y = b.rescale(&b.relinearize(&y).unwrap()).unwrap();
+        let y = b.rescale(b.relinearize(y).unwrap()).unwrap();
         assert_eq!(b.level(&y), 2);
         assert!((b.scale(&y) - s * s / b.rescale_factor(3)).abs() < 1e-3);
         assert!(matches!(b.add(&x, &y), Err(Error::LevelMismatch { .. })));

@@ -584,7 +584,7 @@ impl<P> EncodedLinear<P> {
                     }
                 }
                 let acc = acc.ok_or_else(|| Error::Unsupported("internal: empty output".into()))?;
-                let mut y = b.rescale(&acc)?;
+                let mut y = b.rescale(acc)?;
                 if let Some(bias) = &m.bias {
                     y = b.add_plain(&y, &bias[bo])?;
                 }

@@ -79,7 +79,7 @@ pub fn mul<B: SlotBackend>(
     x: &PackedMatrix<B::Ct>,
     y: &PackedMatrix<B::Ct>,
 ) -> Result<PackedMatrix<B::Ct>> {
-    zip_cts(b, x, y, |p, q| b.rescale(&b.relinearize(&b.mul(p, q)?)?))
+    zip_cts(b, x, y, |p, q| b.rescale(b.relinearize(b.mul(p, q)?)?))
 }
 
 /// `x + p` for an encoded plaintext matrix at `x`'s level and scale.
@@ -117,7 +117,7 @@ pub fn mul_plain<B: SlotBackend>(
         .cts()
         .iter()
         .zip(p.pts())
-        .map(|(c, q)| b.rescale(&b.mul_plain(&b.drop_to_level(c, p.level())?, q)?))
+        .map(|(c, q)| b.rescale(b.mul_plain(&b.drop_to_level(c, p.level())?, q)?))
         .collect::<Result<Vec<_>>>()?;
     PackedMatrix::new(x.layout().clone(), cts)
 }
@@ -151,7 +151,7 @@ pub fn mul_const<B: SlotBackend>(
 ) -> Result<PackedMatrix<B::Ct>> {
     map_cts(b, x, |ct| {
         let q = b.rescale_factor(b.level(ct));
-        b.rescale(&b.mul_const(ct, c, q)?)
+        b.rescale(b.mul_const(ct, c, q)?)
     })
 }
 

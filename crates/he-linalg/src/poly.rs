@@ -352,7 +352,7 @@ impl<B: SlotBackend> Evaluator<'_, B> {
         let y = self.elem(lo)?;
         let l = b.level(&x).min(b.level(&y));
         let p = b.mul(&b.drop_to_level(&x, l)?, &b.drop_to_level(&y, l)?)?;
-        let mut p = b.rescale(&b.relinearize(&p)?)?;
+        let mut p = b.rescale(b.relinearize(p)?)?;
         if self.cheb {
             p = b.add(&p, &p)?;
             if hi == lo {
@@ -362,7 +362,7 @@ impl<B: SlotBackend> Evaluator<'_, B> {
                 let z = self.elem(hi - lo)?;
                 let z = b.drop_to_level(&z, l)?;
                 let cs = b.scale(&p) * b.rescale_factor(l) / b.scale(&z);
-                let z = b.rescale(&b.mul_const(&z, 1.0, cs)?)?;
+                let z = b.rescale(b.mul_const(&z, 1.0, cs)?)?;
                 p = b.sub(&p, &z)?;
             }
         }
@@ -407,7 +407,7 @@ impl<B: SlotBackend> Evaluator<'_, B> {
                     Node::Leaf(c) if c.len() == 1 => b.mul_const(&g, c[0], qs)?,
                     other => {
                         let qc = self.eval(other, level + 1, qs)?;
-                        b.mul(&self.finish(&qc, qs)?, &g)?
+                        b.mul(&self.finish(qc, qs)?, &g)?
                     }
                 };
                 prod = b.set_scale(&prod, target)?;
@@ -433,9 +433,9 @@ impl<B: SlotBackend> Evaluator<'_, B> {
     }
 
     /// Relinearizes, rescales and pins the scale to `scale` (removing float drift).
-    fn finish(&self, ct: &B::Ct, scale: f64) -> Result<B::Ct> {
+    fn finish(&self, ct: B::Ct, scale: f64) -> Result<B::Ct> {
         let b = self.b;
-        b.set_scale(&b.rescale(&b.relinearize(ct)?)?, scale)
+        b.set_scale(&b.rescale(b.relinearize(ct)?)?, scale)
     }
 }
 
@@ -463,7 +463,7 @@ pub fn eval<B: SlotBackend>(b: &B, ct: &B::Ct, p: &Polynomial) -> Result<B::Ct> 
     }
     let x = if p.needs_affine() {
         let (alpha, beta) = p.affine();
-        let y = b.rescale(&b.mul_const(ct, alpha, b.rescale_factor(level))?)?;
+        let y = b.rescale(b.mul_const(ct, alpha, b.rescale_factor(level))?)?;
         b.add_const(&b.set_scale(&y, scale)?, beta)?
     } else {
         ct.clone()
@@ -477,5 +477,5 @@ pub fn eval<B: SlotBackend>(b: &B, ct: &B::Ct, p: &Polynomial) -> Result<B::Ct> 
         basis: BTreeMap::from([(1, x)]),
     };
     let out = ev.eval(&tree, level - depth, scale)?;
-    ev.finish(&out, scale)
+    ev.finish(out, scale)
 }

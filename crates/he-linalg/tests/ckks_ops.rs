@@ -272,12 +272,7 @@ fn fused_plaintext_multiply_add_matches_unfused() {
     b.add_assign(&mut unfused, &b.mul_plain(&cy, &pv).unwrap())
         .unwrap();
     assert_eq!(fused, unfused, "bit-identical to mul_plain + add_assign");
-    let got = Matrix::new(
-        1,
-        b.slots(),
-        b.decrypt(&b.rescale(&fused).unwrap()).unwrap(),
-    )
-    .unwrap();
+    let got = Matrix::new(1, b.slots(), b.decrypt(&b.rescale(fused).unwrap()).unwrap()).unwrap();
     let want = Matrix::from_fn(1, b.slots(), |_, j| x[j] * w[j] + y[j] * v[j]);
     let bits = precision_bits(&got, &want).unwrap();
     assert!(bits >= MIN_BITS, "fused product: {bits:.1} bits");
@@ -396,7 +391,7 @@ fn compact_weights_from_a_keyless_encoder_give_bit_identical_results() {
     let ct = ex.cts()[0].clone();
     assert!(enc.rotate(&ct, 1).is_err());
     let sq = enc.mul(&ct, &ct).unwrap();
-    assert!(enc.relinearize(&sq).is_err());
+    assert!(enc.relinearize(sq).is_err());
     assert!(enc.relin_key().is_none());
 }
 

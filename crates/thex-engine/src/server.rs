@@ -390,7 +390,7 @@ impl ServerSession {
                     let cts = s1
                         .cts()
                         .iter()
-                        .map(|ct| b.rescale(&b.mul_const(ct, 1.0, c)?))
+                        .map(|ct| b.rescale(b.mul_const(ct, 1.0, c)?))
                         .collect::<he_linalg::Result<Vec<_>>>()?;
                     PackedMatrix::new(s1.layout().clone(), cts)?
                 };

@@ -86,7 +86,7 @@ impl<P> RowSplit<P> {
             let cts = ss
                 .par_iter()
                 .zip(masks.pts())
-                .map(|(c, m)| b.rescale(&b.mul_plain(c, m)?))
+                .map(|(c, m)| b.rescale(b.mul_plain(c, m)?))
                 .collect::<Result<Vec<_>>>()?;
             PackedMatrix::new(layout.clone(), cts)
         };
@@ -394,7 +394,7 @@ impl<P> AttentionValues<P> {
                 let diags = b
                     .mul_plain_sums(&sums)?
                     .into_par_iter()
-                    .map(|d| b.rescale(&d))
+                    .map(|d| b.rescale(d))
                     .collect::<Result<Vec<_>>>()?;
                 // tokrot(V_a, g·b + k) per shift and V ciphertext, one level down.
                 let vt = match self.masking {
@@ -417,7 +417,7 @@ impl<P> AttentionValues<P> {
                     .collect();
                 b.mul_sums(&sums)?
                     .into_par_iter()
-                    .map(|p| Ok(Some(b.rotate(&b.rescale(&b.relinearize(&p)?)?, back)?)))
+                    .map(|p| Ok(Some(b.rotate(&b.rescale(b.relinearize(p)?)?, back)?)))
                     .collect()
             })
             .collect::<Result<Vec<_>>>()?;
