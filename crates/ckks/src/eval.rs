@@ -846,14 +846,27 @@ impl Evaluator {
 
     fn apply_key(&self, ct: &Ciphertext, gk: &GaloisKey) -> Ciphertext {
         let ctx = self.ctx();
-        let mut c0 = ks::apply_galois(ctx, &ct.polys[0], &gk.perm);
-        let c1 = ks::apply_galois(ctx, &ct.polys[1], &gk.perm);
-        let (k0, k1) = ks::key_switch(ctx, &c1, &gk.key);
-        c0.add_assign_ctx(ctx, &k0);
+        let (k0, k1) = ks::key_switch(ctx, &ct.polys[1], &gk.key);
+        Self::galois_output(ctx, &ct.polys[0], (k0, k1), gk, ct)
+    }
+
+    /// `(σ(c0 + k0), σ(k1))`: the automorphism of [`GaloisKey`] `gk` applied to `c0` plus the
+    /// key switch `(k0, k1)` of `c1` with it, at the scale and slot count of `like`.
+    fn galois_output(
+        ctx: &Context,
+        c0: &Poly<Ntt>,
+        (mut k0, k1): (Poly<Ntt>, Poly<Ntt>),
+        gk: &GaloisKey,
+        like: &Ciphertext,
+    ) -> Ciphertext {
+        k0.add_assign_ctx(ctx, c0);
         Ciphertext {
-            polys: vec![c0, k1],
-            scale: ct.scale,
-            slots: ct.slots,
+            polys: vec![
+                ks::apply_galois(ctx, &k0, &gk.perm),
+                ks::apply_galois(ctx, &k1, &gk.perm),
+            ],
+            scale: like.scale,
+            slots: like.slots,
         }
     }
 
@@ -936,14 +949,8 @@ impl Evaluator {
                     return self.rotate(ct, step, gks);
                 };
                 let d = digits.get_or_insert_with(|| ks::decompose(ctx, &ct.polys[1]));
-                let (k0, k1) = ks::key_switch_decomposed(ctx, d, &key.perm, &key.key);
-                let mut c0 = ks::apply_galois(ctx, &ct.polys[0], &key.perm);
-                c0.add_assign_ctx(ctx, &k0);
-                Ok(Ciphertext {
-                    polys: vec![c0, k1],
-                    scale: ct.scale,
-                    slots: ct.slots,
-                })
+                let switched = ks::key_switch_decomposed(ctx, d, &key.key);
+                Ok(Self::galois_output(ctx, &ct.polys[0], switched, key, ct))
             })
             .collect()
     }

@@ -90,7 +90,10 @@ impl RelinKey {
     }
 }
 
-/// One Galois key: switches `s(X^g)` to `s`.
+/// One Galois key for `σ: a(X) ↦ a(X^g)`: a key-switching key from `s` to `σ⁻¹(s)`
+/// (`b_j + a_j·σ⁻¹(s) = P·g_j·s + e_j`). Key-switching `c1` with it and applying σ to the result
+/// switches `σ(c1)` from `σ(s)` to `s`: hoisted rotations use the decomposed digits of `c1`
+/// as they are and permute only their two outputs.
 #[derive(Clone, PartialEq)]
 pub(crate) struct GaloisKey {
     pub perm: Vec<u32>,
@@ -209,7 +212,7 @@ impl KeyGenerator {
         let ctx = self.params.ctx.clone();
         let seed = self.seed();
         let a = rng::uniform_poly(&mut Prng::from_seed(seed), &ctx, ctx.q_count, ctx.p_count);
-        let b = public_b(&ctx, &a, sk, self.error_ntt(ctx.q_count, ctx.p_count));
+        let b = public_b(&ctx, &a, &sk.ntt, self.error_ntt(ctx.q_count, ctx.p_count));
         Ok(PublicKey {
             params: self.params.clone(),
             b,
@@ -219,7 +222,9 @@ impl KeyGenerator {
     }
 
     /// A key switching from `s_prime` (NTT form over all q primes) to `sk`.
-    fn switching_key(&mut self, sk: &SecretKey, s_prime: &Poly<Ntt>) -> KeySwitchKey {
+    /// A key-switching key from `s_prime` to `secret` (NTT form over all q and special primes):
+    /// `b_j + a_j·secret = P·g_j·s_prime + e_j`.
+    fn switching_key(&mut self, secret: &Poly<Ntt>, s_prime: &Poly<Ntt>) -> KeySwitchKey {
         let ctx = self.params.ctx.clone();
         let seed = self.seed();
         let a = expand_key_a(&ctx, seed);
@@ -238,7 +243,7 @@ impl KeyGenerator {
             .enumerate()
             .map(|(j, aj)| {
                 let e = self.error_ntt(ctx.q_count, ctx.p_count);
-                let mut b = public_b(&ctx, aj, sk, e);
+                let mut b = public_b(&ctx, aj, secret, e);
                 let lo = j * ctx.alpha;
                 let hi = ((j + 1) * ctx.alpha).min(ctx.q_count);
                 for (i, &pm) in p_mod.iter().enumerate().take(hi).skip(lo) {
@@ -263,7 +268,7 @@ impl KeyGenerator {
         s2.truncate_q(ctx.q_count);
         let s = s2.clone();
         s2.mul_assign_ctx(&ctx, &s);
-        let key = self.switching_key(sk, &s2);
+        let key = self.switching_key(&sk.ntt, &s2);
         s2.data.zeroize();
         Ok(RelinKey {
             params: self.params.clone(),
@@ -295,9 +300,11 @@ impl KeyGenerator {
             let mut s = sk.ntt.clone();
             s.truncate_q(ctx.q_count);
             let perm = galois_perm(&ctx, g);
-            let mut sg = crate::ks::apply_galois(&ctx, &s, &perm);
-            let key = self.switching_key(sk, &sg);
-            sg.data.zeroize();
+            // Switching from σ⁻¹(s) rather than to σ(s): a rotation key-switches `c1` as it is
+            // and applies σ to the result (see [`GaloisKey`]).
+            let mut s_inv = crate::ks::apply_galois_inverse(&ctx, &sk.ntt, &perm);
+            let key = self.switching_key(&s_inv, &s);
+            s_inv.data.zeroize();
             s.data.zeroize();
             keys.insert(g, GaloisKey { perm, key });
         }
@@ -322,8 +329,8 @@ impl KeyGenerator {
 }
 
 /// `-a s + e` over the basis of `a`.
-fn public_b(ctx: &Context, a: &Poly<Ntt>, sk: &SecretKey, e: Poly<Ntt>) -> Poly<Ntt> {
-    let mut s = sk.ntt.clone();
+fn public_b(ctx: &Context, a: &Poly<Ntt>, secret: &Poly<Ntt>, e: Poly<Ntt>) -> Poly<Ntt> {
+    let mut s = secret.clone();
     if a.np == 0 {
         s.truncate_q(a.nq);
     }

@@ -299,11 +299,10 @@ pub(crate) fn decompose(ctx: &Context, c: &Poly<Ntt>) -> Vec<Poly<Ntt>> {
     })
 }
 
-/// Key-switches a decomposed polynomial after applying the automorphism `perm` to its digits.
+/// Key-switches a decomposed polynomial (the digits of [`decompose`]).
 pub(crate) fn key_switch_decomposed(
     ctx: &Context,
     digits: &[Poly<Ntt>],
-    perm: &[u32],
     key: &KeySwitchKey,
 ) -> (Poly<Ntt>, Poly<Ntt>) {
     let nq = digits[0].nq;
@@ -311,9 +310,8 @@ pub(crate) fn key_switch_decomposed(
     let mut acc0 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     let mut acc1 = Poly::<Ntt>::zero_ctx(ctx, nq, ctx.p_count);
     for_limb_pairs(&mut acc0.data, &mut acc1.data, n, |k, x0, x1| {
-        inner_product_limb(ctx, nq, k, key, digits.len(), x0, x1, |j, buf| {
-            permute(digits[j].limb(k), perm, buf);
-            None
+        inner_product_limb(ctx, nq, k, key, digits.len(), x0, x1, |j, _| {
+            Some(digits[j].limb(k))
         })
     });
     (mod_down(ctx, acc0), mod_down(ctx, acc1))
@@ -388,6 +386,18 @@ pub(crate) fn galois_perm(ctx: &Context, g: u64) -> Vec<u32> {
             ctx.bitrev[((e - 1) / 2) as usize]
         })
         .collect()
+}
+
+/// Applies `σ⁻¹` (the inverse of [`apply_galois`] with the same `perm`) to an NTT-form
+/// polynomial.
+pub(crate) fn apply_galois_inverse(ctx: &Context, p: &Poly<Ntt>, perm: &[u32]) -> Poly<Ntt> {
+    let mut out = Poly::<Ntt>::zero_ctx(ctx, p.nq, p.np);
+    crate::poly::for_limbs2(&mut out.data, &p.data, ctx.n, |_, o, s| {
+        for (&d, &x) in perm.iter().zip(s) {
+            o[d as usize] = x;
+        }
+    });
+    out
 }
 
 /// Applies `a(X) -> a(X^g)` to an NTT-form polynomial.

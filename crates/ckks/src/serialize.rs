@@ -6,7 +6,8 @@
 //! from a 32-byte seed), as are [`SeededCiphertext`]s. Residues are bit-packed: limb `k` of a
 //! polynomial takes `N·b_k` bits, `b_k` the bit length of its prime (so a 40-bit prime costs 40
 //! bits, not 64), little-endian, zero-padded to a byte. Version 1 (residues as little-endian
-//! `u64`) is still read.
+//! `u64`) is still read. Galois keys have their own version 3 ([`GALOIS_VERSION`]): they switch
+//! from `s` to `σ⁻¹(s)` (rotations permute after the key switch); earlier ones are refused.
 //! The format has no MAC: flips of low-order payload bits give another valid object.
 
 use crate::encoder::Plaintext;
@@ -21,10 +22,21 @@ use rand_core::SeedableRng;
 
 /// Magic number `THXC` (little-endian).
 pub const MAGIC: u32 = u32::from_le_bytes(*b"THXC");
-/// Current format version (written); versions 1 and 2 are read.
+/// Current format version (written for every object but Galois keys); versions 1 and 2 are read.
 pub const VERSION: u16 = 2;
 /// The first version with bit-packed residues.
 const PACKED_SINCE: u16 = 2;
+/// The version of Galois keys, the only one read for them: from it they switch from `s` to
+/// `σ⁻¹(s)` (see [`GaloisKeys`]); earlier ones (to `σ(s)`) would rotate wrongly.
+pub const GALOIS_VERSION: u16 = 3;
+
+/// The versions read for objects of type `ty`.
+fn versions(ty: ObjectType) -> std::ops::RangeInclusive<u16> {
+    match ty {
+        ObjectType::GaloisKeys => GALOIS_VERSION..=GALOIS_VERSION,
+        _ => 1..=VERSION,
+    }
+}
 
 /// Object type tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +65,7 @@ impl Writer {
     fn new(params: &Parameters, ty: ObjectType, capacity: usize) -> Self {
         let mut w = Writer(Vec::with_capacity(capacity + 15));
         w.u32(MAGIC);
-        w.u16(VERSION);
+        w.u16(*versions(ty).end());
         w.u8(ty as u8);
         w.u64(params.id());
         w
@@ -193,13 +205,6 @@ impl<'a> Reader<'a> {
             return Err(DE::BadMagic { found: magic });
         }
         let version = self.u16()?;
-        if !(1..=VERSION).contains(&version) {
-            return Err(DE::BadVersion {
-                found: version,
-                supported: VERSION,
-            });
-        }
-        self.version = version;
         let t = self.u8()?;
         if t != ty as u8 {
             return Err(DE::WrongType {
@@ -207,6 +212,13 @@ impl<'a> Reader<'a> {
                 expected: ty as u8,
             });
         }
+        if !versions(ty).contains(&version) {
+            return Err(DE::BadVersion {
+                found: version,
+                supported: *versions(ty).end(),
+            });
+        }
+        self.version = version;
         let id = self.u64()?;
         if id != params.id() {
             return Err(DE::ParametersMismatch {

@@ -1,6 +1,6 @@
 //! Serialization round trips and a corpus of corrupted inputs: each must give an error, none panic.
 
-use ckks::serialize::MAGIC;
+use ckks::serialize::{GALOIS_VERSION, MAGIC};
 use ckks::*;
 
 fn toy(log_scale: u32) -> Parameters {
@@ -246,6 +246,21 @@ fn wrong_type_version_and_huge_lengths() {
             ..
         }))
     ));
+    // Galois keys are read in their own version only: keys of version 2 switched to σ(s)
+    // and would rotate wrongly; no other object has version 3.
+    let mut g = o.gks.to_bytes();
+    assert_eq!(u16::from_le_bytes([g[4], g[5]]), GALOIS_VERSION);
+    g[4] = 2;
+    assert!(matches!(
+        GaloisKeys::from_bytes(p, &g),
+        Err(Error::Deserialize(DeserializeError::BadVersion {
+            found: 2,
+            supported: GALOIS_VERSION
+        }))
+    ));
+    let mut v = ct.clone();
+    v[4] = GALOIS_VERSION as u8;
+    assert!(Ciphertext::from_bytes(p, &v).is_err());
     let mut m = ct.clone();
     m[..4].copy_from_slice(&(MAGIC ^ 1).to_le_bytes());
     assert!(matches!(
