@@ -95,6 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         varmap: VarMap::new(),
                         frozen_prefixes: vec![],
                         init_missing: true,
+                        init_seed: None,
                     }),
                     ..Default::default()
                 };

@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             varmap: varmap.clone(),
             frozen_prefixes: vec!["embeddings.".into()],
             init_missing: true,
+            init_seed: None,
         }),
         ..Default::default()
     };

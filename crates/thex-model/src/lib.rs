@@ -24,6 +24,7 @@
 //!         varmap: varmap.clone(),
 //!         frozen_prefixes: vec!["embeddings.".into()],
 //!         init_missing: true, // new classifier and reciprocal network
+//!         init_seed: Some(17), // reproducible new parameters
 //!     }),
 //!     ..Default::default()
 //! };

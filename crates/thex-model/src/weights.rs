@@ -65,6 +65,10 @@ pub struct TrainParams {
     /// Create parameters the source lacks from the module's initialiser (new classifier, new
     /// reciprocal network); otherwise they are a [`ModelError::MissingTensor`].
     pub init_missing: bool,
+    /// Seed of those new parameters' random values (each drawn from its own stream, keyed by
+    /// the seed and the parameter's name): the same seed gives the same model. `None` uses
+    /// candle's unseeded generator.
+    pub init_seed: Option<u64>,
 }
 
 impl std::fmt::Debug for TrainParams {
@@ -74,6 +78,7 @@ impl std::fmt::Debug for TrainParams {
             .field("varmap", &format_args!("VarMap({vars} vars)"))
             .field("frozen_prefixes", &self.frozen_prefixes)
             .field("init_missing", &self.init_missing)
+            .field("init_seed", &self.init_seed)
             .finish()
     }
 }
@@ -160,7 +165,10 @@ impl Store {
                 var.as_tensor().clone()
             }
             (ParamMode::Train(tp), None) if tp.init_missing => {
-                let var = init.var(s, dtype, dev)?;
+                let var = match tp.init_seed {
+                    Some(seed) => seeded_var(init, &s, dtype, dev, seed ^ name_hash(name))?,
+                    None => init.var(s, dtype, dev)?,
+                };
                 if tp.is_frozen(name) {
                     var.as_tensor().detach()
                 } else {
@@ -184,6 +192,65 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), var.clone());
     }
+}
+
+/// FNV-1a hash of a parameter name: its own random stream under one seed.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `init` realized with a ChaCha8 stream seeded by `seed` (the distributions of candle's
+/// [`Init::var`]: constants, uniform, normal by Box-Muller, Kaiming with its fan and gain).
+fn seeded_var(
+    init: Init,
+    s: &Shape,
+    dtype: DType,
+    dev: &Device,
+    seed: u64,
+) -> candle_core::Result<Var> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = s.elem_count();
+    let mut uniform = |lo: f64, up: f64| -> Vec<f64> {
+        (0..n)
+            .map(|_| lo + (up - lo) * rng.r#gen::<f64>())
+            .collect()
+    };
+    let normal = |mean: f64, std: f64, u: Vec<f64>| -> Vec<f64> {
+        // Box-Muller on pairs of uniforms (1 - u keeps the logarithm finite).
+        u.chunks(2)
+            .flat_map(|p| {
+                let (a, b) = (1.0 - p[0], p.get(1).copied().unwrap_or(0.5));
+                let r = (-2.0 * a.ln()).sqrt();
+                let t = std::f64::consts::TAU * b;
+                [r * t.cos(), r * t.sin()]
+            })
+            .take(n)
+            .map(|z| mean + std * z)
+            .collect()
+    };
+    let values = match init {
+        Init::Const(c) => vec![c; n],
+        Init::Uniform { lo, up } => uniform(lo, up),
+        Init::Randn { mean, stdev } => normal(mean, stdev, uniform(0.0, 1.0)),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
+            let std = non_linearity.gain() / (fan.for_shape(s) as f64).sqrt();
+            match dist {
+                candle_nn::init::NormalOrUniform::Uniform => {
+                    let bound = 3f64.sqrt() * std;
+                    uniform(-bound, bound)
+                }
+                candle_nn::init::NormalOrUniform::Normal => normal(0.0, std, uniform(0.0, 1.0)),
+            }
+        }
+    };
+    Var::from_tensor(&Tensor::from_vec(values, s.clone(), dev)?.to_dtype(dtype)?)
 }
 
 /// Shares a [`Store`] between the `VarBuilder` and the code that reads its record afterwards.

@@ -662,6 +662,7 @@ fn training_updates_unfrozen_parameters_only() {
         varmap: varmap.clone(),
         frozen_prefixes: vec!["embeddings.".into(), "reciprocal.".into()],
         init_missing: false,
+        init_seed: None,
     });
     let model =
         ThexModel::from_tensors(&cfg, &thex, tensors_of(&base), mode, &Device::Cpu).unwrap();
@@ -742,6 +743,7 @@ fn pretrained_reciprocal_in_the_varmap_is_reused() {
         varmap: varmap.clone(),
         frozen_prefixes: vec![],
         init_missing: true,
+        init_seed: None,
     });
     // The base has no reciprocal/classifier: the classifier is initialised, T taken from the VarMap.
     let model =
@@ -763,6 +765,54 @@ fn pretrained_reciprocal_in_the_varmap_is_reused() {
             .unwrap()
             .contains_key("classifier.bias")
     );
+}
+
+/// New parameters drawn with a seed are the same for the same seed, differ for another, and
+/// follow the module's initialiser (LayerNorm weights stay ones, linear weights Kaiming
+/// normal).
+#[test]
+fn seeded_initialisation_is_reproducible() {
+    let cfg = tiny_config(1);
+    let thex = ThexConfig::full_thex(head());
+    let build = |seed: u64| {
+        let varmap = VarMap::new();
+        let mode = ParamMode::Train(TrainParams {
+            varmap: varmap.clone(),
+            frozen_prefixes: vec![],
+            init_missing: true,
+            init_seed: Some(seed),
+        });
+        ThexModel::from_tensors(&cfg, &thex, HashMap::new(), mode, &Device::Cpu).unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut all: Vec<(String, Vec<f32>)> = data
+            .iter()
+            .map(|(k, v)| {
+                let t = v.as_tensor().flatten_all().unwrap();
+                (k.clone(), t.to_vec1::<f32>().unwrap())
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    };
+    let (a, b, c) = (build(5), build(5), build(6));
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    for (name, v) in &a {
+        if name.ends_with("LayerNorm.weight") {
+            assert!(v.iter().all(|&x| x == 1.0), "{name}");
+        }
+        if name == "classifier.weight" {
+            // candle's linear layers: Kaiming normal, standard deviation sqrt(2 / fan_in).
+            let want = (2.0 / cfg.hidden_size as f64).sqrt();
+            let rms =
+                (v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            assert!(
+                (0.5 * want..2.0 * want).contains(&rms),
+                "{name}: rms {rms} vs {want}"
+            );
+        }
+    }
 }
 
 // ---------- save / load ----------
@@ -873,6 +923,7 @@ fn lean_save_with_base_weights() {
         varmap: VarMap::new(),
         frozen_prefixes: vec!["embeddings.".into()],
         init_missing: true,
+        init_seed: None,
     });
     let model =
         ThexModel::from_tensors(&cfg, &thex, tensors_of(&base), mode, &Device::Cpu).unwrap();

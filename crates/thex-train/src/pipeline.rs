@@ -214,6 +214,8 @@ impl<'a> Context<'a> {
             varmap: varmap.clone(),
             frozen_prefixes: vec![EMBEDDINGS.into()],
             init_missing: stage == Stage::Baseline,
+            // The new classifier: the run's seed makes it (and the run) reproducible.
+            init_seed: Some(self.cfg.seed),
         });
         let (dir, layers) = match stage.previous() {
             None => (self.cfg.base_model.clone(), Some(self.cfg.layers)),

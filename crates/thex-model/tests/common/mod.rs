@@ -82,6 +82,7 @@ pub fn random_model(
             varmap,
             frozen_prefixes: vec![],
             init_missing: true,
+            init_seed: None,
         });
         thex_model::ThexModel::from_tensors(cfg, thex, source, mode, &dev).unwrap()
     };
