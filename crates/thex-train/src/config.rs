@@ -196,7 +196,8 @@ pub struct TrainConfig {
     pub layers: usize,
     /// Class names; label `i` of the data is logit `i`.
     pub labels: Vec<String>,
-    /// Seed of subsampling, shuffling, dropout-free initialisation and random rows.
+    /// Seed of subsampling, shuffling, the new classifier's initial weights and the reciprocal
+    /// network's random rows: the same seed, data and settings give the same run.
     pub seed: u64,
     /// Training sequences are cut to this many tokens (including `[CLS]`, `[SEP]`).
     pub max_len: usize,
