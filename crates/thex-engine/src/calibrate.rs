@@ -38,7 +38,7 @@ fn token_ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// The largest |value| among everything the client decrypts in inferences of random token
-/// sequences ([`SEQUENCES`] of each length in `lengths`): the scores before the softmax ReLU
+/// sequences (four of each length in `lengths`): the scores before the softmax ReLU
 /// (`scale·QKᵀ/√d + shift`), the reciprocal network's hidden pre-activations, the FFN
 /// pre-activations, the residual stream `S₁` and the logits.
 pub fn max_decrypted_magnitude(
