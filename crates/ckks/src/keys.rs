@@ -221,7 +221,6 @@ impl KeyGenerator {
         })
     }
 
-    /// A key switching from `s_prime` (NTT form over all q primes) to `sk`.
     /// A key-switching key from `s_prime` to `secret` (NTT form over all q and special primes):
     /// `b_j + a_j·secret = P·g_j·s_prime + e_j`.
     fn switching_key(&mut self, secret: &Poly<Ntt>, s_prime: &Poly<Ntt>) -> KeySwitchKey {

@@ -232,6 +232,15 @@ fn token_mask(l: &Layout, tokens: std::ops::Range<usize>) -> Vec<f64> {
 /// Per baby index `k`: the token masks of `rot(x, k)` and, where rows wrap, of `rot(x, k - n')`.
 type TokenMasks<P> = Vec<(P, Option<P>)>;
 
+/// Bytes of encoded token masks.
+fn token_mask_bytes<P: PlaintextSize>(masks: &[TokenMasks<P>]) -> usize {
+    masks
+        .iter()
+        .flatten()
+        .map(|(lo, hi)| lo.heap_bytes() + hi.as_ref().map_or(0, |h| h.heap_bytes()))
+        .sum()
+}
+
 /// Token masks (see [`token_ranges`]) of the shifts `g·b + k` of output ciphertext `b`, in the
 /// frame rotated by `-g·b`, at `level` and `scale`: per baby index `k`, the mask of the rows
 /// using `rot(x, k)` and, where rows wrap, of the rows using `rot(x, k - n')`.
@@ -447,13 +456,7 @@ impl<P> QkScores<P> {
             .flatten()
             .map(|p| p.heap_bytes())
             .sum();
-        let tokens: usize = self
-            .token_masks
-            .iter()
-            .flatten()
-            .map(|(lo, hi)| lo.heap_bytes() + hi.as_ref().map_or(0, |h| h.heap_bytes()))
-            .sum();
-        groups + tokens
+        groups + token_mask_bytes(&self.token_masks)
     }
 
     /// Rotation steps, key switches and depth of [`QkScores::apply`].

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Baby, TokenMasks, check_input, group_mask, heads_of, rotated, scores_layout, shift_token_masks,
-    token_rotated, wraps,
+    token_mask_bytes, token_rotated, wraps,
 };
 use crate::backend::{PlaintextSize, SlotBackend};
 use crate::error::{Error, Result};
@@ -230,13 +230,7 @@ impl<P> AttentionValues<P> {
         P: PlaintextSize,
     {
         let groups: usize = self.masks.iter().flatten().map(|p| p.heap_bytes()).sum();
-        let tokens: usize = self
-            .token_masks
-            .iter()
-            .flatten()
-            .map(|(lo, hi)| lo.heap_bytes() + hi.as_ref().map_or(0, |h| h.heap_bytes()))
-            .sum();
-        groups + tokens
+        groups + token_mask_bytes(&self.token_masks)
     }
 
     /// Weight parts [`AttentionValues::apply`] takes: 2 ([`RowSplit`]) or 1.
