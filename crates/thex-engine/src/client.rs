@@ -204,6 +204,37 @@ enum ClientState {
     },
 }
 
+/// Where the client's encryption randomness comes from.
+enum Randomness {
+    /// A fresh OS seed for every ciphertext and key generator.
+    Os,
+    /// Derived from one seed and a message counter (reproducible runs and tests only).
+    Seeded { seed: [u8; 32], messages: u64 },
+}
+
+impl Randomness {
+    /// The seed of the next message's batch of encryptions (`None`: OS seeds).
+    fn next_batch(&mut self) -> Option<[u8; 32]> {
+        match self {
+            Randomness::Os => None,
+            Randomness::Seeded { seed, messages } => {
+                *messages += 1;
+                Some(derive_seed(seed, b"message", *messages))
+            }
+        }
+    }
+}
+
+/// SHA-256 of `seed`, a label and an index: independent seeds from one seed.
+fn derive_seed(seed: &[u8; 32], label: &[u8], index: u64) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(seed);
+    h.update(label);
+    h.update(index.to_le_bytes());
+    h.finalize().into()
+}
+
 /// The client side of the protocol. Owns the secret key, which never leaves it.
 pub struct ClientSession {
     bundle: ClientBundle,
@@ -213,6 +244,7 @@ pub struct ClientSession {
     tokenizer: Option<BertTokenizer>,
     layouts: BTreeMap<usize, BucketLayouts>,
     state: ClientState,
+    randomness: Randomness,
 }
 
 impl std::fmt::Debug for ClientSession {
@@ -236,6 +268,18 @@ impl ClientSession {
         Self::with_secret_key(bundle, sk)
     }
 
+    /// A deterministic client: its secret key, evaluation keys and every encryption derive
+    /// from `seed`. For reproducible runs and tests only: anyone who knows the seed can
+    /// decrypt.
+    pub fn from_seed(bundle: ClientBundle, seed: [u8; 32]) -> Result<Self> {
+        let params = Parameters::new(&bundle.params)?;
+        let sk =
+            KeyGenerator::from_seed(&params, derive_seed(&seed, b"secret key", 0)).secret_key();
+        let mut client = Self::with_secret_key(bundle, sk)?;
+        client.randomness = Randomness::Seeded { seed, messages: 0 };
+        Ok(client)
+    }
+
     /// A client reusing a stored secret key (see [`ClientSession::secret_key_bytes`]).
     pub fn with_secret_key(bundle: ClientBundle, sk: SecretKey) -> Result<Self> {
         let params = Parameters::new(&bundle.params)?;
@@ -256,6 +300,7 @@ impl ClientSession {
             tokenizer: None,
             layouts,
             state: ClientState::Idle,
+            randomness: Randomness::Os,
             bundle,
         })
     }
@@ -310,7 +355,12 @@ impl ClientSession {
             steps.extend(plan.galois_steps.iter().map(|&s| s as i64));
         }
         let steps: Vec<i64> = steps.into_iter().collect();
-        let mut kg = KeyGenerator::new(&self.params);
+        let mut kg = match &self.randomness {
+            Randomness::Os => KeyGenerator::new(&self.params),
+            Randomness::Seeded { seed, .. } => {
+                KeyGenerator::from_seed(&self.params, derive_seed(seed, b"evaluation keys", 0))
+            }
+        };
         Ok(EvaluationKeys {
             relin: kg.relin_key(&self.sk)?,
             galois: kg.galois_keys(&self.sk, &steps, false)?,
@@ -339,10 +389,12 @@ impl ClientSession {
             if t < x.rows() { x.get(t, c) } else { 0.0 }
         });
         let level = self.input_level(bucket)?;
+        let batch = self.randomness.next_batch();
         let cts = layout
             .pack(&padded)?
             .iter()
-            .map(|v| self.encrypt_fresh(v, level))
+            .enumerate()
+            .map(|(i, v)| self.encrypt_fresh(v, level, (batch, i as u64)))
             .collect::<Result<Vec<_>>>()?;
         self.state = ClientState::Running {
             bucket,
@@ -360,11 +412,22 @@ impl ClientSession {
         ))
     }
 
-    fn encrypt_fresh(&self, values: &[f64], level: usize) -> Result<SeededCiphertext> {
+    /// Encrypts `values` fresh at `level`; the randomness is the OS's, or derived from the
+    /// batch seed and the ciphertext's index in it.
+    fn encrypt_fresh(
+        &self,
+        values: &[f64],
+        level: usize,
+        (batch, index): (Option<[u8; 32]>, u64),
+    ) -> Result<SeededCiphertext> {
         let pt = self
             .encoder
             .encode(values, level, self.params.default_scale())?;
-        Ok(Decryptor::new(&self.sk).encrypt_seeded(&pt)?)
+        let mut enc = match batch {
+            None => Decryptor::new(&self.sk),
+            Some(seed) => Decryptor::from_seed(&self.sk, derive_seed(&seed, b"ciphertext", index)),
+        };
+        Ok(enc.encrypt_seeded(&pt)?)
     }
 
     /// Discards the inference in progress, if any: further requests of it are refused.
@@ -455,10 +518,15 @@ impl ClientSession {
             }
         }
         let last = layer + 1 == layers;
+        let batch = self.randomness.next_batch();
         let items = req
             .items
             .iter()
-            .map(|it| self.answer_item(it, bucket, tokens, last))
+            .enumerate()
+            .map(|(i, it)| {
+                let batch = batch.map(|s| derive_seed(&s, b"item", i as u64));
+                self.answer_item(it, (bucket, tokens, last), batch)
+            })
             .collect::<Result<Vec<_>>>()?;
         self.state = ClientState::Running {
             bucket,
@@ -502,9 +570,8 @@ impl ClientSession {
     fn answer_item(
         &self,
         it: &ReluItem,
-        bucket: usize,
-        tokens: usize,
-        last: bool,
+        (bucket, tokens, last): (usize, usize, bool),
+        batch: Option<[u8; 32]>,
     ) -> Result<Vec<SeededCiphertext>> {
         let layout = it.kind.layout(&self.layouts[&bucket]);
         if it.cts.len() != layout.n_cts() {
@@ -544,7 +611,7 @@ impl ClientSession {
                         if m == 0.0 { 0.0 } else { y * m }
                     })
                     .collect();
-                self.encrypt_fresh(&out, level)
+                self.encrypt_fresh(&out, level, (batch, i as u64))
             })
             .collect()
     }
