@@ -2,7 +2,8 @@
 //!
 //! Scales are tracked exactly as `f64`: a product has the product of the scales, a rescale divides
 //! by the dropped prime. Additions require equal levels and scales (relative difference below
-//! 1e-10); align explicitly with [`Evaluator::drop_to_level_assign`] or [`Ciphertext::set_scale`].
+//! [`SCALE_TOLERANCE`]); align explicitly with [`Evaluator::drop_to_level_assign`] or
+//! [`Ciphertext::set_scale`].
 
 use crate::encoder::{CompactPlaintext, Plaintext};
 use crate::encrypt::Ciphertext;
@@ -12,8 +13,9 @@ use crate::ks;
 use crate::params::{Context, Parameters};
 use crate::poly::{Ntt, Poly, for_limbs, with_scratch};
 
-/// Largest relative difference between two scales treated as equal.
-pub const SCALE_TOLERANCE: f64 = 1e-10;
+/// Largest relative difference between two scales treated as equal (here and in every layer
+/// above).
+pub const SCALE_TOLERANCE: f64 = 1e-9;
 
 /// Performs homomorphic operations under one parameter set (holds no secret).
 #[derive(Debug, Clone)]
@@ -21,7 +23,8 @@ pub struct Evaluator {
     params: Parameters,
 }
 
-fn scales_match(a: f64, b: f64) -> bool {
+/// Whether two scales are equal up to [`SCALE_TOLERANCE`].
+pub fn scales_match(a: f64, b: f64) -> bool {
     (a - b).abs() <= SCALE_TOLERANCE * a.abs().max(b.abs())
 }
 

@@ -24,6 +24,6 @@ mod simd;
 pub use encoder::{CompactPlaintext, Complex64, Encoder, Plaintext};
 pub use encrypt::{Ciphertext, Decryptor, Encryptor, SeededCiphertext};
 pub use error::{DeserializeError, Error, Result};
-pub use eval::{Evaluator, SCALE_TOLERANCE};
+pub use eval::{Evaluator, SCALE_TOLERANCE, scales_match};
 pub use keys::{GaloisKeys, KeyGenerator, PublicKey, RelinKey, SecretKey};
 pub use params::{Parameters, ParametersLiteral, Preset, SecretDistribution};

@@ -237,13 +237,7 @@ impl OpStats {
     }
 }
 
-/// Relative tolerance under which two scales count as equal.
-pub const SCALE_TOLERANCE: f64 = 1e-9;
-
-/// Whether two scales are equal up to [`SCALE_TOLERANCE`].
-pub fn scales_match(a: f64, b: f64) -> bool {
-    (a - b).abs() <= SCALE_TOLERANCE * a.abs().max(b.abs())
-}
+pub use ckks::{SCALE_TOLERANCE, scales_match};
 
 /// Each non-empty list of pairs folded into one ciphertext: `first` on its first pair, `add`
 /// for every further one (the default [`SlotBackend::mul_sums`] / `mul_plain_sums`).

@@ -4,182 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use ckks::{
-    Ciphertext, Decryptor, Encoder, KeyGenerator, Parameters, ParametersLiteral, SecretKey,
-    SeededCiphertext,
-};
-use he_linalg::Matrix;
+use ckks::{Ciphertext, Decryptor, Encoder, KeyGenerator, Parameters, SecretKey, SeededCiphertext};
 use he_linalg::attention::key_mask;
-use serde::{Deserialize, Serialize};
+use he_linalg::{Matrix, scales_match};
+use rayon::prelude::*;
+use serde::Serialize;
 use thex_model::BertTokenizer;
 
+use crate::bundle::ClientBundle;
 use crate::error::{EngineError, Result};
-use crate::messages::{
+use crate::schedule::{At, ItemKind, RoundItem, Schedule};
+use crate::wire::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest,
 };
-use rayon::prelude::*;
-
-use crate::program::{BucketLayouts, BucketPlan, ItemKind, input_level, reply_level, round_items};
-use crate::weights::{EmbeddingTables, ModelDims};
-
-/// What the server gives the client once: CKKS parameters, model shapes, buckets with their
-/// Galois steps and round sizes, and the embedding tables. No other weight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientBundle {
-    /// CKKS parameters (validated, 128-bit secure, when the session is created).
-    pub params: ParametersLiteral,
-    /// Model shapes and softmax constants.
-    pub dims: ModelDims,
-    /// Per length bucket: Galois steps and round sizes.
-    pub plans: Vec<BucketPlan>,
-    /// The client's embedding tables.
-    pub embeddings: EmbeddingTables,
-}
-
-/// Magic of a serialized client bundle.
-pub const BUNDLE_MAGIC: [u8; 4] = *b"THXB";
-/// Version of the client bundle format.
-pub const BUNDLE_VERSION: u16 = 2;
-
-impl ClientBundle {
-    /// Serializes: magic, version, a JSON header (everything but the embedding tables), then
-    /// the tables as little-endian `f32` (word, position, token type, LayerNorm gamma, beta).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let e = &self.embeddings;
-        let mut header = self.clone();
-        for t in [
-            &mut header.embeddings.word,
-            &mut header.embeddings.position,
-            &mut header.embeddings.token_type,
-            &mut header.embeddings.ln_gamma,
-            &mut header.embeddings.ln_beta,
-        ] {
-            t.clear();
-        }
-        let json = serde_json::to_vec(&header).expect("bundle header serializes");
-        let tables = [&e.word, &e.position, &e.token_type, &e.ln_gamma, &e.ln_beta];
-        let floats: usize = tables.iter().map(|t| t.len()).sum();
-        let mut out = Vec::with_capacity(14 + json.len() + 4 * floats + 40);
-        out.extend_from_slice(&BUNDLE_MAGIC);
-        out.extend_from_slice(&BUNDLE_VERSION.to_le_bytes());
-        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-        out.extend_from_slice(&json);
-        for t in tables {
-            out.extend_from_slice(&(t.len() as u64).to_le_bytes());
-            for x in t.iter() {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        out
-    }
-
-    /// SHA-256 of [`ClientBundle::to_bytes`], hex: what a client checks a cached bundle by.
-    pub fn hash_hex(bytes: &[u8]) -> String {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    /// Reads a bundle, checking every table length against the header's shapes before
-    /// allocating it, and the parameters' security.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let mut pos = 0usize;
-        let mut take = |n: usize| -> Result<&[u8]> {
-            if bytes.len() - pos < n {
-                return Err(EngineError::Malformed(format!(
-                    "bundle truncated at offset {pos} ({n} bytes needed)"
-                )));
-            }
-            pos += n;
-            Ok(&bytes[pos - n..pos])
-        };
-        if take(4)? != BUNDLE_MAGIC {
-            return Err(EngineError::Malformed(
-                "not a client bundle (bad magic)".into(),
-            ));
-        }
-        let version = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes"));
-        if version != BUNDLE_VERSION {
-            return Err(EngineError::Malformed(format!(
-                "bundle version {version}, this build reads {BUNDLE_VERSION}"
-            )));
-        }
-        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-        let json = take(usize::try_from(len).unwrap_or(usize::MAX))?;
-        let mut b: ClientBundle = serde_json::from_slice(json)
-            .map_err(|e| EngineError::Malformed(format!("bundle header: {e}")))?;
-        Parameters::new(&b.params)?;
-        let h = b.embeddings.hidden;
-        let vocab = b.embeddings.vocab;
-        if h != b.dims.hidden || h == 0 {
-            return Err(EngineError::Malformed(format!(
-                "embedding width {h} vs model width {}",
-                b.dims.hidden
-            )));
-        }
-        let mut table = |max: usize, exact: bool| -> Result<Vec<f32>> {
-            let n = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-            let n = usize::try_from(n).unwrap_or(usize::MAX);
-            if n > max || (exact && n != max) || n % h != 0 {
-                return Err(EngineError::Malformed(format!(
-                    "embedding table of {n} values (expected {}{max}, a multiple of {h})",
-                    if exact { "" } else { "at most " }
-                )));
-            }
-            Ok(take(4 * n)?
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect())
-        };
-        let word = table(vocab.saturating_mul(h), true)?;
-        let position = table(bytes.len() / 4, false)?;
-        let token_type = table(h, true)?;
-        let ln_gamma = table(h, true)?;
-        let ln_beta = table(h, true)?;
-        b.embeddings.word = word;
-        b.embeddings.position = position;
-        b.embeddings.token_type = token_type;
-        b.embeddings.ln_gamma = ln_gamma;
-        b.embeddings.ln_beta = ln_beta;
-        if pos != bytes.len() {
-            return Err(EngineError::Malformed(format!(
-                "{} trailing bytes after the bundle",
-                bytes.len() - pos
-            )));
-        }
-        Ok(b)
-    }
-
-    /// The compiled buckets, ascending.
-    pub fn buckets(&self) -> Vec<usize> {
-        let mut b: Vec<usize> = self.plans.iter().map(|p| p.bucket).collect();
-        b.sort_unstable();
-        b
-    }
-    /// The plan of a compiled bucket.
-    pub fn plan(&self, bucket: usize) -> Result<&BucketPlan> {
-        self.plans
-            .iter()
-            .find(|p| p.bucket == bucket)
-            .ok_or_else(|| EngineError::UnknownBucket {
-                bucket,
-                available: self.buckets(),
-            })
-    }
-    /// The smallest bucket holding `tokens` tokens.
-    pub fn bucket_for(&self, tokens: usize) -> Result<usize> {
-        let b = self.buckets();
-        b.iter()
-            .copied()
-            .find(|&x| x >= tokens)
-            .ok_or(EngineError::SequenceTooLong {
-                tokens,
-                max: b.last().copied().unwrap_or(0),
-            })
-    }
-}
 
 /// The client's result of one inference.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -242,7 +79,7 @@ pub struct ClientSession {
     encoder: Encoder,
     sk: SecretKey,
     tokenizer: Option<BertTokenizer>,
-    layouts: BTreeMap<usize, BucketLayouts>,
+    schedules: BTreeMap<usize, Schedule>,
     state: ClientState,
     randomness: Randomness,
 }
@@ -289,16 +126,16 @@ impl ClientSession {
                 expected: params.id(),
             }));
         }
-        let mut layouts = BTreeMap::new();
+        let mut schedules = BTreeMap::new();
         for b in bundle.buckets() {
-            layouts.insert(b, BucketLayouts::new(&bundle.dims, params.max_slots(), b)?);
+            schedules.insert(b, bundle.schedule(&params, b)?);
         }
         Ok(Self {
             encoder: Encoder::new(&params),
             params,
             sk,
             tokenizer: None,
-            layouts,
+            schedules,
             state: ClientState::Idle,
             randomness: Randomness::Os,
             bundle,
@@ -384,17 +221,17 @@ impl ClientSession {
         }
         let bucket = self.bundle.bucket_for(ids.len())?;
         let x = self.bundle.embeddings.embed(ids)?;
-        let layout = &self.layouts[&bucket].hidden;
+        let sched = self.schedule(bucket)?;
         let padded = Matrix::from_fn(bucket, x.cols(), |t, c| {
             if t < x.rows() { x.get(t, c) } else { 0.0 }
         });
-        let level = self.input_level(bucket)?;
+        let at = sched.input();
+        let packed = sched.layouts().hidden.pack(&padded)?;
         let batch = self.randomness.next_batch();
-        let cts = layout
-            .pack(&padded)?
+        let cts = packed
             .iter()
             .enumerate()
-            .map(|(i, v)| self.encrypt_fresh(v, level, (batch, i as u64)))
+            .map(|(i, v)| self.encrypt_fresh(v, at, (batch, i as u64)))
             .collect::<Result<Vec<_>>>()?;
         self.state = ClientState::Running {
             bucket,
@@ -404,25 +241,25 @@ impl ClientSession {
         Ok(EncryptedInput { bucket, cts })
     }
 
-    /// The level of the layer inputs at `bucket` (set by its A·V masking).
-    fn input_level(&self, bucket: usize) -> Result<usize> {
-        Ok(input_level(
-            &self.params,
-            self.bundle.plan(bucket)?.attention_values,
-        ))
+    /// The schedule of a bucket of the bundle.
+    fn schedule(&self, bucket: usize) -> Result<&Schedule> {
+        self.schedules
+            .get(&bucket)
+            .ok_or_else(|| EngineError::UnknownBucket {
+                bucket,
+                available: self.bundle.buckets(),
+            })
     }
 
-    /// Encrypts `values` fresh at `level`; the randomness is the OS's, or derived from the
-    /// batch seed and the ciphertext's index in it.
+    /// Encrypts `values` fresh at `at`; the randomness is the OS's, or derived from the batch
+    /// seed and the ciphertext's index in it.
     fn encrypt_fresh(
         &self,
         values: &[f64],
-        level: usize,
+        at: At,
         (batch, index): (Option<[u8; 32]>, u64),
     ) -> Result<SeededCiphertext> {
-        let pt = self
-            .encoder
-            .encode(values, level, self.params.default_scale())?;
+        let pt = self.encoder.encode(values, at.level, at.scale)?;
         let mut enc = match batch {
             None => Decryptor::new(&self.sk),
             Some(seed) => Decryptor::from_seed(&self.sk, derive_seed(&seed, b"ciphertext", index)),
@@ -476,7 +313,7 @@ impl ClientSession {
 
     /// Answers a ReLU round: checks it is the next round of the schedule with the expected
     /// items and ciphertext counts, decrypts, applies the item's function (ReLU, power, masks,
-    /// row weights) and re-encrypts fresh at the item's [`reply_level`].
+    /// row weights) and re-encrypts fresh at the item's reply level and scale ([`RoundItem::reply`]).
     pub fn answer(&mut self, req: &ReluRequest) -> Result<ReluReply> {
         let ClientState::Running {
             bucket,
@@ -495,37 +332,40 @@ impl ClientSession {
                 expected: next_round,
             });
         }
-        let layers = self.bundle.dims.layers;
-        let (layer, kinds) =
-            round_items(layers, req.round).ok_or_else(|| EngineError::UnexpectedMessage {
+        let batch = self.randomness.next_batch();
+        let sched = self.schedule(bucket)?;
+        let round = sched
+            .round(req.round)
+            .ok_or_else(|| EngineError::UnexpectedMessage {
                 got: "ReLU request after the last round",
                 state: self.state_name(),
             })?;
-        if req.items.len() != kinds.len() {
+        if req.items.len() != round.items.len() {
             return Err(EngineError::WrongCount {
                 what: format!("items in round {}", req.round),
-                expected: kinds.len(),
+                expected: round.items.len(),
                 got: req.items.len(),
             });
         }
-        for (i, (it, &k)) in req.items.iter().zip(kinds).enumerate() {
-            if it.kind != k || it.layer != layer {
+        let layer = round.layer;
+        for (i, (it, want)) in req.items.iter().zip(&round.items).enumerate() {
+            if it.kind != want.kind || it.layer != layer {
                 return Err(EngineError::WrongItem {
                     index: i,
-                    expected: format!("{k:?} of layer {layer}"),
+                    expected: format!("{:?} of layer {layer}", want.kind),
                     got: format!("{:?} of layer {}", it.kind, it.layer),
                 });
             }
         }
-        let last = layer + 1 == layers;
-        let batch = self.randomness.next_batch();
+        let last = layer + 1 == sched.layers();
         let items = req
             .items
             .iter()
+            .zip(&round.items)
             .enumerate()
-            .map(|(i, it)| {
+            .map(|(i, (it, want))| {
                 let batch = batch.map(|s| derive_seed(&s, b"item", i as u64));
-                self.answer_item(it, (bucket, tokens, last), batch)
+                self.answer_item(it, want, (sched, tokens, last), batch)
             })
             .collect::<Result<Vec<_>>>()?;
         self.state = ClientState::Running {
@@ -542,14 +382,13 @@ impl ClientSession {
     /// The slot-wise multiplier of an item: 0/1 masks, with `1/tokens` on the last layer's
     /// FFN and residual rows (mean pooling).
     fn item_weights(
-        &self,
         kind: ItemKind,
-        bucket: usize,
+        sched: &Schedule,
         tokens: usize,
         last: bool,
     ) -> Result<Vec<f64>> {
-        let l = &self.layouts[&bucket];
-        let layout = kind.layout(l);
+        let bucket = sched.bucket();
+        let layout = kind.layout(sched.layouts());
         let m = match kind {
             ItemKind::Softmax => key_mask(layout, tokens)?,
             _ => {
@@ -570,19 +409,18 @@ impl ClientSession {
     fn answer_item(
         &self,
         it: &ReluItem,
-        (bucket, tokens, last): (usize, usize, bool),
+        want: &RoundItem,
+        (sched, tokens, last): (&Schedule, usize, bool),
         batch: Option<[u8; 32]>,
     ) -> Result<Vec<SeededCiphertext>> {
-        let layout = it.kind.layout(&self.layouts[&bucket]);
-        if it.cts.len() != layout.n_cts() {
+        if it.cts.len() != want.ciphertexts {
             return Err(EngineError::WrongCount {
                 what: format!("ciphertexts of {:?}", it.kind),
-                expected: layout.n_cts(),
+                expected: want.ciphertexts,
                 got: it.cts.len(),
             });
         }
-        let weights = self.item_weights(it.kind, bucket, tokens, last)?;
-        let level = reply_level(&self.params, self.input_level(bucket)?, it.kind, last);
+        let weights = Self::item_weights(it.kind, sched, tokens, last)?;
         let slots = self.params.max_slots();
         let power = self.bundle.dims.softmax_power as i32;
         // Ciphertexts are independent: decrypt, apply and re-encrypt them in parallel.
@@ -590,13 +428,11 @@ impl ClientSession {
             .par_iter()
             .enumerate()
             .map(|(i, ct)| {
-                if ct.degree() != 1 {
-                    return Err(EngineError::BadCiphertext {
-                        what: format!("{:?}", it.kind),
-                        index: i,
-                        problem: format!("degree {}", ct.degree()),
-                    });
-                }
+                check_request(ct, want.request).map_err(|problem| EngineError::BadCiphertext {
+                    what: format!("{:?}", it.kind),
+                    index: i,
+                    problem,
+                })?;
                 let v = self.decrypt_slots(ct)?;
                 let w = &weights[i * slots..(i + 1) * slots];
                 let out: Vec<f64> = v
@@ -611,26 +447,33 @@ impl ClientSession {
                         if m == 0.0 { 0.0 } else { y * m }
                     })
                     .collect();
-                self.encrypt_fresh(&out, level, (batch, i as u64))
+                self.encrypt_fresh(&out, want.reply, (batch, i as u64))
             })
             .collect()
     }
 
     /// Decrypts the logits after the last round; ends the inference.
     pub fn decrypt_logits(&mut self, out: &EncryptedLogits) -> Result<ClientPrediction> {
-        let rounds = (self.bundle.dims.layers * crate::program::LAYER_ROUNDS.len()) as u32;
         match self.state {
             ClientState::Running {
                 bucket, next_round, ..
-            } if next_round == rounds + 1 => {
+            } if next_round as usize == self.schedule(bucket)?.n_rounds() + 1 => {
                 if out.bucket != bucket {
                     return Err(EngineError::UnknownBucket {
                         bucket: out.bucket,
                         available: vec![bucket],
                     });
                 }
+                let sched = self.schedule(bucket)?;
+                check_request(&out.ct, sched.logits()).map_err(|problem| {
+                    EngineError::BadCiphertext {
+                        what: "logits".into(),
+                        index: 0,
+                        problem,
+                    }
+                })?;
                 let v = self.decrypt_slots(&out.ct)?;
-                let layout = &self.layouts[&bucket].logits;
+                let layout = &sched.layouts().logits;
                 let logits: Vec<f64> = (0..self.bundle.dims.labels.len())
                     .map(|c| {
                         let (ct, slot) = layout.position(0, c);
@@ -646,6 +489,24 @@ impl ClientSession {
             }),
         }
     }
+}
+
+/// Checks a ciphertext from the server against the schedule: degree 1, its level and scale.
+fn check_request(ct: &Ciphertext, want: At) -> std::result::Result<(), String> {
+    if ct.degree() != 1 {
+        return Err(format!("degree {}", ct.degree()));
+    }
+    if ct.level() != want.level {
+        return Err(format!("level {}, expected {}", ct.level(), want.level));
+    }
+    if !scales_match(ct.scale(), want.scale) {
+        return Err(format!(
+            "scale 2^{:.3}, expected 2^{:.3}",
+            ct.scale().log2(),
+            want.scale.log2()
+        ));
+    }
+    Ok(())
 }
 
 /// Softmax and argmax of decrypted logits.

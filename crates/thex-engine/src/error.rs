@@ -136,6 +136,9 @@ pub enum EngineError {
         /// The limit.
         limit: u64,
     },
+    /// A broken invariant of the engine itself (a bug, not bad input or configuration).
+    #[error("internal error (a bug in thex-engine): {0}")]
+    Internal(String),
     /// Error from the CKKS layer (including deserialization of ciphertexts and keys).
     #[error("ckks: {0}")]
     Ckks(#[from] ckks::Error),

@@ -13,30 +13,37 @@
 //!
 //! Per encoder layer there are four client rounds: the softmax surrogate `ReLU(y^p)`, the two
 //! hidden ReLUs of the reciprocal network `T`, and the FFN ReLU (with the residual stream
-//! refreshed in the same round). See [`program`] for the schedule and levels.
+//! refreshed in the same round). [`Schedule`] names the level and scale of every value of a
+//! bucket's program; the compiler, the server and the client all read it.
 
-pub mod calibrate;
+mod bundle;
+mod calibrate;
 mod client;
+mod dry_run;
 mod error;
 mod local;
-mod messages;
 mod params;
-pub mod program;
+mod program;
+mod schedule;
+mod segments;
 mod server;
 mod weights;
+mod wire;
 
-pub use client::{ClientBundle, ClientPrediction, ClientSession, prediction};
+pub use bundle::{BucketPlan, ClientBundle};
+pub use client::{ClientPrediction, ClientSession, prediction};
 pub use error::{EngineError, Result};
 pub use local::{InferenceResult, PhaseTiming, run_local, run_local_ids};
-pub use messages::{
-    EncryptedInput, EncryptedLogits, EvaluationKeys, MessageLimits, ReluItem, ReluReply,
-    ReluRequest, Step,
-};
-pub use params::{DEFAULT_BUCKETS, EngineParams, PIPELINE_DEPTH};
-pub use program::{
-    BucketLayouts, BucketPlan, ItemKind, ServerModel, decrypt_level, input_level, reply_level,
+pub use params::{DEFAULT_BUCKETS, EngineParams};
+pub use program::ServerModel;
+pub use schedule::{
+    At, BucketLayouts, ItemKind, Levels, PIPELINE_DEPTH, Round, RoundItem, Schedule,
 };
 pub use server::{ServerSession, Tap};
 pub use weights::{
     EmbeddingTables, LayerWeights, ModelDims, ModelWeights, ReciprocalWeights, split_model,
+};
+pub use wire::{
+    EncryptedInput, EncryptedLogits, EvaluationKeys, MessageLimits, ReluItem, ReluReply,
+    ReluRequest, Step,
 };

@@ -7,10 +7,8 @@ use serde::Serialize;
 
 use crate::client::ClientSession;
 use crate::error::Result;
-use crate::messages::{
-    EncryptedInput, EncryptedLogits, MessageLimits, ReluReply, ReluRequest, Step,
-};
 use crate::server::ServerSession;
+use crate::wire::{EncryptedInput, EncryptedLogits, MessageLimits, ReluReply, ReluRequest, Step};
 
 /// Time spent in one phase.
 #[derive(Debug, Clone, PartialEq, Serialize)]

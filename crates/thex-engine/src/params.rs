@@ -5,16 +5,10 @@ use he_linalg::attention::AvMasking;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::schedule::PIPELINE_DEPTH;
 
 /// The default length buckets: sequences are padded up to the next of these.
 pub const DEFAULT_BUCKETS: [usize; 4] = [16, 32, 64, 128];
-
-/// Levels the program consumes between two client rounds in the worst segment: after the
-/// reciprocal network's second round, `T`'s output layer (1), `e ⊙ T(s)` (1), attention · V
-/// (2), the output projection (1) and the FFN input projection (1) before the FFN round.
-/// Every other segment needs fewer (4 from a layer's input to its softmax round, 1 for the
-/// reciprocal rounds and the logits). [`crate::ServerModel::compile`] checks it.
-pub const PIPELINE_DEPTH: usize = 6;
 
 /// How the server program is built and which CKKS parameters it runs on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,8 +44,7 @@ pub struct EngineParams {
     /// (up to `level + 1` times smaller) otherwise. 0 keeps every bucket compact.
     pub ntt_weights_max_bytes: usize,
     /// How attention × V keeps each token shift's products to their rows, for every bucket
-    /// (`None`: chosen per bucket by [`crate::ServerModel::compile`], see
-    /// [`crate::program::auto_masking`]). [`AvMasking::ValueTokens`] takes each layer's input
+    /// (`None`: chosen per bucket by [`crate::ServerModel::compile`]). [`AvMasking::ValueTokens`] takes each layer's input
     /// one level above [`AvMasking::WeightRows`]: cheaper attention, dearer Q/K/V projections
     /// and FFN output.
     #[serde(default)]

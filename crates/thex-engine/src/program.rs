@@ -1,169 +1,28 @@
-//! The compiled server program: folded weights, per-bucket layouts and encoded operations,
-//! levels, the exact Galois key set and the round schedule.
+//! The compiler: folded weights and, per length bucket, the encoded operations of every layer
+//! at the levels of the bucket's [`Schedule`], the exact Galois key set and the plan summary.
 //!
-//! Per encoder layer (levels for a fresh ciphertext at `L`; a layer's input `X` is at
-//! [`input_level`], `L - 2` or `L - 1` by the bucket's [`AvMasking`]; every request is dropped
-//! to [`decrypt_level`] before it is sent, and replies come back at [`reply_level`]):
-//!
-//! | segment | server computes | client round |
-//! |---|---|---|
-//! | `X` → softmax | `Q, K, V = X·W + b`; `y = (scale/√d)·Q·Kᵀ + shift` (4 levels) | `e = ReLU(y^p) ⊙ mask` |
-//! | `e` → T₁ | `s = Σ_keys e` (no level); `z₁ = s·w₁ + b₁` (1) | `h₁ = ReLU(z₁)` |
-//! | `h₁` → T₂ | `z₂ = h₁·W₂ + b₂` (1) | `h₂ = ReLU(z₂)` |
-//! | `h₂` → FFN | `T = h₂·w₃ + b₃` broadcast over keys (1); `P = e ⊙ T` (1); `C = P·V` (2); `S₁ = C·Wo + bo + X` (1); `u = S₁·(γ₁W₁) + β₁W₁ + b₁` (1) | `ReLU(u) ⊙ w`, refresh `S₁ ⊙ w` |
-//! | FFN → next | `X' = ReLU(u)·(W₂γ₂) + γ₁γ₂ ⊙ S₁ + γ₂(b₂ + β₁) + β₂` (1) | |
-//! | FFN → logits (last layer) | `Σ_t [ReLU(u)·(W₂γ₂Wc) + S₁·(γ₁γ₂Wc)] + (γ₂(b₂+β₁)+β₂)·Wc + bc` (1) | |
-//!
-//! `w` is the client's row weight: 1 for real tokens and 0 for padding, or `1/n` in the last
+//! The affine LayerNorms are folded into the neighbouring linear maps (`W₁` takes `γ₁`, `W₂`
+//! takes `γ₂`, the classifier both); only `γ₁γ₂ ⊙ S₁` remains a separate plaintext product.
+//! `w`, the client's row weight, is 1 for real tokens and 0 for padding, or `1/n` in the last
 //! layer, which turns the token sum into THE-X's masked mean pooling without telling the
-//! server `n`. The affine LayerNorms are folded into the neighbouring linear maps; only
-//! `γ₁γ₂ ⊙ S₁` remains a separate plaintext product.
+//! server `n`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use ckks::Parameters;
-use he_linalg::attention::{
-    AttentionValues, AvMasking, QkScores, RowSplit, row_sums_plan, scores_layout,
-};
+use he_linalg::attention::{AttentionValues, AvMasking, QkScores, RowSplit, row_sums_plan};
 use he_linalg::plan::{OpPlan, Plan};
 use he_linalg::{
     CkksBackend, CkksPlaintext, ColumnOrder, EncodedLinear, Layout, LinearMethod, LinearSpec,
-    Matrix, PlainMatrix, SlotBackend,
+    Matrix, PlainMatrix, PlaintextSize, SlotBackend,
 };
-use serde::{Deserialize, Serialize};
 
+use crate::bundle::{BucketPlan, ClientBundle};
 use crate::error::{EngineError, Result};
-use crate::params::{EngineParams, PIPELINE_DEPTH};
+use crate::params::EngineParams;
+use crate::schedule::{BucketLayouts, Schedule};
 use crate::weights::{EmbeddingTables, ModelDims, ModelWeights};
-
-/// The packed layouts of one length bucket (shared by client and server).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BucketLayouts {
-    /// Padded sequence length (a power of two).
-    pub bucket: usize,
-    /// Hidden states `bucket × hidden`, contiguous columns.
-    pub hidden: Layout,
-    /// Q, K, V and the attention context, head-interleaved.
-    pub heads: Layout,
-    /// Attention scores in diagonal form.
-    pub scores: Layout,
-    /// Hidden units of the reciprocal network per (token, head), head-interleaved.
-    pub reciprocal: Layout,
-    /// FFN activations `bucket × ffn`.
-    pub ffn: Layout,
-    /// Per-token logits before the token sum `bucket × labels`.
-    pub logits: Layout,
-}
-
-impl BucketLayouts {
-    /// Layouts for `bucket` rows in ciphertexts of `slots` slots.
-    pub fn new(dims: &ModelDims, slots: usize, bucket: usize) -> Result<Self> {
-        let hidden = Layout::new(slots, bucket, dims.hidden, ColumnOrder::Contiguous)?;
-        let heads = hidden.with_cols(
-            dims.hidden,
-            ColumnOrder::HeadInterleaved {
-                heads: dims.heads,
-                head_dim: dims.head_dim,
-            },
-        )?;
-        let scores = scores_layout(&heads)?;
-        let reciprocal = hidden.with_cols(
-            dims.heads * dims.reciprocal_hidden,
-            ColumnOrder::HeadInterleaved {
-                heads: dims.heads,
-                head_dim: dims.reciprocal_hidden,
-            },
-        )?;
-        let ffn = hidden.with_cols(dims.ffn, ColumnOrder::Contiguous)?;
-        let logits = hidden.with_cols(dims.labels.len(), ColumnOrder::Contiguous)?;
-        if logits.n_cts() != 1 {
-            return Err(EngineError::UnsupportedModel(format!(
-                "{} labels do not fit one ciphertext at bucket {bucket}",
-                dims.labels.len()
-            )));
-        }
-        Ok(Self {
-            bucket,
-            hidden,
-            heads,
-            scores,
-            reciprocal,
-            ffn,
-            logits,
-        })
-    }
-
-    /// Slots a bucket needs: every head-interleaved layout must fit its padded heads, and the
-    /// labels must fit one ciphertext.
-    pub fn slots_needed(dims: &ModelDims, bucket: usize) -> usize {
-        bucket * dims.heads.next_power_of_two().max(dims.labels.len())
-    }
-}
-
-/// What the client is asked to do with the ciphertexts of one request item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ItemKind {
-    /// Softmax surrogate: `ReLU(y^power)`, padded keys and rows zeroed (scores layout).
-    Softmax,
-    /// First hidden ReLU of the reciprocal network (reciprocal layout).
-    ReciprocalHidden1,
-    /// Second hidden ReLU of the reciprocal network (reciprocal layout).
-    ReciprocalHidden2,
-    /// FFN ReLU, times the row weight (FFN layout).
-    Ffn,
-    /// Residual stream refresh: identity times the row weight (hidden layout).
-    Residual,
-}
-
-impl ItemKind {
-    /// Wire tag.
-    pub fn tag(self) -> u8 {
-        match self {
-            ItemKind::Softmax => 1,
-            ItemKind::ReciprocalHidden1 => 2,
-            ItemKind::ReciprocalHidden2 => 3,
-            ItemKind::Ffn => 4,
-            ItemKind::Residual => 5,
-        }
-    }
-    /// Kind of a wire tag.
-    pub fn from_tag(tag: u8) -> Option<Self> {
-        Some(match tag {
-            1 => ItemKind::Softmax,
-            2 => ItemKind::ReciprocalHidden1,
-            3 => ItemKind::ReciprocalHidden2,
-            4 => ItemKind::Ffn,
-            5 => ItemKind::Residual,
-            _ => return None,
-        })
-    }
-    /// The layout of this item's ciphertexts.
-    pub fn layout(self, l: &BucketLayouts) -> &Layout {
-        match self {
-            ItemKind::Softmax => &l.scores,
-            ItemKind::ReciprocalHidden1 | ItemKind::ReciprocalHidden2 => &l.reciprocal,
-            ItemKind::Ffn => &l.ffn,
-            ItemKind::Residual => &l.hidden,
-        }
-    }
-}
-
-/// The client rounds of one encoder layer, in order; each inner list is one round's items.
-pub const LAYER_ROUNDS: [&[ItemKind]; 4] = [
-    &[ItemKind::Softmax],
-    &[ItemKind::ReciprocalHidden1],
-    &[ItemKind::ReciprocalHidden2],
-    &[ItemKind::Ffn, ItemKind::Residual],
-];
-
-/// The items of round `round` (1-based) of a model with `layers` layers: `(layer, kinds)`.
-pub fn round_items(layers: usize, round: u32) -> Option<(usize, &'static [ItemKind])> {
-    let r = (round as usize).checked_sub(1)?;
-    let layer = r / LAYER_ROUNDS.len();
-    (layer < layers).then(|| (layer, LAYER_ROUNDS[r % LAYER_ROUNDS.len()]))
-}
 
 /// Weights with the affine LayerNorms folded into the linear maps (see the module docs).
 #[derive(Debug, Clone)]
@@ -268,19 +127,19 @@ fn fold(w: &ModelWeights) -> Result<Vec<FoldedLayer>> {
 /// layouts, levels and `1/√d`) and the reciprocal network (one per model). Encoded once per
 /// bucket and shared by the layers' programs.
 #[derive(Debug)]
-pub(crate) struct SharedProgram {
-    pub qk: QkScores<CkksPlaintext>,
-    pub t1_mul: PlainMatrix<CkksPlaintext>,
-    pub t1_add: PlainMatrix<CkksPlaintext>,
-    pub t2: EncodedLinear<CkksPlaintext>,
-    pub t3: EncodedLinear<CkksPlaintext>,
-    pub av: AttentionValues<CkksPlaintext>,
+pub(crate) struct SharedProgram<P> {
+    pub qk: QkScores<P>,
+    pub t1_mul: PlainMatrix<P>,
+    pub t1_add: PlainMatrix<P>,
+    pub t2: EncodedLinear<P>,
+    pub t3: EncodedLinear<P>,
+    pub av: AttentionValues<P>,
     /// With [`AvMasking::WeightRows`]: splits the fresh softmax reply `e` by rows (lo/hi, see
     /// [`RowSplit`]) in the level it has to spare above `T(s)`.
-    pub split: Option<RowSplit<CkksPlaintext>>,
+    pub split: Option<RowSplit<P>>,
 }
 
-impl SharedProgram {
+impl<P: PlaintextSize> SharedProgram<P> {
     /// Bytes of encoded masks and weights.
     pub fn heap_bytes(&self) -> usize {
         self.qk.heap_bytes()
@@ -295,21 +154,19 @@ impl SharedProgram {
 
 /// Encoded operations of one layer at one bucket.
 #[derive(Debug)]
-pub(crate) struct LayerProgram {
-    pub q: EncodedLinear<CkksPlaintext>,
-    pub k: EncodedLinear<CkksPlaintext>,
-    pub v: EncodedLinear<CkksPlaintext>,
-    pub shared: Arc<SharedProgram>,
+pub(crate) struct LayerProgram<P> {
+    pub q: EncodedLinear<P>,
+    pub k: EncodedLinear<P>,
+    pub v: EncodedLinear<P>,
+    pub shared: Arc<SharedProgram<P>>,
     pub shift: f64,
-    pub wo: EncodedLinear<CkksPlaintext>,
-    pub w1: EncodedLinear<CkksPlaintext>,
-    pub tail: LayerTail,
+    pub wo: EncodedLinear<P>,
+    pub w1: EncodedLinear<P>,
+    pub tail: LayerTail<P>,
     pub plan: Plan,
-    /// Scale of the ciphertexts sent to the client (see [`EngineParams::request_log_scale`]).
-    pub request_scale: f64,
 }
 
-impl LayerProgram {
+impl<P: PlaintextSize> LayerProgram<P> {
     /// Bytes of the layer's own encoded weights (without the [`SharedProgram`]).
     pub fn heap_bytes(&self) -> usize {
         let lins = [&self.q, &self.k, &self.v, &self.wo, &self.w1];
@@ -339,65 +196,19 @@ impl LayerProgram {
 /// The end of a layer: the next layer's input, or the logits.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one per layer program, never moved in a hot loop
-pub(crate) enum LayerTail {
+pub(crate) enum LayerTail<P> {
     Next {
-        w2: EncodedLinear<CkksPlaintext>,
-        g12: PlainMatrix<CkksPlaintext>,
+        w2: EncodedLinear<P>,
+        g12: PlainMatrix<P>,
     },
     Logits {
-        m1: EncodedLinear<CkksPlaintext>,
-        m2: EncodedLinear<CkksPlaintext>,
+        m1: EncodedLinear<P>,
+        m2: EncodedLinear<P>,
         /// Token-sum rotation steps `1, 2, 4, …, bucket/2`.
         steps: Vec<usize>,
         /// `c·Wc + bc` at the start of each label's chunk.
-        bias: CkksPlaintext,
+        bias: P,
     },
-}
-
-/// The level every ciphertext the client decrypts is sent at: `max_level - PIPELINE_DEPTH`
-/// (the engine's `extra_levels`, 0 by default: only `q_0` is left, 2^14 or more above the
-/// request scale). The server drops requests and logits to it before sending them.
-pub fn decrypt_level(params: &Parameters) -> usize {
-    params.max_level().saturating_sub(PIPELINE_DEPTH)
-}
-
-/// The level of Q and K for Q·Kᵀ (three levels above [`decrypt_level`]: where the projections
-/// leave them).
-pub fn qk_level(params: &Parameters) -> usize {
-    decrypt_level(params) + 3
-}
-
-/// The level of every layer's input `X` (the client encrypts its input there) when attention ·
-/// V uses `masking`: the value projection `V`, one level below `X`, meets `P = e ⊙ T(s)` (two
-/// levels below fresh) where A·V takes it, and no prime more is carried through the Q/K/V
-/// products. With [`AvMasking::WeightRows`] that is one level below `P` (`X` two below fresh),
-/// with [`AvMasking::ValueTokens`] at `P`'s level (`X` one below fresh).
-pub fn input_level(params: &Parameters, masking: AvMasking) -> usize {
-    params.max_level()
-        - match masking {
-            AvMasking::WeightRows => 2,
-            AvMasking::ValueTokens => 1,
-        }
-}
-
-/// The level the client encrypts a reply item at (`input_level`: the bucket's
-/// [`input_level`]): the lowest from which the server's next segment still ends at
-/// [`decrypt_level`]. The reciprocal network's first hidden layer and the last layer's
-/// FFN/residual feed one linear map before the next decryption; the other FFN/residual feed
-/// the output projection to the next layer's input (one level above `input_level`); the rest
-/// feed the deep segments and come back at the top level.
-pub fn reply_level(
-    params: &Parameters,
-    input_level: usize,
-    kind: ItemKind,
-    last_layer: bool,
-) -> usize {
-    match kind {
-        ItemKind::ReciprocalHidden1 => decrypt_level(params) + 1,
-        ItemKind::Ffn | ItemKind::Residual if last_layer => decrypt_level(params) + 1,
-        ItemKind::Ffn | ItemKind::Residual => input_level + 1,
-        _ => params.max_level(),
-    }
 }
 
 /// The attention · V masking [`ServerModel::compile`] picks for a bucket when
@@ -445,40 +256,21 @@ fn reciprocal_mats(
     (mul, add, t2, b2, t3)
 }
 
-/// Checks and constants both encoders use: the top level, the layer input level and Δ.
-fn levels(
-    enc: &CkksBackend,
-    params: &Parameters,
-    masking: AvMasking,
-) -> Result<(usize, usize, f64)> {
-    let top = params.max_level();
-    let lx = input_level(params, masking);
-    if lx < 3 || top < PIPELINE_DEPTH {
-        return Err(EngineError::NotEnoughLevels {
-            needed: PIPELINE_DEPTH,
-            available: top,
-        });
-    }
-    Ok((top, lx, enc.default_scale()))
-}
-
-/// A BSGS map of a ciphertext at the encoding scale; the output at `out_scale` (`None`: the
-/// same).
-fn bsgs(
-    enc: &CkksBackend,
+/// A BSGS map of a ciphertext at the encoding scale `delta`; the output at `out_scale`
+/// (`None`: the same).
+fn bsgs<B: SlotBackend>(
+    enc: &B,
     (m, b): (&Matrix, Option<&[f64]>),
-    input: &Layout,
-    out_order: ColumnOrder,
-    level: usize,
+    (input, out_order): (&Layout, ColumnOrder),
+    (level, delta): (usize, f64),
     out_scale: Option<f64>,
-) -> Result<EncodedLinear<CkksPlaintext>> {
+) -> Result<EncodedLinear<B::Pt>> {
     let spec = LinearSpec {
         weights: m,
         bias: b,
         out_order,
         out_scale,
     };
-    let delta = enc.default_scale();
     Ok(EncodedLinear::from_spec(
         enc,
         spec,
@@ -489,66 +281,54 @@ fn bsgs(
     )?)
 }
 
-/// Encodes the parts every layer shares for A·V's `masking`; what the client decrypts (scores,
-/// `z₁`, `z₂`) comes out at `request_scale`.
-fn encode_shared(
-    enc: &CkksBackend,
+/// Encodes the parts every layer shares at the levels of `sched`; what the client decrypts
+/// (scores, `z₁`, `z₂`) comes out at the request scale.
+pub(crate) fn encode_shared<B: SlotBackend>(
+    enc: &B,
     w: &ModelWeights,
-    l: &BucketLayouts,
-    params: &Parameters,
-    (masking, request_scale): (AvMasking, f64),
-) -> Result<SharedProgram> {
-    let (top, lx, delta) = levels(enc, params, masking)?;
+    sched: &Schedule,
+) -> Result<SharedProgram<B::Pt>> {
+    let (l, lv) = (sched.layouts(), sched.levels());
+    let (delta, request) = (sched.delta(), sched.request_scale());
     let d = &w.dims;
     let factor = d.softmax_scale / (d.head_dim as f64).sqrt();
-    // Q and K leave the projections at `lx - 1`, three levels above the decrypt level.
-    let qk = QkScores::with_out_scale(
-        enc,
-        &l.heads,
-        qk_level(params),
-        (delta, delta),
-        factor,
-        request_scale,
-    )?;
+    let qk = QkScores::with_out_scale(enc, &l.heads, lv.qk, (delta, delta), factor, request)?;
 
-    // Reciprocal network on fresh `e` / `h₁` / `h₂` at the top level.
+    // Reciprocal network on fresh `e` / `h₁` / `h₂`.
     let (mul, add, t2m, t2b, t3m) = reciprocal_mats(w, l);
-    let t1_scale = enc.rescale_factor(top) * request_scale / delta;
-    let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, top, t1_scale)?;
-    let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, top - 1, request_scale)?;
-    let low = top - PIPELINE_DEPTH + 1;
-    let rec = &l.reciprocal;
+    let t1_scale = sched.multiplier_scale(lv.top, delta, request);
+    let t1_mul = PlainMatrix::encode(enc, &mul, &l.reciprocal, lv.top, t1_scale)?;
+    let t1_add = PlainMatrix::encode(enc, &add, &l.reciprocal, lv.top - 1, request)?;
+    let rec = (&l.reciprocal, l.reciprocal.order());
     let t2 = bsgs(
         enc,
         (&t2m, Some(&t2b)),
         rec,
-        rec.order(),
-        low,
-        Some(request_scale),
+        (lv.reciprocal_reply, delta),
+        Some(request),
     )?;
     let t3_bias = vec![w.reciprocal.b3; d.heads * l.bucket];
     let t3 = bsgs(
         enc,
         (&t3m, Some(&t3_bias)),
-        rec,
-        l.scores.order(),
-        top,
+        (&l.reciprocal, l.scores.order()),
+        (lv.top, delta),
         None,
     )?;
 
-    // P = e ⊙ T at top - 2 with scale Δ²/q_{top-1} (e fresh, T at top - 1): with row parts,
-    // e is split by rows to top - 1 first (its spare level); V at lx - 1.
+    // P = e ⊙ T (e fresh, T one level lower): with row parts, e is split by rows in its
+    // spare level first.
+    let masking = sched.attention_values();
     let split = match masking {
-        AvMasking::WeightRows => Some(RowSplit::new(enc, &l.scores, top, delta)?),
+        AvMasking::WeightRows => Some(RowSplit::new(enc, &l.scores, lv.top, delta)?),
         AvMasking::ValueTokens => None,
     };
-    let p_scale = delta * delta / enc.rescale_factor(top - 1);
     let av = AttentionValues::new(
         enc,
         (&l.scores, &l.heads),
         masking,
-        (top - 2, p_scale),
-        (lx - 1, delta),
+        (lv.probs, sched.probs_scale()),
+        (lv.values, delta),
     )?;
     Ok(SharedProgram {
         qk,
@@ -561,23 +341,29 @@ fn encode_shared(
     })
 }
 
-/// Encodes one layer's own weights; what the client decrypts (`u`, the logits) comes out at
-/// `request_scale`.
-fn encode_layer(
-    enc: &CkksBackend,
+/// Encodes one layer's own weights at the levels of `sched`; what the client decrypts (`u`,
+/// the logits) comes out at the request scale.
+pub(crate) fn encode_layer<B: SlotBackend>(
+    enc: &B,
     w: &ModelWeights,
     f: &FoldedLayer,
-    l: &BucketLayouts,
-    params: &Parameters,
-    (shared, request_scale): (Arc<SharedProgram>, f64),
-) -> Result<LayerProgram> {
-    let (top, lx, delta) = levels(enc, params, shared.av.masking())?;
-    let lin = |m: &Matrix, b: Option<&[f64]>, input: &Layout, order, level| {
-        bsgs(enc, (m, b), input, order, level, None)
+    sched: &Schedule,
+    shared: Arc<SharedProgram<B::Pt>>,
+) -> Result<LayerProgram<B::Pt>> {
+    let (l, lv) = (sched.layouts(), sched.levels());
+    let (delta, request) = (sched.delta(), sched.request_scale());
+    let lin = |m: &Matrix, b: Option<&[f64]>, input: &Layout, level| {
+        bsgs(
+            enc,
+            (m, b),
+            (input, ColumnOrder::Contiguous),
+            (level, delta),
+            None,
+        )
     };
     let to_client = |m: &Matrix, b: Option<&[f64]>, input: &Layout, level| {
-        let out = Some(request_scale);
-        bsgs(enc, (m, b), input, ColumnOrder::Contiguous, level, out)
+        let order = ColumnOrder::Contiguous;
+        bsgs(enc, (m, b), (input, order), (level, delta), Some(request))
     };
     let heads_order = l.heads.order();
     // Q, K and V share the baby-step rotations of X (one giant step for the three).
@@ -588,43 +374,33 @@ fn encode_layer(
             out_order: heads_order,
             out_scale: None,
         });
-    let mut qkv = EncodedLinear::new_shared(enc, &specs, &l.hidden, lx, delta, LinearMethod::Bsgs)?
-        .into_iter();
-    let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-        return Err(
-            he_linalg::Error::Unsupported("internal: Q/K/V projections missing".into()).into(),
-        );
-    };
+    let [q, k, v]: [EncodedLinear<B::Pt>; 3] =
+        EncodedLinear::new_shared(enc, &specs, &l.hidden, lv.input, delta, LinearMethod::Bsgs)?
+            .try_into()
+            .map_err(|_| EngineError::Internal("Q/K/V projections: not three maps".into()))?;
     let d = &w.dims;
-    let low = top - PIPELINE_DEPTH + 1;
-    let ctx_level = (top - 3).min(lx - 1) - 1;
-    let wo = lin(
-        &f.wo,
-        Some(&f.bo),
-        &l.heads,
-        ColumnOrder::Contiguous,
-        ctx_level,
-    )?;
-    let w1 = to_client(&f.w1, Some(&f.b1), &l.hidden, ctx_level - 1)?;
+    let wo = lin(&f.wo, Some(&f.bo), &l.heads, lv.context)?;
+    let w1 = to_client(&f.w1, Some(&f.b1), &l.hidden, lv.residual)?;
 
     let (tail, tail_plan) = match &f.tail {
         FoldedTail::Next { w2, g12, c } => {
-            let w2 = lin(w2, Some(c), &l.ffn, ColumnOrder::Contiguous, lx + 1)?;
+            let w2 = lin(w2, Some(c), &l.ffn, lv.ffn_reply)?;
             let gm = Matrix::from_fn(l.bucket, d.hidden, |_, j| g12[j]);
-            let g12 = PlainMatrix::encode(enc, &gm, &l.hidden, lx + 1, enc.rescale_factor(lx + 1))?;
+            let g_scale = sched.modulus(lv.ffn_reply);
+            let g12 = PlainMatrix::encode(enc, &gm, &l.hidden, lv.ffn_reply, g_scale)?;
             let mut p = vec![w2.plan(), OpPlan::plaintext("gamma1*gamma2", 1)];
             p[0].name = format!("FFN out {}", p[0].name);
             (LayerTail::Next { w2, g12 }, p)
         }
         FoldedTail::Logits { m1, m2, bias } => {
-            let m1 = to_client(m1, None, &l.ffn, low)?;
-            let m2 = to_client(m2, None, &l.hidden, low)?;
+            let m1 = to_client(m1, None, &l.ffn, lv.last_reply)?;
+            let m2 = to_client(m2, None, &l.hidden, lv.last_reply)?;
             let steps: Vec<usize> = (0..l.bucket.trailing_zeros()).map(|j| 1 << j).collect();
             let mut v = vec![0.0; enc.slots()];
             for (c, b) in bias.iter().enumerate() {
                 v[l.logits.position(0, c).1] = *b;
             }
-            let bias = enc.encode(&v, low - 1, request_scale)?;
+            let bias = enc.encode(&v, sched.logits().level, request)?;
             let sum = OpPlan {
                 name: format!("token sum x{}", l.bucket),
                 rotation_steps: steps.iter().copied().collect(),
@@ -682,7 +458,6 @@ fn encode_layer(
         w1,
         tail,
         plan,
-        request_scale,
     })
 }
 
@@ -692,33 +467,14 @@ fn weight_encoder(params: &Parameters, compact: bool) -> CkksBackend {
     CkksBackend::encoder_only(params).compact_plaintexts(compact)
 }
 
+/// Every layer's encoded program at one bucket.
+type EncodedLayers = Vec<Arc<LayerProgram<CkksPlaintext>>>;
+
 /// One bucket's encoded layers (empty unless pre-encoded), their plans and the summary.
 struct EncodedBucket {
-    programs: Vec<Arc<LayerProgram>>,
+    programs: Vec<Arc<LayerProgram<CkksPlaintext>>>,
     layer_plans: Vec<Plan>,
     plan: BucketPlan,
-}
-
-/// Summary of one compiled bucket (for reports and the client bundle).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BucketPlan {
-    /// Padded length.
-    pub bucket: usize,
-    /// Exact rotation steps (Galois keys) the program uses at this bucket.
-    pub galois_steps: Vec<usize>,
-    /// Key switches of one inference (all layers).
-    pub key_switches: u64,
-    /// Encoded plaintexts of all layers' linear maps (the reciprocal network, the same in
-    /// every layer, counted once).
-    pub plaintexts: usize,
-    /// Bytes of the server's encoded weights and masks at this bucket (all layers, the parts
-    /// every layer shares counted once; what pre-encoding keeps in memory).
-    #[serde(default)]
-    pub weight_bytes: usize,
-    /// Ciphertexts in each round's request (the same count goes back up), round by round.
-    pub round_ciphertexts: Vec<usize>,
-    /// How attention · V is masked; sets the layer input level ([`input_level`]).
-    pub attention_values: AvMasking,
 }
 
 /// The compiled server program. Holds no key: sessions bring their evaluation keys.
@@ -728,10 +484,10 @@ pub struct ServerModel {
     weights: ModelWeights,
     folded: Vec<FoldedLayer>,
     embeddings: EmbeddingTables,
-    layouts: BTreeMap<usize, BucketLayouts>,
+    schedules: BTreeMap<usize, Schedule>,
     plans: BTreeMap<usize, BucketPlan>,
     layer_plans: BTreeMap<usize, Vec<Plan>>,
-    encoded: Mutex<BTreeMap<usize, Arc<Vec<Arc<LayerProgram>>>>>,
+    encoded: Mutex<BTreeMap<usize, Arc<EncodedLayers>>>,
     /// Largest decrypted magnitude measured when compiling from a model.
     calibrated: Option<f64>,
 }
@@ -753,10 +509,9 @@ impl ServerModel {
     ///
     /// The encoding scale is `engine.log_scale`; the ciphertexts the client decrypts may have
     /// a lower one: the largest value the client will decrypt is measured on the plaintext
-    /// model (random token sequences of the smallest and largest bucket, [`crate::calibrate`])
+    /// model (random token sequences of the smallest and largest bucket)
     /// and their scale `Δ_r` leaves it 16× below the client's refusal threshold `q_0/4Δ_r`,
-    /// down to 2^[`crate::calibrate::MIN_REQUEST_LOG_SCALE`]; models with larger values get
-    /// one extra level instead ([`crate::calibrate::fit_headroom`]). See
+    /// down to 2^26; models with larger values get one extra level instead. See
     /// [`ServerModel::calibrated_magnitude`].
     pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
@@ -842,16 +597,16 @@ impl ServerModel {
             .max()
             .unwrap_or(1);
         let params = engine.choose(slots)?;
-        if params.max_level() < PIPELINE_DEPTH {
-            return Err(EngineError::NotEnoughLevels {
-                needed: PIPELINE_DEPTH,
-                available: params.max_level(),
-            });
-        }
         let folded = fold(&weights)?;
-        let mut layouts = BTreeMap::new();
+        let request_scale = engine.request_scale(params.default_scale());
+        let mut schedules = BTreeMap::new();
         for &b in &buckets {
-            layouts.insert(b, BucketLayouts::new(&weights.dims, params.max_slots(), b)?);
+            let layouts = BucketLayouts::new(&weights.dims, params.max_slots(), b)?;
+            let masking = engine
+                .attention_values
+                .unwrap_or_else(|| auto_masking(&weights.dims, &layouts));
+            let sched = Schedule::for_params(&weights.dims, &params, (b, masking), request_scale)?;
+            schedules.insert(b, sched);
         }
         let mut model = Self {
             params,
@@ -862,7 +617,7 @@ impl ServerModel {
             weights,
             folded,
             embeddings,
-            layouts,
+            schedules,
             plans: BTreeMap::new(),
             layer_plans: BTreeMap::new(),
             encoded: Mutex::new(BTreeMap::new()),
@@ -902,18 +657,12 @@ impl ServerModel {
         let (mut ks, mut pts, mut bytes) = (0, 0, 0);
         let mut programs = Vec::new();
         let mut layer_plans = Vec::new();
-        let masking = self.masking(b)?;
-        let shared = Arc::new(encode_shared(
-            enc,
-            &self.weights,
-            self.layouts(b)?,
-            &self.params,
-            (masking, self.request_scale()),
-        )?);
+        let sched = self.schedule(b)?;
+        let shared = Arc::new(encode_shared(enc, &self.weights, sched)?);
         bytes += shared.heap_bytes();
         pts += shared.t2.n_plaintexts() + shared.t3.n_plaintexts();
-        for layer in 0..self.folded.len() {
-            let p = self.encode(enc, b, layer, shared.clone())?;
+        for f in &self.folded {
+            let p = encode_layer(enc, &self.weights, f, sched, shared.clone())?;
             layer_plans.push(p.plan.clone());
             steps.extend(p.plan.galois_steps());
             ks += p.plan.key_switches();
@@ -923,10 +672,10 @@ impl ServerModel {
                 programs.push(Arc::new(p));
             }
         }
-        let l = &self.layouts[&b];
-        let round_ciphertexts = (0..self.folded.len())
-            .flat_map(|_| LAYER_ROUNDS.iter())
-            .map(|kinds| kinds.iter().map(|k| k.layout(l).n_cts()).sum())
+        let round_ciphertexts = sched
+            .rounds()
+            .iter()
+            .map(|r| r.items.iter().map(|it| it.ciphertexts).sum())
             .collect();
         Ok(EncodedBucket {
             programs,
@@ -938,31 +687,17 @@ impl ServerModel {
                 plaintexts: pts,
                 weight_bytes: bytes,
                 round_ciphertexts,
-                attention_values: masking,
+                attention_values: sched.attention_values(),
             },
         })
     }
 
-    fn encode(
+    /// The encoded program of `layer` at `bucket` (cached, or encoded now).
+    pub(crate) fn layer_program(
         &self,
-        enc: &CkksBackend,
         bucket: usize,
         layer: usize,
-        shared: Arc<SharedProgram>,
-    ) -> Result<LayerProgram> {
-        let l = self.layouts(bucket)?;
-        encode_layer(
-            enc,
-            &self.weights,
-            &self.folded[layer],
-            l,
-            &self.params,
-            (shared, self.request_scale()),
-        )
-    }
-
-    /// The encoded program of `layer` at `bucket` (cached, or encoded now).
-    pub(crate) fn layer_program(&self, bucket: usize, layer: usize) -> Result<Arc<LayerProgram>> {
+    ) -> Result<Arc<LayerProgram<CkksPlaintext>>> {
         if let Some(p) = self
             .encoded
             .lock()
@@ -973,28 +708,27 @@ impl ServerModel {
         }
         // Not pre-encoded: the shared part too is encoded per layer and dropped after use.
         let enc = weight_encoder(&self.params, true);
-        let shared = encode_shared(
+        let sched = self.schedule(bucket)?;
+        let folded = self.folded.get(layer).ok_or_else(|| {
+            EngineError::Internal(format!("layer {layer} of {}", self.folded.len()))
+        })?;
+        let shared = Arc::new(encode_shared(&enc, &self.weights, sched)?);
+        Ok(Arc::new(encode_layer(
             &enc,
             &self.weights,
-            self.layouts(bucket)?,
-            &self.params,
-            (self.masking(bucket)?, self.request_scale()),
-        )?;
-        Ok(Arc::new(self.encode(
-            &enc,
-            bucket,
-            layer,
-            Arc::new(shared),
+            folded,
+            sched,
+            shared,
         )?))
     }
 
-    /// A·V's masking at a compiled bucket: the engine's setting, or [`auto_masking`].
-    fn masking(&self, bucket: usize) -> Result<AvMasking> {
-        let l = self.layouts(bucket)?;
-        Ok(self
-            .engine
-            .attention_values
-            .unwrap_or_else(|| auto_masking(&self.weights.dims, l)))
+    /// The model's weights.
+    pub(crate) fn weights(&self) -> &ModelWeights {
+        &self.weights
+    }
+    /// The folded layers.
+    pub(crate) fn folded(&self) -> &[FoldedLayer] {
+        &self.folded
     }
 
     /// The largest value the client decrypts on the calibration inputs (when compiled from a
@@ -1026,15 +760,15 @@ impl ServerModel {
     }
     /// Client rounds of one inference (4 per layer).
     pub fn rounds(&self) -> usize {
-        self.folded.len() * LAYER_ROUNDS.len()
+        self.schedules.values().next().map_or(0, Schedule::n_rounds)
     }
     /// The compiled buckets, ascending.
     pub fn buckets(&self) -> &[usize] {
         &self.engine.buckets
     }
-    /// Layouts of a compiled bucket.
-    pub fn layouts(&self, bucket: usize) -> Result<&BucketLayouts> {
-        self.layouts
+    /// The schedule of a compiled bucket: layouts, levels, scales and rounds.
+    pub fn schedule(&self, bucket: usize) -> Result<&Schedule> {
+        self.schedules
             .get(&bucket)
             .ok_or_else(|| EngineError::UnknownBucket {
                 bucket,
@@ -1051,15 +785,6 @@ impl ServerModel {
                 bucket,
                 available: self.engine.buckets.clone(),
             })
-    }
-
-    /// The level of every layer's input at a compiled bucket ([`input_level`] for its
-    /// [`BucketPlan::attention_values`]).
-    pub fn input_level(&self, bucket: usize) -> Result<usize> {
-        Ok(input_level(
-            &self.params,
-            self.plan(bucket)?.attention_values,
-        ))
     }
 
     /// The plan summary of a compiled bucket.
@@ -1086,9 +811,10 @@ impl ServerModel {
     }
     /// What the client needs: parameters, shapes, buckets, Galois steps and the embedding
     /// tables — none of the server's other weights.
-    pub fn client_bundle(&self) -> crate::client::ClientBundle {
-        crate::client::ClientBundle {
+    pub fn client_bundle(&self) -> ClientBundle {
+        ClientBundle {
             params: self.params.literal().clone(),
+            request_scale: self.request_scale(),
             dims: self.weights.dims.clone(),
             plans: self.plans.values().cloned().collect(),
             embeddings: self.embeddings.clone(),

@@ -5,41 +5,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ckks::{Ciphertext, Parameters, SeededCiphertext};
-use he_linalg::attention::row_sums;
-use he_linalg::{
-    CkksBackend, EncodedLinear, OpCounts, PackedMatrix, SlotBackend, ops, scales_match,
-};
+use he_linalg::{CkksBackend, CkksPlaintext, OpCounts, PackedMatrix, SlotBackend, scales_match};
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
-use crate::messages::{
+use crate::program::{LayerProgram, ServerModel};
+use crate::schedule::At;
+use crate::segments::{Carry, Outcome, Segments};
+use crate::wire::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest, Step,
-};
-use crate::program::{
-    BucketLayouts, ItemKind, LayerProgram, LayerTail, ServerModel, decrypt_level, reply_level,
-    round_items,
 };
 
 type Packed = PackedMatrix<Ciphertext>;
 
-/// Where the server stands inside one inference, waiting for the client.
-enum Pending {
-    /// Sent `y`; waits for `e`.
-    Softmax { x: Packed, v: Packed },
-    /// Sent `z₁`; waits for `h₁`.
-    Reciprocal1 { x: Packed, v: Packed, e: Packed },
-    /// Sent `z₂`; waits for `h₂`.
-    Reciprocal2 { x: Packed, v: Packed, e: Packed },
-    /// Sent `u` and `S₁`; waits for `ReLU(u)` and the refreshed `S₁`.
-    Ffn,
-}
-
+/// The inference in progress, waiting for the client.
 struct Running {
     bucket: usize,
     layer: usize,
     round: u32,
-    prog: Arc<LayerProgram>,
-    pending: Pending,
+    prog: Arc<LayerProgram<CkksPlaintext>>,
+    carry: Carry<Ciphertext>,
 }
 
 /// A named intermediate value recorded for debugging and tests.
@@ -72,7 +57,7 @@ fn check_fresh(
     params: &Parameters,
     cts: Vec<SeededCiphertext>,
     expected: usize,
-    level: usize,
+    at: At,
     what: &str,
 ) -> Result<Vec<Ciphertext>> {
     if cts.len() != expected {
@@ -92,17 +77,18 @@ fn check_fresh(
                 index: i,
                 problem,
             };
-            if ct.level() != level {
+            if ct.level() != at.level {
                 return Err(bad(format!(
-                    "level {}, expected a fresh ciphertext at level {level}",
+                    "level {}, expected a fresh ciphertext at level {}",
                     ct.level(),
+                    at.level
                 )));
             }
-            if !scales_match(ct.scale(), params.default_scale()) {
+            if !scales_match(ct.scale(), at.scale) {
                 return Err(bad(format!(
                     "scale 2^{:.3}, expected 2^{:.3}",
                     ct.scale().log2(),
-                    params.default_scale().log2()
+                    at.scale.log2()
                 )));
             }
             if ct.slots() != params.max_slots() {
@@ -180,13 +166,29 @@ impl ServerSession {
         }
     }
 
-    fn tap(taps: &mut Option<Vec<Tap>>, name: String, value: &Packed) {
-        if let Some(t) = taps.as_mut() {
-            t.push(Tap {
-                name,
-                value: value.clone(),
-            });
-        }
+    /// The segments of `bucket` on this session's keys, recording taps if asked to.
+    fn run_segment<T>(
+        &mut self,
+        bucket: usize,
+        f: impl FnOnce(&mut Segments<'_, CkksBackend>) -> Result<T>,
+    ) -> Result<T> {
+        let sched = self.model.schedule(bucket)?;
+        let recording = self.taps.is_some();
+        let taps = &mut self.taps;
+        let mut sink = |name: String, value: &Packed| {
+            if let Some(t) = taps.as_mut() {
+                t.push(Tap {
+                    name,
+                    value: value.clone(),
+                });
+            }
+        };
+        let mut segments = Segments {
+            b: &self.backend,
+            sched,
+            taps: if recording { Some(&mut sink) } else { None },
+        };
+        f(&mut segments)
     }
 
     /// Discards the inference in progress, if any (e.g. after the client gave up on it), so
@@ -203,17 +205,17 @@ impl ServerSession {
                 state: self.state_name(),
             });
         }
-        let layouts = self.model.layouts(input.bucket)?.clone();
-        let params = self.model.params();
+        let sched = self.model.schedule(input.bucket)?;
+        let layout = sched.layouts().hidden.clone();
         let cts = check_fresh(
-            params,
+            self.model.params(),
             input.cts,
-            layouts.hidden.n_cts(),
-            self.model.input_level(input.bucket)?,
+            layout.n_cts(),
+            sched.input(),
             "input",
         )?;
         self.compute.clear();
-        let x = PackedMatrix::new(layouts.hidden.clone(), cts)?;
+        let x = PackedMatrix::new(layout, cts)?;
         self.begin_layer(input.bucket, 0, 1, x)
     }
 
@@ -226,54 +228,43 @@ impl ServerSession {
                 .push((format!("layer{layer}.encode_weights"), t0.elapsed()));
         }
         let t0 = Instant::now();
-        let b = &self.backend;
-        Self::tap(&mut self.taps, format!("layer{layer}.input"), &x);
-        // Q, K and V share the hoisted baby rotations of X; their outputs are computed in
-        // parallel (bit-identical to serial).
-        let mut qkv = EncodedLinear::apply_many(b, &[&prog.q, &prog.k, &prog.v], &x)?.into_iter();
-        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-            return Err(he_linalg::Error::Unsupported(
-                "internal: Q/K/V projections missing".into(),
-            )
-            .into());
-        };
-        // Q·Kᵀ drops Q and K to its level (`program::qk_level`) if they are above it.
-        let y = prog.shared.qk.apply(b, &q, &k)?;
-        let y = ops::add_const(b, &y, prog.shift)?;
+        let outcome = self.run_segment(bucket, |s| s.attention_scores(&prog, layer, x))?;
         self.compute
             .push((format!("layer{layer}.attention_scores"), t0.elapsed()));
-        let req = self.request(round, layer, vec![(ItemKind::Softmax, y)])?;
-        self.state = Some(Running {
-            bucket,
-            layer,
-            round,
-            prog,
-            pending: Pending::Softmax { x, v },
-        });
-        Ok(Step::NeedRelu(req))
+        self.pause(bucket, layer, round, prog, outcome)
     }
 
-    /// A round request, every ciphertext dropped to the level the client decrypts at (fewer
-    /// limbs to send).
-    fn request(
-        &self,
-        round: u32,
+    /// Sends a segment's request and waits for the reply (or finishes with the logits).
+    fn pause(
+        &mut self,
+        bucket: usize,
         layer: usize,
-        items: Vec<(ItemKind, Packed)>,
-    ) -> Result<ReluRequest> {
-        let (b, level) = (&self.backend, decrypt_level(self.model.params()));
-        let items = items
-            .into_iter()
-            .map(|(kind, m)| {
-                let cts = m
-                    .into_cts()
-                    .iter()
-                    .map(|c| b.drop_to_level(c, level.min(c.level())))
-                    .collect::<he_linalg::Result<Vec<_>>>()?;
-                Ok(ReluItem { kind, layer, cts })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ReluRequest { round, items })
+        round: u32,
+        prog: Arc<LayerProgram<CkksPlaintext>>,
+        outcome: Outcome<Ciphertext>,
+    ) -> Result<Step> {
+        match outcome {
+            Outcome::Request(items, carry) => {
+                let items = items
+                    .into_iter()
+                    .map(|(kind, m)| ReluItem {
+                        kind,
+                        layer,
+                        cts: m.into_cts(),
+                    })
+                    .collect();
+                self.state = Some(Running {
+                    bucket,
+                    layer,
+                    round,
+                    prog,
+                    carry,
+                });
+                Ok(Step::NeedRelu(ReluRequest { round, items }))
+            }
+            Outcome::NextLayer(x) => self.begin_layer(bucket, layer + 1, round, x),
+            Outcome::Logits(ct) => Ok(Step::Done(EncryptedLogits { bucket, ct })),
+        }
     }
 
     /// Continues with the client's answer to the pending round.
@@ -290,157 +281,43 @@ impl ServerSession {
                 expected: run.round,
             });
         }
-        let layouts = self.model.layouts(run.bucket)?.clone();
-        let (layer, kinds) = round_items(self.model.layers(), run.round).ok_or_else(|| {
-            EngineError::UnexpectedMessage {
-                got: "ReLU reply",
-                state: "past the last round".into(),
-            }
-        })?;
-        if reply.items.len() != kinds.len() {
+        let sched = self.model.schedule(run.bucket)?;
+        let round = sched
+            .round(run.round)
+            .ok_or_else(|| EngineError::Internal(format!("round {} is pending", run.round)))?;
+        if reply.items.len() != round.items.len() {
             return Err(EngineError::WrongCount {
                 what: format!("items in the reply to round {}", run.round),
-                expected: kinds.len(),
+                expected: round.items.len(),
                 got: reply.items.len(),
             });
         }
-        let mut fresh = Vec::with_capacity(kinds.len());
-        for (cts, &k) in reply.items.into_iter().zip(kinds) {
-            let layout = k.layout(&layouts);
-            let params = self.model.params();
-            let last = layer + 1 == self.model.layers();
-            let level = reply_level(params, self.model.input_level(run.bucket)?, k, last);
-            let cts = check_fresh(params, cts, layout.n_cts(), level, &format!("{k:?}"))?;
+        let mut fresh = Vec::with_capacity(round.items.len());
+        for (cts, it) in reply.items.into_iter().zip(&round.items) {
+            let layout = it.kind.layout(sched.layouts());
+            let what = format!("{:?}", it.kind);
+            let cts = check_fresh(self.model.params(), cts, it.ciphertexts, it.reply, &what)?;
             fresh.push(PackedMatrix::new(layout.clone(), cts)?);
         }
         // Validated: the round is consumed whatever happens next.
-        let run = self.state.take().expect("checked above");
-        let result = self.advance(run, fresh, &layouts);
-        if result.is_err() {
-            self.state = None;
-        }
-        result
-    }
-
-    fn advance(&mut self, run: Running, mut fresh: Vec<Packed>, l: &BucketLayouts) -> Result<Step> {
         let Running {
             bucket,
             layer,
             round,
             prog,
-            pending,
-        } = run;
-        let b = &self.backend;
+            carry,
+        } = self.state.take().expect("checked above");
         let t0 = Instant::now();
-        let next = round + 1;
-        let (segment, step, pending) = match pending {
-            Pending::Softmax { x, v } => {
-                let e = fresh.remove(0);
-                let s = row_sums(b, &e)?;
-                let s = PackedMatrix::new(
-                    l.reciprocal.clone(),
-                    vec![s.cts()[0].clone(); l.reciprocal.n_cts()],
-                )?;
-                let z1 = ops::add_plain(
-                    b,
-                    &ops::mul_plain(b, &s, &prog.shared.t1_mul)?,
-                    &prog.shared.t1_add,
-                )?;
-                let req = self.request(next, layer, vec![(ItemKind::ReciprocalHidden1, z1)])?;
-                ("reciprocal1", req, Pending::Reciprocal1 { x, v, e })
-            }
-            Pending::Reciprocal1 { x, v, e } => {
-                let z2 = prog.shared.t2.apply(b, &fresh.remove(0))?;
-                let req = self.request(next, layer, vec![(ItemKind::ReciprocalHidden2, z2)])?;
-                ("reciprocal2", req, Pending::Reciprocal2 { x, v, e })
-            }
-            Pending::Reciprocal2 { x, v, e } => {
-                let t = prog.shared.t3.apply(b, &fresh.remove(0))?;
-                // P = e ⊙ T, whole or by the row parts of e.
-                let p = match &prog.shared.split {
-                    Some(split) => split
-                        .apply(b, &e)?
-                        .iter()
-                        .map(|part| ops::mul(b, part, &t))
-                        .collect::<he_linalg::Result<Vec<_>>>()?,
-                    None => vec![ops::mul(b, &e, &t)?],
-                };
-                let ctx = prog.shared.av.apply(b, &p, &v)?;
-                let y = prog.wo.apply(b, &ctx)?;
-                let s1 = ops::add(b, &y, &x)?;
-                let u = prog.w1.apply(b, &s1)?;
-                Self::tap(&mut self.taps, format!("layer{layer}.reciprocal"), &t);
-                if self.taps.is_some() {
-                    let mut parts = p.into_iter();
-                    if let Some(mut whole) = parts.next() {
-                        for part in parts {
-                            whole = ops::add(b, &whole, &part)?;
-                        }
-                        Self::tap(&mut self.taps, format!("layer{layer}.probs"), &whole);
-                    }
-                }
-                Self::tap(&mut self.taps, format!("layer{layer}.context"), &ctx);
-                // S₁ has a level to spare above the decrypt level (W₁ consumes it for `u`):
-                // its copy for the client takes the request scale there.
-                let s1 = if scales_match(prog.request_scale, ops::scale(b, &s1)) {
-                    s1
-                } else {
-                    let c = b.rescale_factor(ops::level(b, &s1)) * prog.request_scale
-                        / ops::scale(b, &s1);
-                    let cts = s1
-                        .cts()
-                        .iter()
-                        .map(|ct| b.rescale(b.mul_const(ct, 1.0, c)?))
-                        .collect::<he_linalg::Result<Vec<_>>>()?;
-                    PackedMatrix::new(s1.layout().clone(), cts)?
-                };
-                let req = self.request(
-                    next,
-                    layer,
-                    vec![(ItemKind::Ffn, u), (ItemKind::Residual, s1)],
-                )?;
-                ("attention_ffn_in", req, Pending::Ffn)
-            }
-            Pending::Ffn => {
-                let h = fresh.remove(0);
-                let s1 = fresh.remove(0);
-                match &prog.tail {
-                    LayerTail::Next { w2, g12 } => {
-                        let out = ops::add(b, &w2.apply(b, &h)?, &ops::mul_plain(b, &s1, g12)?)?;
-                        self.compute
-                            .push((format!("layer{layer}.ffn_out"), t0.elapsed()));
-                        return self.begin_layer(bucket, layer + 1, next, out);
-                    }
-                    LayerTail::Logits {
-                        m1,
-                        m2,
-                        steps,
-                        bias,
-                    } => {
-                        let per_token = ops::add(b, &m1.apply(b, &h)?, &m2.apply(b, &s1)?)?;
-                        let mut acc = per_token.cts()[0].clone();
-                        for &s in steps {
-                            let r = b.rotate(&acc, s)?;
-                            b.add_assign(&mut acc, &r)?;
-                        }
-                        let ct = b.add_plain(&acc, bias)?;
-                        let ct = b.drop_to_level(&ct, decrypt_level(self.model.params()))?;
-                        self.compute
-                            .push((format!("layer{layer}.logits"), t0.elapsed()));
-                        return Ok(Step::Done(EncryptedLogits { bucket, ct }));
-                    }
-                }
-            }
-        };
-        self.compute
-            .push((format!("layer{layer}.{segment}"), t0.elapsed()));
-        self.state = Some(Running {
-            bucket,
-            layer,
-            round: next,
-            prog,
-            pending,
-        });
-        Ok(Step::NeedRelu(step))
+        let result = self
+            .run_segment(bucket, |s| s.resume(&prog, layer, carry, fresh))
+            .and_then(|(segment, outcome)| {
+                self.compute
+                    .push((format!("layer{layer}.{segment}"), t0.elapsed()));
+                self.pause(bucket, layer, round + 1, prog, outcome)
+            });
+        if result.is_err() {
+            self.state = None;
+        }
+        result
     }
 }

@@ -137,7 +137,7 @@ fn encrypted_inference_matches_the_plaintext_model_layer_by_layer() {
     let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
     let (out, trace) = s.model.forward_traced(&batch).unwrap();
     let d = s.server.dims().clone();
-    let l = s.server.layouts(16).unwrap().clone();
+    let l = s.server.schedule(16).unwrap().layouts().clone();
     let params = c.params().clone();
 
     let mut requests = Vec::new();
@@ -319,7 +319,8 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
             .map(|q| params.n() * (64 - (q - 1).leading_zeros()) as usize / 8)
             .sum()
     };
-    let d = decrypt_level(params);
+    let sched = s.server.schedule(16).unwrap();
+    let d = sched.levels().decrypt;
     let plan = s.server.plan(16).unwrap();
     let request_cts: usize = plan.round_ciphertexts.iter().sum();
     let down = (request_cts + 1) * 2 * poly(d);
@@ -328,21 +329,11 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
         "{} vs {down}",
         r.bytes_down
     );
-    let l = s.server.layouts(16).unwrap();
-    let layers = s.server.layers();
-    let lx = s.server.input_level(16).unwrap();
-    let mut up = l.hidden.n_cts() * poly(lx);
-    for round in 1..=s.server.rounds() {
-        let layer = (round - 1) / 4;
-        for &k in [
-            &[ItemKind::Softmax][..],
-            &[ItemKind::ReciprocalHidden1],
-            &[ItemKind::ReciprocalHidden2],
-            &[ItemKind::Ffn, ItemKind::Residual],
-        ][(round - 1) % 4]
-        {
-            let level = reply_level(params, lx, k, layer + 1 == layers);
-            up += k.layout(l).n_cts() * poly(level);
+    let mut up = sched.layouts().hidden.n_cts() * poly(sched.input().level);
+    assert_eq!(sched.rounds().len(), s.server.rounds());
+    for round in sched.rounds() {
+        for it in &round.items {
+            up += it.ciphertexts * poly(it.reply.level);
         }
     }
     assert!(
@@ -646,7 +637,7 @@ fn values_beyond_the_headroom_are_refused() {
         ..engine.clone()
     };
     let calibrated = ServerModel::compile(&model, &tiny_q0).unwrap();
-    assert_eq!(decrypt_level(calibrated.params()), 1);
+    assert_eq!(calibrated.schedule(16).unwrap().levels().decrypt, 1);
     assert!(calibrated.calibrated_magnitude().unwrap() > 1.0);
     let (weights, embeddings) = split_model(&model).unwrap();
     let server = Arc::new(ServerModel::compile_weights(weights, embeddings, &engine).unwrap());
@@ -720,7 +711,7 @@ fn requests_at_a_lower_scale_keep_the_levels_and_agree() {
     let server = Arc::new(ServerModel::compile(&s.model, &engine).unwrap());
     assert_eq!(server.request_scale(), 2f64.powi(26));
     assert_eq!(server.params().default_scale(), 2f64.powi(36));
-    assert_eq!(decrypt_level(server.params()), 0);
+    assert_eq!(server.schedule(16).unwrap().levels().decrypt, 0);
     let mut c = ClientSession::new(server.client_bundle()).unwrap();
     let keys = c.evaluation_keys(&[]).unwrap();
     let mut srv = ServerSession::new(server, keys, &[]).unwrap();
@@ -762,7 +753,7 @@ fn both_attention_value_maskings_agree() {
         s.server.plan(16).unwrap().attention_values,
         AvMasking::ValueTokens
     );
-    assert_eq!(s.server.input_level(16).unwrap(), top - 1);
+    assert_eq!(s.server.schedule(16).unwrap().input().level, top - 1);
     let engine = EngineParams {
         buckets: vec![16],
         attention_values: Some(AvMasking::WeightRows),
@@ -774,7 +765,7 @@ fn both_attention_value_maskings_agree() {
         bundle.plan(16).unwrap().attention_values,
         AvMasking::WeightRows
     );
-    assert_eq!(rows.input_level(16).unwrap(), top - 2);
+    assert_eq!(rows.schedule(16).unwrap().input().level, top - 2);
     let (ks_rows, ks_tokens) = (
         rows.plan(16).unwrap().key_switches,
         s.server.plan(16).unwrap().key_switches,

@@ -60,5 +60,5 @@ pub use error::{ModelError, Result};
 pub use layers::{ReciprocalMlp, ThexSoftmaxTrace, exact_softmax, fit_affine, thex_softmax};
 pub use model_dir::{LoadOptions, LoadedModel, SaveOptions, load_model_dir, save_model_dir};
 pub use pipeline::{EncodeOutput, Prediction, encode, predict};
-pub use tokenizer::BertTokenizer;
+pub use tokenizer::{BertTokenizer, lowercase_setting};
 pub use weights::{ParamMode, TrainParams, read_safetensors, write_safetensors};

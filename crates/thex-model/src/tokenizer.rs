@@ -119,8 +119,9 @@ impl BertTokenizer {
     }
 }
 
-/// `do_lower_case` from `tokenizer_config.json` (default: true, as uncased BERT).
-fn lowercase_setting(dir: &Path) -> Result<bool> {
+/// `do_lower_case` from a model directory's `tokenizer_config.json` (default: true, as
+/// uncased BERT).
+pub fn lowercase_setting(dir: &Path) -> Result<bool> {
     let path = dir.join("tokenizer_config.json");
     if !path.is_file() {
         return Ok(true);

@@ -33,7 +33,7 @@ impl TokenizerFile {
         let (kind, path, lowercase) = if json.is_file() {
             (TokenizerKind::TokenizerJson, json, true)
         } else {
-            let lowercase = lowercase_setting(dir)?;
+            let lowercase = thex_model::lowercase_setting(dir)?;
             (TokenizerKind::VocabTxt, dir.join("vocab.txt"), lowercase)
         };
         let bytes = std::fs::read(&path).map_err(|e| NetError::io(&path, e))?;
@@ -48,23 +48,6 @@ impl TokenizerFile {
             bytes,
         })
     }
-}
-
-fn lowercase_setting(dir: &Path) -> Result<bool> {
-    let path = dir.join("tokenizer_config.json");
-    if !path.is_file() {
-        return Ok(true);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| NetError::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        NetError::io(
-            &path,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
-    })?;
-    Ok(v.get("do_lower_case")
-        .and_then(|b| b.as_bool())
-        .unwrap_or(true))
 }
 
 /// A compiled model ready to serve: the program, the bundle bytes with their hash, the

@@ -234,6 +234,7 @@ impl From<EngineError> for ApiError {
             | EngineError::SequenceTooLong { .. }
             | EngineError::MissingRotationKeys { .. }
             | EngineError::Ckks(_) => StatusCode::BAD_REQUEST,
+            // Bad configuration and broken invariants (`Internal`) are the server's fault.
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -929,6 +930,10 @@ mod tests {
         );
         assert_eq!(
             status(EngineError::UnsupportedModel("x".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            status(EngineError::Internal("x".into())),
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }

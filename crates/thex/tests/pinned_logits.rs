@@ -6,7 +6,8 @@
 //! The default model is installed from the base model in the cache (`thex model fetch`, run
 //! by CI before the tests) into a temporary directory.
 
-use std::process::Command;
+mod common;
+
 use std::sync::Arc;
 
 use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
@@ -40,18 +41,7 @@ fn check(what: &str, logits: &[f64], pinned: &[u64]) {
 #[test]
 fn default_model_logits_are_pinned() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sst2-thex");
-    let out = Command::new(env!("CARGO_BIN_EXE_thex"))
-        .args(["model", "fetch", "--name", "sst2-thex", "--quiet", "--dir"])
-        .arg(&dir)
-        .output()
-        .expect("run thex model fetch");
-    assert!(
-        out.status.success(),
-        "thex model fetch --name sst2-thex failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let loaded = thex_model::load_model_dir(&dir, &Default::default()).unwrap();
+    let loaded = common::default_model(&tmp.path().join("sst2-thex"));
     let ids = loaded
         .tokenizer
         .encode("a gripping, beautifully acted film")

@@ -50,7 +50,7 @@ pub struct E2eRun {
     /// Largest value the client decrypts on the calibration inputs.
     pub calibrated_max: Option<f64>,
     /// How attention · V is masked at this bucket (`weight_rows` or `value_tokens`: the
-    /// compiler's choice, `thex_engine::program::auto_masking`).
+    /// compiler's choice per bucket).
     pub attention_values: AvMasking,
     /// Largest |encrypted − plaintext| logit of the measured inferences.
     pub max_logit_error: Option<f64>,

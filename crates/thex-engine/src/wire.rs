@@ -1,4 +1,6 @@
-//! Protocol messages as plain Rust types, with a versioned binary form.
+//! The wire format: protocol messages as plain Rust types, with a versioned binary form, and
+//! the bounds-checked byte cursor every reader of the crate (messages and the client bundle)
+//! uses.
 //!
 //! Every message starts with magic `THXE`, a format version, a message type and the CKKS
 //! parameter id; ciphertexts and keys inside use the `ckks` crate's own versioned format (which
@@ -9,7 +11,7 @@
 use ckks::{Ciphertext, GaloisKeys, Parameters, RelinKey, SeededCiphertext};
 
 use crate::error::{EngineError, Result};
-use crate::program::ItemKind;
+use crate::schedule::ItemKind;
 
 /// Magic of engine messages.
 pub const MAGIC: [u8; 4] = *b"THXE";
@@ -114,6 +116,62 @@ pub enum Step {
     Done(EncryptedLogits),
 }
 
+/// A bounds-checked reader over a byte slice: every read checks the bytes are there first.
+pub(crate) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.remaining() < n {
+            return Err(EngineError::Malformed(format!(
+                "truncated: {n} bytes needed at offset {}, {} left",
+                self.pos,
+                self.remaining()
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    pub(crate) fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub(crate) fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A `u64` length, saturated to `usize` (a later [`Cursor::take`] refuses it).
+    pub(crate) fn len64(&mut self) -> Result<usize> {
+        Ok(usize::try_from(self.u64()?).unwrap_or(usize::MAX))
+    }
+    /// Refuses trailing bytes.
+    pub(crate) fn finish(self) -> Result<()> {
+        match self.remaining() {
+            0 => Ok(()),
+            r => Err(EngineError::Malformed(format!("{r} trailing bytes"))),
+        }
+    }
+}
+
 struct Writer(Vec<u8>);
 
 impl Writer {
@@ -146,9 +204,9 @@ impl Writer {
     }
 }
 
+/// A message reader: the header checked, counts bounded by the limits.
 struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    cur: Cursor<'a>,
     limits: MessageLimits,
     cts_seen: usize,
 }
@@ -167,62 +225,47 @@ impl<'a> Reader<'a> {
                 limit: limits.max_bytes as u64,
             });
         }
-        let mut r = Reader {
-            buf: bytes,
-            pos: 0,
-            limits,
-            cts_seen: 0,
-        };
-        if r.take(4)? != MAGIC {
+        let mut cur = Cursor::new(bytes);
+        if cur.take(4)? != MAGIC {
             return Err(EngineError::Malformed(
                 "bad magic (not a thex-engine message)".into(),
             ));
         }
-        let version = u16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes"));
+        let version = cur.u16()?;
         if version != VERSION {
             return Err(EngineError::Malformed(format!(
                 "message version {version}, this build reads {VERSION}"
             )));
         }
-        let t = r.take(1)?[0];
+        let t = cur.u8()?;
         if t != ty as u8 {
             return Err(EngineError::Malformed(format!(
                 "message type {t}, expected {}",
                 ty as u8
             )));
         }
-        let id = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let id = cur.u64()?;
         if id != params.id() {
             return Err(EngineError::Malformed(format!(
                 "message for parameters {id:016x}, this session uses {:016x}",
                 params.id()
             )));
         }
-        Ok(r)
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.buf.len() - self.pos < n {
-            return Err(EngineError::Malformed(format!(
-                "truncated: {n} bytes needed at offset {}, {} left",
-                self.pos,
-                self.buf.len() - self.pos
-            )));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+        Ok(Reader {
+            cur,
+            limits,
+            cts_seen: 0,
+        })
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        self.cur.u32()
     }
     fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
+        self.cur.u8()
     }
     fn blob(&mut self) -> Result<&'a [u8]> {
         let n = self.u32()? as usize;
-        self.take(n)
+        self.cur.take(n)
     }
     fn count(&mut self) -> Result<usize> {
         let n = self.u32()? as usize;
@@ -249,10 +292,7 @@ impl<'a> Reader<'a> {
             .collect()
     }
     fn finish(self) -> Result<()> {
-        match self.buf.len() - self.pos {
-            0 => Ok(()),
-            r => Err(EngineError::Malformed(format!("{r} trailing bytes"))),
-        }
+        self.cur.finish()
     }
 }
 

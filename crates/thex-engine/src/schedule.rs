@@ -1,0 +1,590 @@
+//! The protocol's schedule: for one length bucket, the level and scale of every value between
+//! the client's input and its logits, the client rounds and their items, and the layouts.
+//!
+//! The compiler encodes every operation at the levels named here, the server session checks the
+//! replies against them, and the client checks every request and encrypts every reply by them:
+//! nothing else computes a level. With `L` the top level, `D` = [`Levels::decrypt`] =
+//! `L - PIPELINE_DEPTH`, `Δ` the encoding scale and `Δ_r` the request scale, one layer runs:
+//!
+//! | segment | from (level) | server computes | to (level, scale) |
+//! |---|---|---|---|
+//! | `attention_scores` | `X` ([`Levels::input`], `Δ`) | `Q, K, V = X·W + b` (to [`Levels::qkv`]), `y = (scale/√d)·Q·Kᵀ + shift` (from [`Levels::qk`]) | softmax request `y` (`D`, `Δ_r`) |
+//! | `reciprocal1` | `e` (`L`, `Δ`) | `s = Σ_keys e`, `z₁ = s·w₁ + b₁` | `z₁` (`D`, `Δ_r`) |
+//! | `reciprocal2` | `h₁` (`D + 1`, `Δ`) | `z₂ = h₁·W₂ + b₂` | `z₂` (`D`, `Δ_r`) |
+//! | `attention_ffn_in` | `h₂` (`L`, `Δ`) | `T = h₂·w₃ + b₃`, `P = e ⊙ T` ([`Levels::probs`]), `C = P·V` (V at [`Levels::values`], C at [`Levels::context`]), `S₁ = C·Wo + bo + X` ([`Levels::residual`]), `u = S₁·W₁ + b₁` | `u`, `S₁` (`D`, `Δ_r`) |
+//! | `ffn_out` | `ReLU(u)`, `S₁` ([`Levels::ffn_reply`], `Δ`) | `X' = ReLU(u)·W₂ + γ₁γ₂ ⊙ S₁ + c` | next `X` |
+//! | `logits` (last layer) | `ReLU(u)`, `S₁` ([`Levels::last_reply`], `Δ`) | `Σ_t [ReLU(u)·W₂Wc + S₁·γWc] + bias` | logits (`D`, `Δ_r`) |
+//!
+//! The input level depends on how attention · V is masked ([`AvMasking`]): `L - 2` when the
+//! weights are split by rows, `L - 1` when V is token-masked (V then meets `P` at its level).
+
+use he_linalg::attention::{AvMasking, scores_layout};
+use he_linalg::{ColumnOrder, Layout};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::weights::ModelDims;
+
+/// Levels the program consumes between two client rounds in the worst segment
+/// (`attention_ffn_in`: `T`'s output layer, `e ⊙ T`, attention · V (2), the output projection
+/// and the FFN input projection). The parameters give exactly this many plus the engine's
+/// extra levels.
+pub const PIPELINE_DEPTH: usize = 6;
+
+/// The packed layouts of one length bucket (shared by client and server).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketLayouts {
+    /// Padded sequence length (a power of two).
+    pub bucket: usize,
+    /// Hidden states `bucket × hidden`, contiguous columns.
+    pub hidden: Layout,
+    /// Q, K, V and the attention context, head-interleaved.
+    pub heads: Layout,
+    /// Attention scores in diagonal form.
+    pub scores: Layout,
+    /// Hidden units of the reciprocal network per (token, head), head-interleaved.
+    pub reciprocal: Layout,
+    /// FFN activations `bucket × ffn`.
+    pub ffn: Layout,
+    /// Per-token logits before the token sum `bucket × labels`.
+    pub logits: Layout,
+}
+
+impl BucketLayouts {
+    /// Layouts for `bucket` rows in ciphertexts of `slots` slots.
+    pub fn new(dims: &ModelDims, slots: usize, bucket: usize) -> Result<Self> {
+        let hidden = Layout::new(slots, bucket, dims.hidden, ColumnOrder::Contiguous)?;
+        let heads = hidden.with_cols(
+            dims.hidden,
+            ColumnOrder::HeadInterleaved {
+                heads: dims.heads,
+                head_dim: dims.head_dim,
+            },
+        )?;
+        let scores = scores_layout(&heads)?;
+        let reciprocal = hidden.with_cols(
+            dims.heads * dims.reciprocal_hidden,
+            ColumnOrder::HeadInterleaved {
+                heads: dims.heads,
+                head_dim: dims.reciprocal_hidden,
+            },
+        )?;
+        let ffn = hidden.with_cols(dims.ffn, ColumnOrder::Contiguous)?;
+        let logits = hidden.with_cols(dims.labels.len(), ColumnOrder::Contiguous)?;
+        if logits.n_cts() != 1 {
+            return Err(EngineError::UnsupportedModel(format!(
+                "{} labels do not fit one ciphertext at bucket {bucket}",
+                dims.labels.len()
+            )));
+        }
+        Ok(Self {
+            bucket,
+            hidden,
+            heads,
+            scores,
+            reciprocal,
+            ffn,
+            logits,
+        })
+    }
+
+    /// Slots a bucket needs: every head-interleaved layout must fit its padded heads, and the
+    /// labels must fit one ciphertext.
+    pub fn slots_needed(dims: &ModelDims, bucket: usize) -> usize {
+        bucket * dims.heads.next_power_of_two().max(dims.labels.len())
+    }
+}
+
+/// What the client is asked to do with the ciphertexts of one request item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ItemKind {
+    /// Softmax surrogate: `ReLU(y^power)`, padded keys and rows zeroed (scores layout).
+    Softmax,
+    /// First hidden ReLU of the reciprocal network (reciprocal layout).
+    ReciprocalHidden1,
+    /// Second hidden ReLU of the reciprocal network (reciprocal layout).
+    ReciprocalHidden2,
+    /// FFN ReLU, times the row weight (FFN layout).
+    Ffn,
+    /// Residual stream refresh: identity times the row weight (hidden layout).
+    Residual,
+}
+
+impl ItemKind {
+    /// Wire tag.
+    pub fn tag(self) -> u8 {
+        match self {
+            ItemKind::Softmax => 1,
+            ItemKind::ReciprocalHidden1 => 2,
+            ItemKind::ReciprocalHidden2 => 3,
+            ItemKind::Ffn => 4,
+            ItemKind::Residual => 5,
+        }
+    }
+    /// Kind of a wire tag.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            1 => ItemKind::Softmax,
+            2 => ItemKind::ReciprocalHidden1,
+            3 => ItemKind::ReciprocalHidden2,
+            4 => ItemKind::Ffn,
+            5 => ItemKind::Residual,
+            _ => return None,
+        })
+    }
+    /// The layout of this item's ciphertexts.
+    pub fn layout(self, l: &BucketLayouts) -> &Layout {
+        match self {
+            ItemKind::Softmax => &l.scores,
+            ItemKind::ReciprocalHidden1 | ItemKind::ReciprocalHidden2 => &l.reciprocal,
+            ItemKind::Ffn => &l.ffn,
+            ItemKind::Residual => &l.hidden,
+        }
+    }
+}
+
+/// The client rounds of one encoder layer, in order; each inner list is one round's items.
+const LAYER_ROUNDS: [&[ItemKind]; 4] = [
+    &[ItemKind::Softmax],
+    &[ItemKind::ReciprocalHidden1],
+    &[ItemKind::ReciprocalHidden2],
+    &[ItemKind::Ffn, ItemKind::Residual],
+];
+
+/// A ciphertext's place in the modulus chain: its level and its scale.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct At {
+    /// Level (number of rescaling primes left).
+    pub level: usize,
+    /// Scale.
+    pub scale: f64,
+}
+
+/// The named levels of one bucket's program (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Levels {
+    /// Fresh replies that feed the deep segments (`e`, `h₂`): the top level `L`.
+    pub top: usize,
+    /// Every layer's input `X` (the client's input too).
+    pub input: usize,
+    /// Q, K and V where the projections leave them.
+    pub qkv: usize,
+    /// Q and K where Q·Kᵀ takes them (three levels above [`Levels::decrypt`]).
+    pub qk: usize,
+    /// `P = e ⊙ T(s)`, where attention · V takes it.
+    pub probs: usize,
+    /// V where attention · V takes it.
+    pub values: usize,
+    /// The attention context `C` (the output projection's input).
+    pub context: usize,
+    /// The residual stream `S₁` (the FFN input projection's input).
+    pub residual: usize,
+    /// Every ciphertext the client decrypts.
+    pub decrypt: usize,
+    /// The reciprocal network's first hidden ReLU reply (one map before a decryption).
+    pub reciprocal_reply: usize,
+    /// FFN and residual replies of every layer but the last (the output projection to the
+    /// next layer's input, one level above it).
+    pub ffn_reply: usize,
+    /// FFN and residual replies of the last layer (one map before the logits).
+    pub last_reply: usize,
+}
+
+impl Levels {
+    /// The levels for a chain with top level `top`, when attention · V uses `masking`.
+    fn new(top: usize, masking: AvMasking) -> Result<Self> {
+        let input = top
+            .checked_sub(match masking {
+                AvMasking::WeightRows => 2,
+                AvMasking::ValueTokens => 1,
+            })
+            .filter(|&lx| lx >= 3 && top >= PIPELINE_DEPTH)
+            .ok_or(EngineError::NotEnoughLevels {
+                needed: PIPELINE_DEPTH,
+                available: top,
+            })?;
+        let decrypt = top - PIPELINE_DEPTH;
+        // A·V takes P two levels below the top (e fresh, T one below) and V one below the
+        // input; it leaves C two levels below P, or one below V if V is lower.
+        let (probs, values) = (top - 2, input - 1);
+        let context = (probs - 1).min(values) - 1;
+        Ok(Self {
+            top,
+            input,
+            qkv: input - 1,
+            qk: decrypt + 3,
+            probs,
+            values,
+            context,
+            residual: context - 1,
+            decrypt,
+            reciprocal_reply: decrypt + 1,
+            ffn_reply: input + 1,
+            last_reply: decrypt + 1,
+        })
+    }
+}
+
+/// Where a value of a segment comes from or goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Port {
+    /// The layer input `X` (the client's encrypted input for layer 0).
+    LayerInput,
+    /// A request item sent to the client.
+    Request(ItemKind),
+    /// A reply item from the client.
+    Reply(ItemKind),
+    /// The encrypted logits.
+    Logits,
+}
+
+/// One server segment between two client messages.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    /// Name (as in the timing report: `layer{i}.{name}`).
+    pub name: &'static str,
+    /// Encoder layer.
+    pub layer: usize,
+    /// What it reads, with level and scale.
+    pub inputs: Vec<(Port, At)>,
+    /// What it produces.
+    pub outputs: Vec<(Port, At)>,
+}
+
+/// One item of a client round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RoundItem {
+    /// What the client does with it.
+    pub kind: ItemKind,
+    /// Level and scale of the request's ciphertexts.
+    pub request: At,
+    /// Level and scale of the reply's fresh ciphertexts.
+    pub reply: At,
+    /// Ciphertexts of the item (request and reply).
+    pub ciphertexts: usize,
+}
+
+/// One client round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Round {
+    /// Round number, from 1.
+    pub number: u32,
+    /// Encoder layer.
+    pub layer: usize,
+    /// Items, in order.
+    pub items: Vec<RoundItem>,
+}
+
+/// The schedule of one length bucket: layouts, levels, scales, segments and rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    layers: usize,
+    masking: AvMasking,
+    layouts: BucketLayouts,
+    levels: Levels,
+    /// Rescaling factor of each level (`q_0` first).
+    moduli: Vec<f64>,
+    delta: f64,
+    request_scale: f64,
+}
+
+impl Schedule {
+    /// The schedule of `bucket` for a chain of rescaling factors `moduli` (`q_0` first),
+    /// encoding scale `delta` and request scale `request_scale`, in ciphertexts of `slots`
+    /// slots.
+    pub fn new(
+        dims: &ModelDims,
+        (bucket, masking): (usize, AvMasking),
+        (slots, moduli): (usize, &[f64]),
+        (delta, request_scale): (f64, f64),
+    ) -> Result<Self> {
+        if dims.layers == 0 {
+            return Err(EngineError::UnsupportedModel("no encoder layers".into()));
+        }
+        let top = moduli
+            .len()
+            .checked_sub(1)
+            .ok_or(EngineError::NotEnoughLevels {
+                needed: PIPELINE_DEPTH,
+                available: 0,
+            })?;
+        Ok(Self {
+            layers: dims.layers,
+            masking,
+            layouts: BucketLayouts::new(dims, slots, bucket)?,
+            levels: Levels::new(top, masking)?,
+            moduli: moduli.to_vec(),
+            delta,
+            request_scale,
+        })
+    }
+
+    /// The schedule of `bucket` under CKKS parameters `params`.
+    pub fn for_params(
+        dims: &ModelDims,
+        params: &ckks::Parameters,
+        (bucket, masking): (usize, AvMasking),
+        request_scale: f64,
+    ) -> Result<Self> {
+        let moduli: Vec<f64> = params.q_moduli().iter().map(|&q| q as f64).collect();
+        Self::new(
+            dims,
+            (bucket, masking),
+            (params.max_slots(), &moduli),
+            (params.default_scale(), request_scale),
+        )
+    }
+
+    /// Padded length.
+    pub fn bucket(&self) -> usize {
+        self.layouts.bucket
+    }
+    /// Encoder layers.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+    /// How attention · V is masked.
+    pub fn attention_values(&self) -> AvMasking {
+        self.masking
+    }
+    /// The layouts.
+    pub fn layouts(&self) -> &BucketLayouts {
+        &self.layouts
+    }
+    /// The named levels.
+    pub fn levels(&self) -> &Levels {
+        &self.levels
+    }
+    /// The named levels, to tamper with in tests.
+    #[cfg(test)]
+    pub(crate) fn levels_mut(&mut self) -> &mut Levels {
+        &mut self.levels
+    }
+    /// The encoding scale `Δ`.
+    pub fn delta(&self) -> f64 {
+        self.delta
+    }
+    /// The scale of every ciphertext the client decrypts, `Δ_r`.
+    pub fn request_scale(&self) -> f64 {
+        self.request_scale
+    }
+    /// The rescaling factor of `level`.
+    pub fn modulus(&self, level: usize) -> f64 {
+        self.moduli[level]
+    }
+
+    /// The client's encrypted input (every layer's input).
+    pub fn input(&self) -> At {
+        self.fresh(self.levels.input)
+    }
+    /// The encrypted logits.
+    pub fn logits(&self) -> At {
+        self.request(self.levels.decrypt)
+    }
+    fn fresh(&self, level: usize) -> At {
+        At {
+            level,
+            scale: self.delta,
+        }
+    }
+    fn request(&self, level: usize) -> At {
+        At {
+            level,
+            scale: self.request_scale,
+        }
+    }
+
+    /// The scale of `P = e ⊙ T(s)`: `Δ²` rescaled once at the top level's neighbour.
+    pub fn probs_scale(&self) -> f64 {
+        self.delta * self.delta / self.moduli[self.levels.top - 1]
+    }
+    /// The scale of the plaintext that multiplies a value at (`level`, `from`) so that after
+    /// one rescale it has scale `to`.
+    pub fn multiplier_scale(&self, level: usize, from: f64, to: f64) -> f64 {
+        self.moduli[level] * to / from
+    }
+
+    /// Client rounds of one inference.
+    pub fn n_rounds(&self) -> usize {
+        self.layers * LAYER_ROUNDS.len()
+    }
+
+    /// Round `number` (from 1), or `None` past the last.
+    pub fn round(&self, number: u32) -> Option<Round> {
+        let r = (number as usize).checked_sub(1)?;
+        let layer = r / LAYER_ROUNDS.len();
+        if layer >= self.layers {
+            return None;
+        }
+        let last = layer + 1 == self.layers;
+        let items = LAYER_ROUNDS[r % LAYER_ROUNDS.len()]
+            .iter()
+            .map(|&kind| RoundItem {
+                kind,
+                request: self.request(self.levels.decrypt),
+                reply: self.fresh(self.reply_level(kind, last)),
+                ciphertexts: kind.layout(&self.layouts).n_cts(),
+            })
+            .collect();
+        Some(Round {
+            number,
+            layer,
+            items,
+        })
+    }
+
+    /// Every round of one inference, in order.
+    pub fn rounds(&self) -> Vec<Round> {
+        (1..=self.n_rounds() as u32)
+            .filter_map(|n| self.round(n))
+            .collect()
+    }
+
+    /// The level of a reply item: the lowest from which the server's next segment still ends
+    /// at the decrypt level.
+    fn reply_level(&self, kind: ItemKind, last_layer: bool) -> usize {
+        let l = &self.levels;
+        match kind {
+            ItemKind::ReciprocalHidden1 => l.reciprocal_reply,
+            ItemKind::Ffn | ItemKind::Residual if last_layer => l.last_reply,
+            ItemKind::Ffn | ItemKind::Residual => l.ffn_reply,
+            ItemKind::Softmax | ItemKind::ReciprocalHidden2 => l.top,
+        }
+    }
+
+    /// Every server segment of one inference, in order.
+    pub fn segments(&self) -> Vec<Segment> {
+        let mut out = Vec::new();
+        let rounds = self.rounds();
+        let dec = self.request(self.levels.decrypt);
+        for layer in 0..self.layers {
+            let r = &rounds[layer * LAYER_ROUNDS.len()..(layer + 1) * LAYER_ROUNDS.len()];
+            let replies = |round: &Round| -> Vec<(Port, At)> {
+                round
+                    .items
+                    .iter()
+                    .map(|it| (Port::Reply(it.kind), it.reply))
+                    .collect()
+            };
+            let requests = |round: &Round| -> Vec<(Port, At)> {
+                round
+                    .items
+                    .iter()
+                    .map(|it| (Port::Request(it.kind), it.request))
+                    .collect()
+            };
+            let seg = |name, inputs, outputs| Segment {
+                name,
+                layer,
+                inputs,
+                outputs,
+            };
+            out.push(seg(
+                "attention_scores",
+                vec![(Port::LayerInput, self.input())],
+                requests(&r[0]),
+            ));
+            out.push(seg("reciprocal1", replies(&r[0]), requests(&r[1])));
+            out.push(seg("reciprocal2", replies(&r[1]), requests(&r[2])));
+            out.push(seg("attention_ffn_in", replies(&r[2]), requests(&r[3])));
+            let (name, end) = if layer + 1 == self.layers {
+                ("logits", (Port::Logits, dec))
+            } else {
+                ("ffn_out", (Port::LayerInput, self.input()))
+            };
+            out.push(seg(name, replies(&r[3]), vec![end]));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(layers: usize) -> ModelDims {
+        let model = thex_model::synthetic::model(thex_model::synthetic::SMALL, 1).unwrap();
+        let mut d = crate::weights::split_model(&model).unwrap().0.dims;
+        d.layers = layers;
+        d
+    }
+
+    #[test]
+    fn levels_follow_the_masking_and_leave_the_pipeline_depth() {
+        let moduli = vec![2f64.powi(50); PIPELINE_DEPTH + 1];
+        let s = |m| {
+            Schedule::new(
+                &dims(2),
+                (16, m),
+                (1024, &moduli),
+                (2f64.powi(36), 2f64.powi(30)),
+            )
+        };
+        let rows = s(AvMasking::WeightRows).unwrap();
+        let tokens = s(AvMasking::ValueTokens).unwrap();
+        let (lr, lt) = (rows.levels(), tokens.levels());
+        assert_eq!((lr.top, lr.input, lr.decrypt), (6, 4, 0));
+        assert_eq!((lt.top, lt.input, lt.decrypt), (6, 5, 0));
+        // C and S₁ sit at the same levels with either masking; the FFN reply one above X.
+        for l in [lr, lt] {
+            assert_eq!((l.qk, l.probs, l.context, l.residual), (3, 4, 2, 1));
+            assert_eq!(l.ffn_reply, l.input + 1);
+        }
+        assert_eq!((lr.values, lt.values), (3, 4));
+        // Too short a chain is refused.
+        let short = vec![2f64.powi(50); PIPELINE_DEPTH];
+        assert!(matches!(
+            Schedule::new(
+                &dims(2),
+                (16, AvMasking::WeightRows),
+                (1024, &short),
+                (1.0, 1.0)
+            ),
+            Err(EngineError::NotEnoughLevels { .. })
+        ));
+    }
+
+    #[test]
+    fn rounds_and_segments_chain_up() {
+        let moduli = vec![2f64.powi(50); PIPELINE_DEPTH + 2];
+        let s = Schedule::new(
+            &dims(3),
+            (32, AvMasking::WeightRows),
+            (1024, &moduli),
+            (2f64.powi(36), 2f64.powi(30)),
+        )
+        .unwrap();
+        assert_eq!(s.rounds().len(), 12);
+        assert!(s.round(0).is_none() && s.round(13).is_none());
+        let segments = s.segments();
+        assert_eq!(segments.len(), 15);
+        // Every segment's outputs are the next one's inputs (requests answered by replies).
+        for pair in segments.windows(2) {
+            let outs: Vec<_> = pair[0].outputs.iter().map(|(p, _)| *p).collect();
+            let ins: Vec<_> = pair[1].inputs.iter().map(|(p, _)| *p).collect();
+            let answered: Vec<_> = outs
+                .iter()
+                .map(|p| match p {
+                    Port::Request(k) => Port::Reply(*k),
+                    p => *p,
+                })
+                .collect();
+            assert_eq!(answered, ins, "{} -> {}", pair[0].name, pair[1].name);
+        }
+        // Every request is at the decrypt level and scale.
+        for r in s.rounds() {
+            for it in r.items {
+                assert_eq!(
+                    it.request,
+                    At {
+                        level: 1,
+                        scale: 2f64.powi(30)
+                    }
+                );
+                assert_eq!(it.reply.scale, 2f64.powi(36));
+            }
+        }
+        assert_eq!(segments.last().unwrap().outputs[0].0, Port::Logits);
+    }
+}

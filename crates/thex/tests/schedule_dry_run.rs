@@ -1,0 +1,37 @@
+//! The schedule of every default bucket of the default model (`sst2-thex`) and of the
+//! BERT-tiny shape, run dry on the cleartext backend: every request, reply and the logits at
+//! the level and scale the schedule names, the plan's exact key switches and rotation steps.
+
+mod common;
+
+use thex_engine::{DEFAULT_BUCKETS, EngineParams, ServerModel};
+use thex_model::ThexModel;
+
+fn check_every_bucket(model: &ThexModel) -> usize {
+    let engine = EngineParams {
+        buckets: DEFAULT_BUCKETS.to_vec(),
+        pre_encode: false,
+        ..Default::default()
+    };
+    let server = ServerModel::compile(model, &engine).unwrap();
+    assert_eq!(server.buckets(), DEFAULT_BUCKETS);
+    for &b in server.buckets() {
+        server
+            .check_schedule(b)
+            .unwrap_or_else(|e| panic!("bucket {b}: {e}"));
+    }
+    server.buckets().len()
+}
+
+#[test]
+fn default_model_schedules_check_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loaded = common::default_model(&tmp.path().join("sst2-thex"));
+    assert_eq!(check_every_bucket(&loaded.model), 4);
+}
+
+#[test]
+fn bert_tiny_shape_schedules_check_out() {
+    let model = thex_model::synthetic::model(thex_model::synthetic::BERT_TINY, 1).unwrap();
+    assert_eq!(check_every_bucket(&model), 4);
+}
