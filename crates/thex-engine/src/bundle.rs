@@ -85,15 +85,6 @@ impl ClientBundle {
         out
     }
 
-    /// SHA-256 of [`ClientBundle::to_bytes`], hex: what a client checks a cached bundle by.
-    pub fn hash_hex(bytes: &[u8]) -> String {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
     /// Reads a bundle, checking every table length against the header's shapes before
     /// allocating it, and the parameters' security.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {

@@ -37,7 +37,7 @@ pub use local::{InferenceResult, PhaseTiming, run_local, run_local_ids};
 pub use params::{DEFAULT_BUCKETS, EngineParams};
 pub use program::ServerModel;
 pub use schedule::{
-    At, BucketLayouts, ItemKind, Levels, PIPELINE_DEPTH, Round, RoundItem, Schedule,
+    At, BucketLayouts, ItemKind, Levels, PIPELINE_DEPTH, Port, Round, RoundItem, Schedule, Segment,
 };
 pub use server::{ServerSession, Tap};
 pub use weights::{

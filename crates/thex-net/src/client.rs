@@ -11,7 +11,7 @@ use thex_engine::{
     ClientBundle, ClientSession, EncryptedInput, EncryptedLogits, MessageLimits, PhaseTiming,
     ReluRequest,
 };
-use thex_model::BertTokenizer;
+use thex_model::{BertTokenizer, sha256_hex};
 use ureq::Agent;
 use ureq::http::Response;
 use zeroize::Zeroizing;
@@ -21,7 +21,6 @@ use crate::api::{
     STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, SessionCreated, TokenizerKind,
 };
 use crate::error::{NetError, Result};
-use crate::served::sha256_hex;
 
 /// How a [`Client`] connects.
 #[derive(Debug, Clone, PartialEq)]

@@ -31,5 +31,5 @@ mod server;
 
 pub use client::{Client, ClientOptions, ConnectReport, Exchange, NetInference};
 pub use error::{NetError, Result};
-pub use served::{ServedModel, TokenizerFile, sha256_hex};
+pub use served::{ServedModel, TokenizerFile};
 pub use server::{ServerHandle, ServerLimits};

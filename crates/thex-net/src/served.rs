@@ -3,17 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-use thex_engine::{ClientBundle, EngineParams, ServerModel};
-use thex_model::{LoadOptions, LoadedModel, load_model_dir};
+use thex_engine::{EngineParams, ServerModel};
+use thex_model::{LoadOptions, LoadedModel, load_model_dir, sha256_hex};
 
 use crate::api::{TokenizerInfo, TokenizerKind};
 use crate::error::{NetError, Result};
-
-/// SHA-256 of `bytes`, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
 
 /// A tokenizer file as distributed to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +50,7 @@ impl TokenizerFile {
 pub struct ServedModel {
     /// The compiled program (no key inside).
     pub model: Arc<ServerModel>,
-    /// [`ClientBundle::to_bytes`] of the program.
+    /// [`thex_engine::ClientBundle::to_bytes`] of the program.
     pub bundle: Arc<Vec<u8>>,
     /// SHA-256 of `bundle`, hex.
     pub bundle_sha256: String,
@@ -83,7 +77,7 @@ impl ServedModel {
     /// Serves an already compiled program with a tokenizer file.
     pub fn new(model: Arc<ServerModel>, tokenizer: TokenizerFile) -> Self {
         let bundle = model.client_bundle().to_bytes();
-        let bundle_sha256 = ClientBundle::hash_hex(&bundle);
+        let bundle_sha256 = sha256_hex(&bundle);
         Self {
             model,
             bundle: Arc::new(bundle),

@@ -7,12 +7,10 @@
 //! every packaged file). [`install_model`] checks both and assembles a ready model directory.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thex_model::{ThexConfig, read_safetensors};
 
 use crate::error::{Result, TrainError, read_json, write_json};
@@ -43,17 +41,8 @@ pub struct Manifest {
 
 /// sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| TrainError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    thex_model::fetch::sha256_file(path, &mut |_| {})
+        .map_err(|e| TrainError::io(path, std::io::Error::other(e)))
 }
 
 fn copy(src: &Path, dst: &Path) -> Result<()> {
