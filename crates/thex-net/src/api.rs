@@ -18,8 +18,30 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Path prefix of every route.
-pub const PREFIX: &str = "/v1";
+/// The routes of the table above: the server registers them, the client requests them.
+pub mod routes {
+    /// `GET`: the [`ServerInfo`](super::ServerInfo).
+    pub const INFO: &str = "/v1/info";
+    /// `GET`: server statistics.
+    pub const STATS: &str = "/v1/stats";
+    /// `GET`: the client bundle.
+    pub const BUNDLE: &str = "/v1/bundle";
+    /// `GET`: the tokenizer file.
+    pub const TOKENIZER: &str = "/v1/tokenizer";
+    /// `POST`: a new session (`?buckets=…`).
+    pub const SESSIONS: &str = "/v1/sessions";
+    /// `DELETE`: a session (pattern with `{id}`).
+    pub const SESSION: &str = "/v1/sessions/{id}";
+    /// `POST`: an encrypted input (pattern with `{id}`).
+    pub const INFER: &str = "/v1/sessions/{id}/infer";
+    /// `POST`: a round reply (pattern with `{id}`).
+    pub const ROUND: &str = "/v1/sessions/{id}/round";
+
+    /// A route pattern with the session id filled in.
+    pub fn with_id(pattern: &str, id: &str) -> String {
+        pattern.replace("{id}", id)
+    }
+}
 /// Response header: SHA-256 (hex) of the body of `GET /v1/bundle` or `GET /v1/tokenizer`.
 pub const SHA256_HEADER: &str = "x-thex-sha256";
 /// Response header of a step: `relu` (a [`thex_engine::ReluRequest`]) or `done` (logits).

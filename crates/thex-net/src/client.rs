@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::api::{
     ErrorBody, PROTOCOL, ROUND_HEADER, ROUND_TOKEN_HEADER, SERVER_SECONDS_HEADER, SHA256_HEADER,
-    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, SessionCreated, TokenizerKind,
+    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, SessionCreated, TokenizerKind, routes,
 };
 use crate::error::{NetError, Result};
 
@@ -379,7 +379,7 @@ impl Client {
                 .into(),
             max_response_bytes: options.max_response_bytes,
         };
-        let answer = http.get("server info", "/v1/info")?;
+        let answer = http.get("server info", routes::INFO)?;
         let info: ServerInfo = serde_json::from_slice(&answer.body)
             .map_err(|e| NetError::Protocol(format!("server info: {e}")))?;
         if info.protocol != PROTOCOL {
@@ -396,7 +396,7 @@ impl Client {
         });
         let (bundle_bytes, bundle_cached) = http.fetch_verified(
             "client bundle",
-            "/v1/bundle",
+            routes::BUNDLE,
             &info.bundle_sha256,
             bundle_file.as_deref(),
         )?;
@@ -413,7 +413,7 @@ impl Client {
         };
         let tok_file = tok_dir.join(tok.kind.file_name());
         let (tok_bytes, tokenizer_cached) =
-            http.fetch_verified("tokenizer", "/v1/tokenizer", &tok.sha256, Some(&tok_file))?;
+            http.fetch_verified("tokenizer", routes::TOKENIZER, &tok.sha256, Some(&tok_file))?;
         let tokenizer = load_tokenizer(tok, &tok_bytes, &tok_dir)?;
 
         let (engine, key_loaded) = match &options.key_file {
@@ -474,7 +474,7 @@ impl Client {
         }
         let t = Instant::now();
         let list: Vec<String> = buckets.iter().map(usize::to_string).collect();
-        let path = format!("/v1/sessions?buckets={}", list.join(","));
+        let path = format!("{}?buckets={}", routes::SESSIONS, list.join(","));
         let answer = self
             .http
             .post("session creation", &path, None, &[], &bytes)?;
@@ -529,7 +529,7 @@ impl Client {
 
     /// Closes the session on the server (its keys are dropped there).
     pub fn close(self) -> Result<()> {
-        let path = format!("/v1/sessions/{}", self.session);
+        let path = routes::with_id(routes::SESSION, &self.session);
         self.http
             .send("session close", &path, Some(&self.session), |a, u| {
                 a.delete(u).call()
@@ -566,8 +566,8 @@ impl Client {
         drop(input);
         t_ser += t.elapsed().as_secs_f64();
 
-        let infer_path = format!("/v1/sessions/{}/infer", self.session);
-        let round_path = format!("/v1/sessions/{}/round", self.session);
+        let infer_path = routes::with_id(routes::INFER, &self.session);
+        let round_path = routes::with_id(routes::ROUND, &self.session);
         let mut round = 0u32;
         let mut token = String::new();
         let logits = loop {

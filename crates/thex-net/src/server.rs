@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::api::{
     ErrorBody, PROTOCOL, ROUND_HEADER, ROUND_TOKEN_HEADER, SERVER_SECONDS_HEADER, SHA256_HEADER,
-    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, ServerStats, SessionCreated,
+    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, ServerStats, SessionCreated, routes,
 };
 use crate::error::{NetError, Result};
 use crate::served::ServedModel;
@@ -329,14 +329,14 @@ type St = State<Arc<Shared>>;
 fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.limits.max_body_bytes;
     Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/stats", get(stats))
-        .route("/v1/bundle", get(bundle))
-        .route("/v1/tokenizer", get(tokenizer))
-        .route("/v1/sessions", post(create_session))
-        .route("/v1/sessions/{id}", axum::routing::delete(delete_session))
-        .route("/v1/sessions/{id}/infer", post(infer))
-        .route("/v1/sessions/{id}/round", post(round))
+        .route(routes::INFO, get(info))
+        .route(routes::STATS, get(stats))
+        .route(routes::BUNDLE, get(bundle))
+        .route(routes::TOKENIZER, get(tokenizer))
+        .route(routes::SESSIONS, post(create_session))
+        .route(routes::SESSION, axum::routing::delete(delete_session))
+        .route(routes::INFER, post(infer))
+        .route(routes::ROUND, post(round))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
