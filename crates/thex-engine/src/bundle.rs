@@ -89,17 +89,7 @@ impl ClientBundle {
     /// allocating it, and the parameters' security.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut cur = Cursor::new(bytes);
-        if cur.take(4)? != BUNDLE_MAGIC {
-            return Err(EngineError::Malformed(
-                "not a client bundle (bad magic)".into(),
-            ));
-        }
-        let version = cur.u16()?;
-        if version != BUNDLE_VERSION {
-            return Err(EngineError::Malformed(format!(
-                "bundle version {version}, this build reads {BUNDLE_VERSION}"
-            )));
-        }
+        cur.header(BUNDLE_MAGIC, BUNDLE_VERSION, "client bundle")?;
         let len = cur.len64()?;
         let mut b: ClientBundle = serde_json::from_slice(cur.take(len)?)
             .map_err(|e| EngineError::Malformed(format!("bundle header: {e}")))?;

@@ -460,20 +460,19 @@ impl Schedule {
         let dec = self.request(self.levels.decrypt);
         for layer in 0..self.layers {
             let r = &rounds[layer * LAYER_ROUNDS.len()..(layer + 1) * LAYER_ROUNDS.len()];
-            let replies = |round: &Round| -> Vec<(Port, At)> {
-                round
-                    .items
-                    .iter()
-                    .map(|it| (Port::Reply(it.kind), it.reply))
-                    .collect()
+            // A round's items as the ports of its requests or of its replies.
+            let ports = |round: &Round, reply: bool| -> Vec<(Port, At)> {
+                let port = |it: &RoundItem| {
+                    if reply {
+                        (Port::Reply(it.kind), it.reply)
+                    } else {
+                        (Port::Request(it.kind), it.request)
+                    }
+                };
+                round.items.iter().map(port).collect()
             };
-            let requests = |round: &Round| -> Vec<(Port, At)> {
-                round
-                    .items
-                    .iter()
-                    .map(|it| (Port::Request(it.kind), it.request))
-                    .collect()
-            };
+            let replies = |round: &Round| ports(round, true);
+            let requests = |round: &Round| ports(round, false);
             let seg = |name, inputs, outputs| Segment {
                 name,
                 layer,

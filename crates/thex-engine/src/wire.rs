@@ -123,6 +123,19 @@ pub(crate) struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// Reads and checks a format's magic and version; `what` names the format in errors.
+    pub fn header(&mut self, magic: [u8; 4], version: u16, what: &str) -> Result<()> {
+        if self.take(4)? != magic {
+            return Err(EngineError::Malformed(format!("not a {what} (bad magic)")));
+        }
+        let found = self.u16()?;
+        if found != version {
+            return Err(EngineError::Malformed(format!(
+                "{what} version {found}, this build reads {version}"
+            )));
+        }
+        Ok(())
+    }
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
@@ -226,17 +239,7 @@ impl<'a> Reader<'a> {
             });
         }
         let mut cur = Cursor::new(bytes);
-        if cur.take(4)? != MAGIC {
-            return Err(EngineError::Malformed(
-                "bad magic (not a thex-engine message)".into(),
-            ));
-        }
-        let version = cur.u16()?;
-        if version != VERSION {
-            return Err(EngineError::Malformed(format!(
-                "message version {version}, this build reads {VERSION}"
-            )));
-        }
+        cur.header(MAGIC, VERSION, "thex-engine message")?;
         let t = cur.u8()?;
         if t != ty as u8 {
             return Err(EngineError::Malformed(format!(
