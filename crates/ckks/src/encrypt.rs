@@ -214,9 +214,16 @@ impl<'a> Decryptor<'a> {
         Ok(self.encrypt_seeded(pt)?.expand(&self.sk.params))
     }
 
-    /// Decrypts `c0 + c1 s (+ c2 s^2)`.
+    /// Decrypts `c0 + c1 s (+ c2 s^2)` (see [`SecretKey::decrypt`]).
     pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
-        let params = &self.sk.params;
+        self.sk.decrypt(ct)
+    }
+}
+
+impl SecretKey {
+    /// Decrypts `c0 + c1 s (+ c2 s^2)` (no randomness needed).
+    pub fn decrypt(&self, ct: &Ciphertext) -> Result<Plaintext> {
+        let params = &self.params;
         let ctx = &params.ctx;
         let nq = ct.polys[0].nq;
         if nq > ctx.q_count {
@@ -225,7 +232,7 @@ impl<'a> Decryptor<'a> {
                 max: ctx.q_count - 1,
             });
         }
-        let mut s = self.sk.ntt.clone();
+        let mut s = self.ntt.clone();
         s.truncate_q(nq);
         // Horner: ((c_d s + c_{d-1}) s + ...) + c0.
         let mut acc = ct.polys[ct.polys.len() - 1].clone();

@@ -418,6 +418,7 @@ pub(crate) fn dot2_reduce(
 /// Terms of a lazily reduced sum of products modulo `t` (inputs below `t`): `lo` collects the
 /// low 52 bits of each product (at most 4095 terms fit in 64 bits) and `hi` the high bits, and
 /// [`dot_sum`]'s reduction needs `hi + (lo >> 52) < 2^52`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn max_lazy_terms(t: u64) -> usize {
     let hmax = ((t as u128 - 1) * (t as u128 - 1)) >> 52;
     (((1u128 << 52) / (hmax + 1)) as usize).min(4095)

@@ -2,14 +2,19 @@
 //! accounting as the cleartext evaluator.
 
 use std::borrow::Cow;
+#[cfg(feature = "os-rng")]
 use std::collections::BTreeSet;
 
 use ckks::{
-    Ciphertext, CompactPlaintext, Decryptor, Encoder, Evaluator, GaloisKeys, KeyGenerator,
-    Parameters, Plaintext, RelinKey, SecretKey,
+    Ciphertext, CompactPlaintext, Encoder, Evaluator, GaloisKeys, Parameters, Plaintext, RelinKey,
+    SecretKey,
 };
+#[cfg(feature = "os-rng")]
+use ckks::{Decryptor, KeyGenerator};
 
-use crate::backend::{OpStats, SlotBackend, SlotClient};
+#[cfg(feature = "os-rng")]
+use crate::backend::SlotClient;
+use crate::backend::{OpStats, SlotBackend};
 use crate::error::{Error, Result};
 
 /// A plaintext of [`CkksBackend`]: NTT form (`level + 1` limbs of `N` words, fastest
@@ -91,6 +96,7 @@ impl std::fmt::Debug for CkksBackend {
 impl CkksBackend {
     /// A client backend: fresh secret and relinearization keys, no rotation keys yet (see
     /// [`CkksBackend::generate_rotation_keys`]).
+    #[cfg(feature = "os-rng")]
     pub fn keygen(params: &Parameters) -> Result<Self> {
         let mut kg = KeyGenerator::new(params);
         let sk = kg.secret_key();
@@ -143,6 +149,7 @@ impl CkksBackend {
 
     /// Generates Galois keys for exactly `steps` (left rotations), e.g. from
     /// [`crate::Plan::galois_steps`]. Needs the secret key.
+    #[cfg(feature = "os-rng")]
     pub fn generate_rotation_keys(&mut self, steps: &BTreeSet<usize>) -> Result<()> {
         let sk = self.sk.as_ref().ok_or(Error::NoSecretKey)?;
         let steps: Vec<i64> = steps.iter().map(|&s| s as i64).collect();
@@ -379,6 +386,7 @@ impl SlotBackend for CkksBackend {
     }
 }
 
+#[cfg(feature = "os-rng")]
 impl SlotClient for CkksBackend {
     fn encrypt(&self, values: &[f64], level: usize, scale: f64) -> Result<Ciphertext> {
         let sk = self.sk.as_ref().ok_or(Error::NoSecretKey)?;

@@ -20,6 +20,7 @@ mod linear;
 mod matrix;
 
 pub mod attention;
+#[cfg(feature = "os-rng")]
 pub mod bench;
 pub mod ops;
 pub mod plan;

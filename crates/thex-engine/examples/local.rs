@@ -31,7 +31,8 @@ use std::time::Instant;
 
 use candle_nn::VarMap;
 use he_linalg::attention::AvMasking;
-use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
+use thex_client::{ClientSession, Message};
+use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
 use thex_model::{
     Batch, HeadConfig, LoadOptions, ParamMode, Pooling, ThexConfig, ThexModel, TrainParams,
     load_model_dir,
@@ -188,7 +189,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     for run in 0..repeat {
-        let r = run_local_ids(&mut client, &mut server, &ids)?;
+        let r = run_local(&mut client, &mut server, &ids)?;
         let diff = r
             .logits
             .iter()
@@ -207,7 +208,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.total_seconds
         );
         let mut by_segment: BTreeMap<String, f64> = BTreeMap::new();
-        for p in &r.timings {
+        for p in &r.phases {
             println!("  {:<36} {:>8.3} s", p.name, p.seconds);
             if let Some(rest) = p.name.strip_prefix("server.layer") {
                 let seg = rest.split_once('.').map_or(rest, |(_, s)| s);

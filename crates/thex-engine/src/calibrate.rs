@@ -54,11 +54,8 @@ pub fn max_decrypted_magnitude(
         let seqs: Vec<Vec<u32>> = (0..SEQUENCES)
             .map(|j| token_ids(n, vocab, i as u64 * SEQUENCES + j + 1))
             .collect();
-        let batch = Batch::new(&seqs, 0, &Device::Cpu)
-            .map_err(|e| EngineError::UnsupportedModel(format!("calibration input: {e}")))?;
-        let (out, trace) = model
-            .forward_traced(&batch)
-            .map_err(|e| EngineError::UnsupportedModel(format!("calibration forward: {e}")))?;
+        let batch = Batch::new(&seqs, 0, &Device::Cpu)?;
+        let (out, trace) = model.forward_traced(&batch)?;
         if let Some(logits) = &out.logits {
             m = m.max(max_abs(logits)?);
         }

@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use he_linalg::{ClearBackend, PackedMatrix, SlotBackend, SlotClient, scales_match};
 
-use crate::bundle::BucketPlan;
 use crate::error::{EngineError, Result};
 use crate::program::{FoldedLayer, ServerModel, encode_layer, encode_shared};
-use crate::schedule::{At, Schedule};
 use crate::segments::{Outcome, Segments};
 use crate::weights::ModelWeights;
+use thex_client::{At, BucketPlan, Schedule};
 
 impl ServerModel {
     /// Runs one inference of a compiled bucket on the cleartext backend with this model's
@@ -195,7 +194,9 @@ mod tests {
         }
         assert!(matches!(
             m.check_schedule(64),
-            Err(EngineError::UnknownBucket { .. })
+            Err(EngineError::Protocol(
+                thex_client::Error::UnknownBucket { .. }
+            ))
         ));
     }
 

@@ -5,7 +5,7 @@ use he_linalg::attention::AvMasking;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::schedule::PIPELINE_DEPTH;
+use thex_client::PIPELINE_DEPTH;
 
 /// The default length buckets: sequences are padded up to the next of these.
 pub const DEFAULT_BUCKETS: [usize; 4] = [16, 32, 64, 128];
@@ -20,7 +20,7 @@ pub struct EngineParams {
     pub log_scale: u32,
     /// log2 of the scale of the ciphertexts the client decrypts (`None`: `log_scale`). With
     /// `log_q0 = 50` and a 2^36 scale the client can decrypt values up to 2^12 (it refuses
-    /// larger ones, [`crate::EngineError::OutOfRange`]); [`crate::ServerModel::compile`]
+    /// larger ones, [`thex_client::Error::OutOfRange`]); [`crate::ServerModel::compile`]
     /// lowers this scale for models whose values need more room. Only the last product before
     /// each decryption carries it (its plaintext's scale is lowered to match): the rest of the
     /// program keeps `log_scale`.
@@ -73,7 +73,7 @@ impl Default for EngineParams {
 impl EngineParams {
     /// Checks the buckets and bit sizes.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(EngineError::UnsupportedModel(m));
+        let bad = |m: String| Err(EngineError::Config(m));
         if self.buckets.is_empty() {
             return bad("no length buckets".into());
         }

@@ -18,11 +18,10 @@ use he_linalg::{
     Matrix, PlainMatrix, PlaintextSize, SlotBackend,
 };
 
-use crate::bundle::{BucketPlan, ClientBundle};
 use crate::error::{EngineError, Result};
 use crate::params::EngineParams;
-use crate::schedule::{BucketLayouts, Schedule};
-use crate::weights::{EmbeddingTables, ModelDims, ModelWeights};
+use crate::weights::ModelWeights;
+use thex_client::{BucketLayouts, BucketPlan, ClientBundle, EmbeddingTables, ModelDims, Schedule};
 
 /// Weights with the affine LayerNorms folded into the linear maps (see the module docs).
 #[derive(Debug, Clone)]
@@ -553,7 +552,7 @@ impl ServerModel {
             engine.extra_levels,
             magnitude,
         ) else {
-            return Err(EngineError::UnsupportedModel(format!(
+            return Err(EngineError::Config(format!(
                 "the client would decrypt values up to {magnitude:.3e}: more than the {}-bit q0 \
                  and {} extra levels leave room for (raise log_q0 or extra_levels)",
                 engine.log_q0, engine.extra_levels
@@ -583,7 +582,7 @@ impl ServerModel {
             return Err(EngineError::UnsupportedModel("no encoder layers".into()));
         }
         if engine.max_bucket() > embeddings.max_positions() {
-            return Err(EngineError::UnsupportedModel(format!(
+            return Err(EngineError::Config(format!(
                 "bucket {} exceeds the {} position embeddings",
                 engine.max_bucket(),
                 embeddings.max_positions()
@@ -766,14 +765,18 @@ impl ServerModel {
     pub fn buckets(&self) -> &[usize] {
         &self.engine.buckets
     }
+    fn unknown_bucket(&self, bucket: usize) -> EngineError {
+        thex_client::Error::UnknownBucket {
+            bucket,
+            available: self.engine.buckets.clone(),
+        }
+        .into()
+    }
     /// The schedule of a compiled bucket: layouts, levels, scales and rounds.
     pub fn schedule(&self, bucket: usize) -> Result<&Schedule> {
         self.schedules
             .get(&bucket)
-            .ok_or_else(|| EngineError::UnknownBucket {
-                bucket,
-                available: self.engine.buckets.clone(),
-            })
+            .ok_or_else(|| self.unknown_bucket(bucket))
     }
     /// The per-operation plans of every layer at a compiled bucket (key switches, rotation
     /// steps and depth of each operation, in execution order).
@@ -781,20 +784,14 @@ impl ServerModel {
         self.layer_plans
             .get(&bucket)
             .map(Vec::as_slice)
-            .ok_or_else(|| EngineError::UnknownBucket {
-                bucket,
-                available: self.engine.buckets.clone(),
-            })
+            .ok_or_else(|| self.unknown_bucket(bucket))
     }
 
     /// The plan summary of a compiled bucket.
     pub fn plan(&self, bucket: usize) -> Result<&BucketPlan> {
         self.plans
             .get(&bucket)
-            .ok_or_else(|| EngineError::UnknownBucket {
-                bucket,
-                available: self.engine.buckets.clone(),
-            })
+            .ok_or_else(|| self.unknown_bucket(bucket))
     }
     /// Union of the Galois steps of `buckets` (all compiled buckets if empty).
     pub fn galois_steps(&self, buckets: &[usize]) -> Result<BTreeSet<usize>> {

@@ -8,7 +8,7 @@ use he_linalg::{EncodedLinear, PackedMatrix, SlotBackend, ops, scales_match};
 
 use crate::error::{EngineError, Result};
 use crate::program::{LayerProgram, LayerTail};
-use crate::schedule::{ItemKind, Schedule};
+use thex_client::{ItemKind, Schedule};
 
 /// What a layer keeps while the client answers a round.
 pub(crate) enum Carry<C> {

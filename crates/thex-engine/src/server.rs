@@ -10,10 +10,10 @@ use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::program::{LayerProgram, ServerModel};
-use crate::schedule::At;
 use crate::segments::{Carry, Outcome, Segments};
-use crate::wire::{
-    EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest, Step,
+use thex_client::{
+    At, EncryptedInput, EncryptedLogits, Error as ProtocolError, EvaluationKeys, NONCE_BYTES,
+    Outgoing, ReluItem, ReluReply, ReluRequest, Step,
 };
 
 type Packed = PackedMatrix<Ciphertext>;
@@ -23,6 +23,7 @@ struct Running {
     bucket: usize,
     layer: usize,
     round: u32,
+    nonce: [u8; NONCE_BYTES],
     prog: Arc<LayerProgram<CkksPlaintext>>,
     carry: Carry<Ciphertext>,
 }
@@ -61,21 +62,24 @@ fn check_fresh(
     what: &str,
 ) -> Result<Vec<Ciphertext>> {
     if cts.len() != expected {
-        return Err(EngineError::WrongCount {
+        return Err(ProtocolError::WrongCount {
             what: format!("ciphertexts of {what}"),
             expected,
             got: cts.len(),
-        });
+        }
+        .into());
     }
     // Expanding a seeded ciphertext regenerates its uniform half: in parallel.
     cts.par_iter()
         .enumerate()
         .map(|(i, c)| {
             let ct = c.expand(params);
-            let bad = |problem: String| EngineError::BadCiphertext {
-                what: what.to_string(),
-                index: i,
-                problem,
+            let bad = |problem: String| {
+                EngineError::from(ProtocolError::BadCiphertext {
+                    what: what.to_string(),
+                    index: i,
+                    problem,
+                })
             };
             if ct.level() != at.level {
                 return Err(bad(format!(
@@ -159,9 +163,31 @@ impl ServerSession {
         &self.model
     }
 
+    /// The round waiting for the client's reply, if any.
+    pub fn pending_round(&self) -> Option<u32> {
+        self.state.as_ref().map(|r| r.round)
+    }
+
+    /// Whether the session takes a client message of this kind now (an input when idle, a
+    /// reply while a round is pending): callers check before parsing the message's bytes.
+    pub fn accepts(&self, message: Outgoing) -> Result<()> {
+        let (got, ok) = match message {
+            Outgoing::Input => ("new input", self.state.is_none()),
+            Outgoing::Reply => ("ReLU reply", self.state.is_some()),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(ProtocolError::UnexpectedMessage {
+            got,
+            state: self.state_name(),
+        }
+        .into())
+    }
+
     fn state_name(&self) -> String {
         match &self.state {
-            None => "idle".into(),
+            None => "idle (no round is pending)".into(),
             Some(r) => format!("waiting for round {} (layer {})", r.round, r.layer),
         }
     }
@@ -199,12 +225,7 @@ impl ServerSession {
 
     /// Starts an inference on an encrypted input. Fails if one is running.
     pub fn start(&mut self, input: EncryptedInput) -> Result<Step> {
-        if self.state.is_some() {
-            return Err(EngineError::UnexpectedMessage {
-                got: "new input",
-                state: self.state_name(),
-            });
-        }
+        self.accepts(Outgoing::Input)?;
         let sched = self.model.schedule(input.bucket)?;
         let layout = sched.layouts().hidden.clone();
         let cts = check_fresh(
@@ -253,14 +274,22 @@ impl ServerSession {
                         cts: m.into_cts(),
                     })
                     .collect();
+                let nonce: [u8; NONCE_BYTES] = ckks::rng::os_seed()[..NONCE_BYTES]
+                    .try_into()
+                    .expect("a seed is longer than a nonce");
                 self.state = Some(Running {
                     bucket,
                     layer,
                     round,
+                    nonce,
                     prog,
                     carry,
                 });
-                Ok(Step::NeedRelu(ReluRequest { round, items }))
+                Ok(Step::NeedRelu(ReluRequest {
+                    round,
+                    nonce,
+                    items,
+                }))
             }
             Outcome::NextLayer(x) => self.begin_layer(bucket, layer + 1, round, x),
             Outcome::Logits(ct) => Ok(Step::Done(EncryptedLogits { bucket, ct })),
@@ -269,28 +298,33 @@ impl ServerSession {
 
     /// Continues with the client's answer to the pending round.
     pub fn resume(&mut self, reply: ReluReply) -> Result<Step> {
+        self.accepts(Outgoing::Reply)?;
         let Some(run) = self.state.as_ref() else {
-            return Err(EngineError::UnexpectedMessage {
-                got: "ReLU reply",
-                state: self.state_name(),
-            });
+            return Err(EngineError::Internal(
+                "a reply is accepted while idle".into(),
+            ));
         };
         if reply.round != run.round {
-            return Err(EngineError::WrongRound {
+            return Err(ProtocolError::WrongRound {
                 got: reply.round,
                 expected: run.round,
-            });
+            }
+            .into());
+        }
+        if reply.nonce != run.nonce {
+            return Err(ProtocolError::StaleReply { round: run.round }.into());
         }
         let sched = self.model.schedule(run.bucket)?;
         let round = sched
             .round(run.round)
             .ok_or_else(|| EngineError::Internal(format!("round {} is pending", run.round)))?;
         if reply.items.len() != round.items.len() {
-            return Err(EngineError::WrongCount {
+            return Err(ProtocolError::WrongCount {
                 what: format!("items in the reply to round {}", run.round),
                 expected: round.items.len(),
                 got: reply.items.len(),
-            });
+            }
+            .into());
         }
         let mut fresh = Vec::with_capacity(round.items.len());
         for (cts, it) in reply.items.into_iter().zip(&round.items) {
@@ -306,6 +340,7 @@ impl ServerSession {
             round,
             prog,
             carry,
+            ..
         } = self.state.take().expect("checked above");
         let t0 = Instant::now();
         let result = self

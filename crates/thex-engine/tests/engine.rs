@@ -10,6 +10,7 @@ use candle_core::Device;
 use ckks::{Parameters, SecretKey};
 use he_linalg::attention::scores_to_heads;
 use he_linalg::{Layout, Matrix};
+use thex_client::*;
 use thex_engine::*;
 use thex_model::{Batch, ThexModel};
 
@@ -298,7 +299,7 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
     let (mut c, mut srv) = (client(s), server(s));
     let tokens = ids(16, 11);
     let want = plain_logits(&s.model, &tokens);
-    let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
+    let r = run_local(&mut c, &mut srv, &tokens).unwrap();
     let err = max_abs_diff(&r.logits, &want);
     eprintln!(
         "16 tokens: {} rounds, {} B up, {} B down, {:.2} s, logit error {err:.2e}",
@@ -341,7 +342,15 @@ fn run_local_reports_rounds_bytes_and_agrees_on_a_full_bucket() {
         "{} vs {up}",
         r.bytes_up
     );
-    assert!(r.timings.iter().any(|t| t.name == "server.layer1.logits"));
+    assert!(r.phases.iter().any(|t| t.name == "server.layer1.logits"));
+}
+
+/// The protocol error of a server call.
+fn protocol<T: std::fmt::Debug>(r: thex_engine::Result<T>) -> Error {
+    match r {
+        Err(EngineError::Protocol(e)) => e,
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
 }
 
 fn first_request(srv: &mut ServerSession, c: &mut ClientSession) -> ReluRequest {
@@ -361,34 +370,36 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     // Nothing running: replies and logits are out of place on both sides.
     let empty = ReluReply {
         round: 1,
+        nonce: [0; NONCE_BYTES],
         items: vec![],
     };
     assert!(matches!(
-        srv.resume(empty.clone()),
-        Err(EngineError::UnexpectedMessage { .. })
+        protocol(srv.resume(empty.clone())),
+        Error::UnexpectedMessage { .. }
     ));
     let req0 = ReluRequest {
         round: 1,
+        nonce: [0; NONCE_BYTES],
         items: vec![],
     };
     assert!(matches!(
         c.answer(&req0),
-        Err(EngineError::UnexpectedMessage { .. })
+        Err(Error::UnexpectedMessage { .. })
     ));
 
     let req = first_request(&mut srv, &mut c);
     // A second input while an inference runs.
     let again = client(s).encrypt_ids(&ids(3, 1)).unwrap();
     assert!(matches!(
-        srv.start(again),
-        Err(EngineError::UnexpectedMessage { .. })
+        protocol(srv.start(again)),
+        Error::UnexpectedMessage { .. }
     ));
     let good = c.answer(&req).unwrap();
 
     // Client side: a replayed round, a skipped round, a wrong item.
     assert!(matches!(
         c.answer(&req),
-        Err(EngineError::WrongRound {
+        Err(Error::WrongRound {
             got: 1,
             expected: 2
         })
@@ -398,50 +409,54 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     wrong.items[0].kind = ItemKind::Ffn;
     assert!(matches!(
         c.answer(&wrong),
-        Err(EngineError::WrongItem { index: 0, .. })
+        Err(Error::WrongItem { index: 0, .. })
     ));
     let mut short = req.clone();
     short.round = 2;
     short.items[0].kind = ItemKind::ReciprocalHidden1;
     let extra = short.items[0].cts[0].clone();
     short.items[0].cts.push(extra);
-    assert!(matches!(
-        c.answer(&short),
-        Err(EngineError::WrongCount { .. })
-    ));
+    assert!(matches!(c.answer(&short), Err(Error::WrongCount { .. })));
     let fake = EncryptedLogits {
         bucket: 16,
         ct: req.items[0].cts[0].clone(),
     };
     assert!(matches!(
         c.decrypt_logits(&fake),
-        Err(EngineError::UnexpectedMessage { .. })
+        Err(Error::UnexpectedMessage { .. })
     ));
 
-    // Server side: wrong round number, wrong item count, wrong ciphertext count.
+    // Server side: a reply to another request (its nonce), wrong round number, wrong item
+    // count, wrong ciphertext count.
+    let mut stale = good.clone();
+    stale.nonce[0] ^= 1;
+    assert!(matches!(
+        protocol(srv.resume(stale)),
+        Error::StaleReply { round: 1 }
+    ));
     let mut r = good.clone();
     r.round = 3;
     assert!(matches!(
-        srv.resume(r),
-        Err(EngineError::WrongRound {
+        protocol(srv.resume(r)),
+        Error::WrongRound {
             got: 3,
             expected: 1
-        })
+        }
     ));
     let mut r = good.clone();
     r.items.push(vec![]);
     assert!(matches!(
-        srv.resume(r),
-        Err(EngineError::WrongCount {
+        protocol(srv.resume(r)),
+        Error::WrongCount {
             expected: 1,
             got: 2,
             ..
-        })
+        }
     ));
     let mut r = good.clone();
     let extra = r.items[0][0].clone();
     r.items[0].push(extra);
-    assert!(matches!(srv.resume(r), Err(EngineError::WrongCount { .. })));
+    assert!(matches!(protocol(srv.resume(r)), Error::WrongCount { .. }));
 
     // A ciphertext one level below a fresh one.
     let sk = SecretKey::from_bytes_secret(&params, &s.sk).unwrap();
@@ -452,10 +467,8 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     let low = ckks::Decryptor::new(&sk).encrypt_seeded(&pt).unwrap();
     let mut r = good.clone();
     r.items[0][0] = low;
-    match srv.resume(r) {
-        Err(EngineError::BadCiphertext { problem, .. }) => {
-            assert!(problem.contains("level"), "{problem}")
-        }
+    match protocol(srv.resume(r)) {
+        Error::BadCiphertext { problem, .. } => assert!(problem.contains("level"), "{problem}"),
         other => panic!("expected BadCiphertext, got {other:?}"),
     }
 
@@ -467,6 +480,7 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
         .unwrap();
     let foreign = ReluReply {
         round: 1,
+        nonce: [0; NONCE_BYTES],
         items: vec![vec![
             ckks::Decryptor::new(&osk).encrypt_seeded(&opt).unwrap(),
         ]],
@@ -474,7 +488,7 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     let bytes = foreign.to_bytes(&other);
     assert!(matches!(
         ReluReply::from_bytes(&params, &bytes, limits),
-        Err(EngineError::Malformed(m)) if m.contains("parameters")
+        Err(Error::Malformed(m)) if m.contains("parameters")
     ));
     let mut spliced = good.to_bytes(&params);
     let inner = foreign.items[0][0].to_bytes(&other);
@@ -484,22 +498,22 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     spliced.extend_from_slice(&inner);
     assert!(matches!(
         ReluReply::from_bytes(&params, &spliced, limits),
-        Err(EngineError::Ckks(ckks::Error::Deserialize(_)))
+        Err(Error::Ckks(ckks::Error::Deserialize(_)))
     ));
     let bytes = good.to_bytes(&params);
     assert!(matches!(
         ReluReply::from_bytes(&params, &bytes[..bytes.len() - 10], limits),
-        Err(EngineError::Malformed(_) | EngineError::Ckks(_))
+        Err(Error::Malformed(_) | Error::Ckks(_))
     ));
     assert!(matches!(
         ReluReply::from_bytes(&params, b"garbage", limits),
-        Err(EngineError::Malformed(_))
+        Err(Error::Malformed(_))
     ));
     let mut long = bytes.clone();
     long.push(0);
     assert!(matches!(
         ReluReply::from_bytes(&params, &long, limits),
-        Err(EngineError::Malformed(_))
+        Err(Error::Malformed(_))
     ));
     let tight = MessageLimits {
         max_ciphertexts: 0,
@@ -507,21 +521,35 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     };
     assert!(matches!(
         ReluReply::from_bytes(&params, &bytes, tight),
-        Err(EngineError::LimitExceeded { .. })
+        Err(Error::LimitExceeded { .. })
     ));
     assert!(matches!(
         ReluRequest::from_bytes(&params, &bytes, limits),
-        Err(EngineError::Malformed(m)) if m.contains("type")
+        Err(Error::Malformed(m)) if m.contains("type")
     ));
 
     // After all that, the pending round still completes with the right reply.
     let back = ReluReply::from_bytes(&params, &bytes, limits).unwrap();
+    assert_eq!((back.round, back.nonce), (good.round, req.nonce));
     match srv.resume(back).unwrap() {
         Step::NeedRelu(r) => {
             assert_eq!((r.round, r.items[0].kind), (2, ItemKind::ReciprocalHidden1))
         }
         Step::Done(_) => panic!("finished after one round"),
     }
+
+    // Nonces are fresh per request: after an abort, the old round-1 reply is stale for the
+    // new inference's round 1.
+    srv.abort();
+    c.abort();
+    let again = first_request(&mut srv, &mut c);
+    assert_eq!(again.round, 1);
+    assert_ne!(again.nonce, req.nonce);
+    assert!(matches!(
+        protocol(srv.resume(good.clone())),
+        Error::StaleReply { round: 1 }
+    ));
+    assert!(c.answer(&again).is_ok());
 
     // Keys without the planned rotations are refused when the session is made.
     let mut kg = ckks::KeyGenerator::new(&params);
@@ -534,8 +562,8 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
         Err(EngineError::MissingRotationKeys { .. })
     ));
     assert!(matches!(
-        ServerSession::new(s.server.clone(), s.keys.clone(), &[32]),
-        Err(EngineError::UnknownBucket { bucket: 32, .. })
+        protocol(ServerSession::new(s.server.clone(), s.keys.clone(), &[32])),
+        Error::UnknownBucket { bucket: 32, .. }
     ));
 }
 
@@ -560,13 +588,13 @@ fn client_bundle_round_trips_and_rejects_corruption() {
     long.push(7);
     assert!(matches!(
         ClientBundle::from_bytes(&long),
-        Err(EngineError::Malformed(_))
+        Err(Error::Malformed(_))
     ));
     let mut bad = bytes.clone();
     bad[0] = b'X';
     assert!(matches!(
         ClientBundle::from_bytes(&bad),
-        Err(EngineError::Malformed(_))
+        Err(Error::Malformed(_))
     ));
     // An insecure parameter literal in the header is refused.
     let mut insecure = s.bundle.clone();
@@ -575,7 +603,7 @@ fn client_bundle_round_trips_and_rejects_corruption() {
     insecure.params.log_q.push(40);
     assert!(matches!(
         ClientBundle::from_bytes(&insecure.to_bytes()),
-        Err(EngineError::Ckks(ckks::Error::Insecure { .. }))
+        Err(Error::Ckks(ckks::Error::Insecure { .. }))
     ));
 }
 
@@ -607,7 +635,7 @@ fn minilm_shaped_model_agrees_slow() {
     let mut srv = ServerSession::new(server.clone(), keys, &[]).unwrap();
     let tokens = ids(13, 2);
     let want = plain_logits(&model, &tokens);
-    let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
+    let r = run_local(&mut c, &mut srv, &tokens).unwrap();
     let err = max_abs_diff(&r.logits, &want);
     eprintln!(
         "MiniLM-shaped, 2 layers, 13 tokens: {} rounds, {:.1} MB up, {:.1} MB down, {:.1} s, logit error {err:.2e}",
@@ -644,23 +672,17 @@ fn values_beyond_the_headroom_are_refused() {
     let mut c = ClientSession::new(server.client_bundle()).unwrap();
     let keys = c.evaluation_keys(&[]).unwrap();
     let mut srv = ServerSession::new(server, keys, &[]).unwrap();
-    match run_local_ids(&mut c, &mut srv, &ids(9, 5)) {
-        Err(EngineError::OutOfRange { value, limit, .. }) => {
+    match run_local(&mut c, &mut srv, &ids(9, 5)) {
+        Err(EngineError::Protocol(Error::OutOfRange { value, limit, .. })) => {
             assert!(value > limit && limit <= 1.0, "{value} {limit}")
         }
         other => panic!("expected OutOfRange, got {:?}", other.map(|r| r.logits)),
     }
-    // The failed inference holds both sides until it is aborted.
-    let input = c.encrypt_ids(&ids(9, 5)).unwrap();
-    assert!(matches!(
-        srv.start(input),
-        Err(EngineError::UnexpectedMessage { .. })
-    ));
-    srv.abort();
-    c.abort();
+    // The failed inference is aborted on both sides: the next one starts.
     assert!(c.tokens_in_flight().is_none());
-    let c_input = c.encrypt_ids(&ids(9, 5)).unwrap();
-    assert!(matches!(srv.start(c_input), Ok(Step::NeedRelu(_))));
+    assert_eq!(srv.pending_round(), None);
+    let input = c.encrypt_ids(&ids(9, 5)).unwrap();
+    assert!(matches!(srv.start(input), Ok(Step::NeedRelu(_))));
 }
 
 #[test]
@@ -694,7 +716,8 @@ fn ntt_and_compact_weights_compute_the_same_ciphertexts() {
             Step::Done(_) => panic!("no rounds"),
         }
     });
-    assert_eq!(requests[0], requests[1]);
+    // The same ciphertexts (each request has its own nonce).
+    assert_eq!(requests[0].items, requests[1].items);
 }
 
 /// Decrypted values are sent at the request scale (here forced down to 2^26) while the rest of
@@ -775,7 +798,7 @@ fn both_attention_value_maskings_agree() {
     let keys = c.evaluation_keys(&[]).unwrap();
     let mut srv = ServerSession::new(rows, keys, &[]).unwrap();
     let tokens = ids(11, 4);
-    let r = run_local_ids(&mut c, &mut srv, &tokens).unwrap();
+    let r = run_local(&mut c, &mut srv, &tokens).unwrap();
     let err = max_abs_diff(&r.logits, &plain_logits(&s.model, &tokens));
     assert!(err < 1e-4, "logit error {err}");
     // An input encrypted for the other form's level is refused.

@@ -108,6 +108,19 @@ pub enum ModelError {
 /// Result alias for this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
+impl From<thex_tokenizer::TokenizerError> for ModelError {
+    /// A missing file stays [`ModelError::MissingFile`]; everything else is
+    /// [`ModelError::Tokenizer`] with the tokenizer's message.
+    fn from(e: thex_tokenizer::TokenizerError) -> Self {
+        match e {
+            thex_tokenizer::TokenizerError::MissingFile { path } => {
+                ModelError::MissingFile { path }
+            }
+            e => ModelError::Tokenizer(e.to_string()),
+        }
+    }
+}
+
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();

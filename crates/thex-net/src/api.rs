@@ -3,18 +3,18 @@
 //! | method | path | body in | body out |
 //! |---|---|---|---|
 //! | `GET` | `/v1/info` | | [`ServerInfo`] (JSON) |
-//! | `GET` | `/v1/bundle` | | the client bundle ([`thex_engine::ClientBundle::to_bytes`]) |
+//! | `GET` | `/v1/bundle` | | the client bundle ([`thex_client::ClientBundle::to_bytes`]) |
 //! | `GET` | `/v1/tokenizer` | | `tokenizer.json` or `vocab.txt` (see [`TokenizerInfo`]) |
-//! | `POST` | `/v1/sessions?buckets=16,32` | [`thex_engine::EvaluationKeys`] | [`SessionCreated`] (JSON) |
-//! | `POST` | `/v1/sessions/{id}/infer` | [`thex_engine::EncryptedInput`] | the next step |
-//! | `POST` | `/v1/sessions/{id}/round` | [`thex_engine::ReluReply`] | the next step |
+//! | `POST` | `/v1/sessions?buckets=16,32` | [`thex_client::EvaluationKeys`] | [`SessionCreated`] (JSON) |
+//! | `POST` | `/v1/sessions/{id}/infer` | [`thex_client::EncryptedInput`] | the next step |
+//! | `POST` | `/v1/sessions/{id}/round` | [`thex_client::ReluReply`] | the next step |
 //! | `DELETE` | `/v1/sessions/{id}` | | |
 //! | `GET` | `/v1/stats` | | [`ServerStats`] (JSON) |
 //!
-//! A step is a [`thex_engine::ReluRequest`] ([`STEP_HEADER`] `relu`, with [`ROUND_HEADER`]
-//! and a fresh [`ROUND_TOKEN_HEADER`] that the reply must echo) or the
-//! [`thex_engine::EncryptedLogits`] (`done`). Binary bodies are the engine's versioned
-//! messages; errors are `{"error": "..."}` with a 4xx/5xx status.
+//! A step ([`thex_client::Step`]) is a [`thex_client::ReluRequest`], whose reply must echo its
+//! round and random nonce, or the [`thex_client::EncryptedLogits`]; the message's type tag
+//! says which. Binary bodies are [`thex_client::Message`]s; every answer with a step carries
+//! [`SERVER_SECONDS_HEADER`]; errors are `{"error": "..."}` with a 4xx/5xx status.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,25 +44,13 @@ pub mod routes {
 }
 /// Response header: SHA-256 (hex) of the body of `GET /v1/bundle` or `GET /v1/tokenizer`.
 pub const SHA256_HEADER: &str = "x-thex-sha256";
-/// Response header of a step: `relu` (a [`thex_engine::ReluRequest`]) or `done` (logits).
-pub const STEP_HEADER: &str = "x-thex-step";
-/// Response header of a `relu` step: the round number.
-pub const ROUND_HEADER: &str = "x-thex-round";
-/// Response header of a `relu` step, and request header of `POST .../round`: a random token
-/// binding the reply to the request of this session it answers.
-pub const ROUND_TOKEN_HEADER: &str = "x-thex-round-token";
 /// Response header of a step: server compute time in seconds (parsing, HE, serializing).
 pub const SERVER_SECONDS_HEADER: &str = "x-thex-server-seconds";
-
-/// `x-thex-step` value of a ReLU request.
-pub const STEP_RELU: &str = "relu";
-/// `x-thex-step` value of the final logits.
-pub const STEP_DONE: &str = "done";
 
 /// What `GET /v1/info` tells a client before it downloads anything.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerInfo {
-    /// Protocol name and version, `thex-net/1`.
+    /// Protocol name and version, [`PROTOCOL`].
     pub protocol: String,
     /// SHA-256 (hex) of the client bundle.
     pub bundle_sha256: String,
@@ -153,4 +141,4 @@ pub struct ErrorBody {
 }
 
 /// Protocol name announced in [`ServerInfo::protocol`].
-pub const PROTOCOL: &str = "thex-net/1";
+pub const PROTOCOL: &str = "thex-net/2";

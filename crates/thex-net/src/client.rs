@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use ckks::{Parameters, SecretKey};
 use serde::Serialize;
-use thex_engine::{
-    ClientBundle, ClientSession, EncryptedInput, EncryptedLogits, MessageLimits, PhaseTiming,
-    ReluRequest,
+use thex_client::{
+    Answer, BertTokenizer, ClientBundle, ClientSession, Inference, Message, MessageLimits,
+    Outgoing, Transport, infer,
 };
-use thex_model::{BertTokenizer, sha256_hex};
+use thex_model::sha256_hex;
 use ureq::Agent;
 use ureq::http::Response;
 use zeroize::Zeroizing;
 
 use crate::api::{
-    ErrorBody, PROTOCOL, ROUND_HEADER, ROUND_TOKEN_HEADER, SERVER_SECONDS_HEADER, SHA256_HEADER,
-    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, SessionCreated, TokenizerKind, routes,
+    ErrorBody, PROTOCOL, SERVER_SECONDS_HEADER, SHA256_HEADER, ServerInfo, SessionCreated,
+    TokenizerKind, routes,
 };
 use crate::error::{NetError, Result};
 
@@ -69,54 +69,6 @@ pub struct ConnectReport {
     pub keygen_seconds: f64,
     /// Seconds to upload them and have the server load them.
     pub upload_seconds: f64,
-}
-
-/// One HTTP exchange of an inference: the input (round 0) or the reply to a round.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Exchange {
-    /// 0 for the input, else the round answered.
-    pub round: u32,
-    /// Bytes sent.
-    pub bytes_up: usize,
-    /// Bytes received.
-    pub bytes_down: usize,
-    /// Seconds from sending to having the whole answer (network and server).
-    pub wait_seconds: f64,
-    /// Of these, the server's compute as it reports it.
-    pub server_seconds: f64,
-}
-
-/// The outcome of one encrypted inference over the network.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NetInference {
-    /// Predicted label name.
-    pub label: String,
-    /// Predicted label index.
-    pub label_id: usize,
-    /// Label names, index-aligned with `probabilities` and `logits`.
-    pub labels: Vec<String>,
-    /// Softmax of the logits.
-    pub probabilities: Vec<f64>,
-    /// Decrypted logits.
-    pub logits: Vec<f64>,
-    /// Tokens of the input (with `[CLS]`/`[SEP]`).
-    pub tokens: usize,
-    /// Length bucket used.
-    pub bucket: usize,
-    /// Client rounds.
-    pub rounds: usize,
-    /// Bytes sent (input and replies; keys excluded).
-    pub bytes_up: usize,
-    /// Bytes received (requests and logits).
-    pub bytes_down: usize,
-    /// Seconds per phase: `client.encrypt`, `client.rounds`, `client.decrypt`,
-    /// `client.serialization`, `server.compute` (as the server reports it) and `network`
-    /// (waiting minus server compute).
-    pub phases: Vec<PhaseTiming>,
-    /// Every exchange in order.
-    pub exchanges: Vec<Exchange>,
-    /// Wall time in seconds.
-    pub total_seconds: f64,
 }
 
 /// Reads a response body of at most `limit` bytes.
@@ -197,13 +149,13 @@ struct Http {
     max_response_bytes: u64,
 }
 
-/// An answer: headers and the whole body.
-struct Answer {
+/// An HTTP answer: headers and the whole body.
+struct HttpAnswer {
     response: Response<ureq::Body>,
     body: Vec<u8>,
 }
 
-impl Answer {
+impl HttpAnswer {
     fn header(&self, name: &str) -> Option<&str> {
         self.response
             .headers()
@@ -224,7 +176,7 @@ impl Http {
         path: &str,
         session: Option<&str>,
         request: impl FnOnce(&Agent, &str) -> std::result::Result<Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Answer> {
+    ) -> Result<HttpAnswer> {
         let url = self.url(path);
         let mut response = request(&self.agent, &url).map_err(|e| NetError::Transport {
             url: url.clone(),
@@ -233,7 +185,7 @@ impl Http {
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             let body = read_body(&mut response, &url, self.max_response_bytes)?;
-            return Ok(Answer { response, body });
+            return Ok(HttpAnswer { response, body });
         }
         if status == 404
             && let Some(id) = session
@@ -253,7 +205,7 @@ impl Http {
         })
     }
 
-    fn get(&self, what: &str, path: &str) -> Result<Answer> {
+    fn get(&self, what: &str, path: &str) -> Result<HttpAnswer> {
         self.send(what, path, None, |a, u| a.get(u).call())
     }
 
@@ -262,15 +214,12 @@ impl Http {
         what: &str,
         path: &str,
         session: Option<&str>,
-        headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Result<Answer> {
+    ) -> Result<HttpAnswer> {
         self.send(what, path, session, |a, u| {
-            let mut r = a.post(u).header("content-type", "application/octet-stream");
-            for (k, v) in headers {
-                r = r.header(*k, *v);
-            }
-            r.send(body)
+            a.post(u)
+                .header("content-type", "application/octet-stream")
+                .send(body)
         })
     }
 
@@ -315,20 +264,54 @@ impl Http {
     }
 }
 
-/// Loads the tokenizer file (written to `dir` if it is not there yet).
-fn load_tokenizer(
-    info: &crate::api::TokenizerInfo,
-    bytes: &[u8],
-    dir: &Path,
-) -> Result<BertTokenizer> {
-    let path = dir.join(info.kind.file_name());
-    if !path.is_file() {
-        write_atomic(&path, bytes)?;
-    }
+/// Builds the tokenizer the server announced from its file's bytes.
+fn load_tokenizer(info: &crate::api::TokenizerInfo, bytes: &[u8]) -> Result<BertTokenizer> {
     Ok(match info.kind {
-        TokenizerKind::TokenizerJson => BertTokenizer::from_tokenizer_json(&path, info.max_len)?,
-        TokenizerKind::VocabTxt => BertTokenizer::from_vocab(&path, info.lowercase, info.max_len)?,
+        TokenizerKind::TokenizerJson => {
+            BertTokenizer::from_tokenizer_json_bytes(bytes, info.max_len)?
+        }
+        TokenizerKind::VocabTxt => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| NetError::Protocol("the server's vocab.txt is not UTF-8".into()))?;
+            BertTokenizer::from_vocab_text(text, info.lowercase, info.max_len)?
+        }
     })
+}
+
+/// The HTTP [`Transport`] of one session: the input goes to `POST …/infer`, round replies to
+/// `POST …/round`.
+struct SessionTransport<'a> {
+    http: &'a Http,
+    session: &'a str,
+}
+
+impl Transport for SessionTransport<'_> {
+    type Error = NetError;
+
+    fn exchange(&mut self, kind: Outgoing, bytes: &[u8]) -> Result<Answer> {
+        let (what, route) = match kind {
+            Outgoing::Input => ("encrypted input", routes::INFER),
+            Outgoing::Reply => ("round reply", routes::ROUND),
+        };
+        let path = routes::with_id(route, self.session);
+        let answer = self.http.post(what, &path, Some(self.session), bytes)?;
+        let server_seconds = answer
+            .header(SERVER_SECONDS_HEADER)
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(0.0);
+        Ok(Answer {
+            bytes: answer.body,
+            server_seconds,
+        })
+    }
+
+    fn limits(&self) -> MessageLimits {
+        MessageLimits {
+            max_bytes: usize::try_from(self.http.max_response_bytes).unwrap_or(usize::MAX),
+            ..MessageLimits::default()
+        }
+    }
 }
 
 /// A connected client with an open session. The secret key stays in this process (and in
@@ -403,18 +386,18 @@ impl Client {
         let bundle = ClientBundle::from_bytes(&bundle_bytes)?;
 
         let tok = &info.tokenizer;
-        let temp;
-        let tok_dir = match cache {
-            Some(d) => d.join("tokenizers").join(&tok.sha256),
-            None => {
-                temp = tempfile::tempdir().map_err(|e| NetError::io("temporary directory", e))?;
-                temp.path().to_path_buf()
-            }
-        };
-        let tok_file = tok_dir.join(tok.kind.file_name());
-        let (tok_bytes, tokenizer_cached) =
-            http.fetch_verified("tokenizer", routes::TOKENIZER, &tok.sha256, Some(&tok_file))?;
-        let tokenizer = load_tokenizer(tok, &tok_bytes, &tok_dir)?;
+        let tok_file = cache.map(|d| {
+            d.join("tokenizers")
+                .join(&tok.sha256)
+                .join(tok.kind.file_name())
+        });
+        let (tok_bytes, tokenizer_cached) = http.fetch_verified(
+            "tokenizer",
+            routes::TOKENIZER,
+            &tok.sha256,
+            tok_file.as_deref(),
+        )?;
+        let tokenizer = load_tokenizer(tok, &tok_bytes)?;
 
         let (engine, key_loaded) = match &options.key_file {
             Some(path) => client_with_key_file(bundle, path)?,
@@ -423,7 +406,7 @@ impl Client {
         Ok(Self {
             http,
             info,
-            engine: engine.with_tokenizer(tokenizer.clone()),
+            engine,
             tokenizer,
             session: String::new(),
             report: ConnectReport {
@@ -446,7 +429,7 @@ impl Client {
 
     /// Number of tokens of `text` (with `[CLS]`/`[SEP]`).
     pub fn tokenize(&self, text: &str) -> Result<usize> {
-        Ok(self.tokenizer.encode(text)?.len())
+        Ok(self.tokenizer.encode(text).len())
     }
 
     /// Generates evaluation keys for `buckets` (empty: all) and opens a new session with
@@ -475,9 +458,7 @@ impl Client {
         let t = Instant::now();
         let list: Vec<String> = buckets.iter().map(usize::to_string).collect();
         let path = format!("{}?buckets={}", routes::SESSIONS, list.join(","));
-        let answer = self
-            .http
-            .post("session creation", &path, None, &[], &bytes)?;
+        let answer = self.http.post("session creation", &path, None, &bytes)?;
         let created: SessionCreated = serde_json::from_slice(&answer.body)
             .map_err(|e| NetError::Protocol(format!("session creation answer: {e}")))?;
         self.report.upload_seconds = t.elapsed().as_secs_f64();
@@ -508,8 +489,8 @@ impl Client {
     }
 
     /// Tokenizes, encrypts and classifies `text`.
-    pub fn infer(&mut self, text: &str) -> Result<NetInference> {
-        self.run(|c| c.encrypt_text(text), &mut |_| {})
+    pub fn infer(&mut self, text: &str) -> Result<Inference> {
+        self.infer_with_progress(text, &mut |_| {})
     }
 
     /// [`Client::infer`], calling `on_round(r)` when round `r` has been answered (0: the
@@ -518,13 +499,14 @@ impl Client {
         &mut self,
         text: &str,
         on_round: &mut dyn FnMut(u32),
-    ) -> Result<NetInference> {
-        self.run(|c| c.encrypt_text(text), on_round)
+    ) -> Result<Inference> {
+        let ids = self.tokenizer.encode(text);
+        self.run(&ids, on_round)
     }
 
     /// Classifies token ids (with `[CLS]`/`[SEP]`), skipping the tokenizer.
-    pub fn infer_ids(&mut self, ids: &[u32]) -> Result<NetInference> {
-        self.run(|c| c.encrypt_ids(ids), &mut |_| {})
+    pub fn infer_ids(&mut self, ids: &[u32]) -> Result<Inference> {
+        self.run(ids, &mut |_| {})
     }
 
     /// Closes the session on the server (its keys are dropped there).
@@ -537,139 +519,16 @@ impl Client {
             .map(|_| ())
     }
 
-    fn run(
-        &mut self,
-        encrypt: impl FnOnce(&mut ClientSession) -> thex_engine::Result<EncryptedInput>,
-        on_round: &mut dyn FnMut(u32),
-    ) -> Result<NetInference> {
+    fn run(&mut self, ids: &[u32], on_round: &mut dyn FnMut(u32)) -> Result<Inference> {
         if self.session.is_empty() {
             return Err(NetError::Protocol(
                 "no session is open (call open_session first)".into(),
             ));
         }
-        let start = Instant::now();
-        let params = self.engine.params().clone();
-        let limits = MessageLimits {
-            max_bytes: usize::try_from(self.http.max_response_bytes).unwrap_or(usize::MAX),
-            ..MessageLimits::default()
+        let mut transport = SessionTransport {
+            http: &self.http,
+            session: &self.session,
         };
-        let (mut t_rounds, mut t_ser) = (0.0, 0.0);
-        let mut exchanges: Vec<Exchange> = Vec::new();
-
-        let t = Instant::now();
-        let input = encrypt(&mut self.engine)?;
-        let t_encrypt = t.elapsed().as_secs_f64();
-        let bucket = input.bucket;
-        let tokens = self.engine.tokens_in_flight().unwrap_or(0);
-        let t = Instant::now();
-        let mut body = input.to_bytes(&params);
-        drop(input);
-        t_ser += t.elapsed().as_secs_f64();
-
-        let infer_path = routes::with_id(routes::INFER, &self.session);
-        let round_path = routes::with_id(routes::ROUND, &self.session);
-        let mut round = 0u32;
-        let mut token = String::new();
-        let logits = loop {
-            let t = Instant::now();
-            let answer = if round == 0 {
-                self.http.post(
-                    "encrypted input",
-                    &infer_path,
-                    Some(&self.session),
-                    &[],
-                    &body,
-                )?
-            } else {
-                self.http.post(
-                    "round reply",
-                    &round_path,
-                    Some(&self.session),
-                    &[(ROUND_TOKEN_HEADER, &token)],
-                    &body,
-                )?
-            };
-            let server_seconds = answer
-                .header(SERVER_SECONDS_HEADER)
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            on_round(round);
-            exchanges.push(Exchange {
-                round,
-                bytes_up: body.len(),
-                bytes_down: answer.body.len(),
-                wait_seconds: t.elapsed().as_secs_f64(),
-                server_seconds,
-            });
-            match answer.header(STEP_HEADER) {
-                Some(STEP_DONE) => {
-                    let t = Instant::now();
-                    let l = EncryptedLogits::from_bytes(&params, &answer.body, limits)?;
-                    t_ser += t.elapsed().as_secs_f64();
-                    break l;
-                }
-                Some(STEP_RELU) => {
-                    token = answer
-                        .header(ROUND_TOKEN_HEADER)
-                        .ok_or_else(|| NetError::Protocol("round without a round token".into()))?
-                        .to_string();
-                    let announced = answer.header(ROUND_HEADER).and_then(|r| r.parse().ok());
-                    let t = Instant::now();
-                    let req = ReluRequest::from_bytes(&params, &answer.body, limits)?;
-                    t_ser += t.elapsed().as_secs_f64();
-                    if announced != Some(req.round) {
-                        return Err(NetError::Protocol(format!(
-                            "header announces round {announced:?}, the request is round {}",
-                            req.round
-                        )));
-                    }
-                    round = req.round;
-                    let t = Instant::now();
-                    let reply = self.engine.answer(&req)?;
-                    drop(req);
-                    t_rounds += t.elapsed().as_secs_f64();
-                    let t = Instant::now();
-                    body = reply.to_bytes(&params);
-                    t_ser += t.elapsed().as_secs_f64();
-                }
-                other => {
-                    return Err(NetError::Protocol(format!(
-                        "unknown step {other:?} in the server's answer"
-                    )));
-                }
-            }
-        };
-        let t = Instant::now();
-        let pred = self.engine.decrypt_logits(&logits)?;
-        let t_decrypt = t.elapsed().as_secs_f64();
-
-        let wait: f64 = exchanges.iter().map(|e| e.wait_seconds).sum();
-        let server: f64 = exchanges.iter().map(|e| e.server_seconds).sum();
-        let phase = |name: &str, seconds: f64| PhaseTiming {
-            name: name.into(),
-            seconds,
-        };
-        Ok(NetInference {
-            label: pred.label,
-            label_id: pred.label_id,
-            labels: self.labels().to_vec(),
-            probabilities: pred.probabilities,
-            logits: pred.logits,
-            tokens,
-            bucket,
-            rounds: round as usize,
-            bytes_up: exchanges.iter().map(|e| e.bytes_up).sum(),
-            bytes_down: exchanges.iter().map(|e| e.bytes_down).sum(),
-            phases: vec![
-                phase("client.encrypt", t_encrypt),
-                phase("client.rounds", t_rounds),
-                phase("client.decrypt", t_decrypt),
-                phase("client.serialization", t_ser),
-                phase("server.compute", server),
-                phase("network", (wait - server).max(0.0)),
-            ],
-            exchanges,
-            total_seconds: start.elapsed().as_secs_f64(),
-        })
+        infer(&mut self.engine, &mut transport, ids, on_round)
     }
 }

@@ -65,9 +65,15 @@ pub enum NetError {
     /// The model directory cannot be served.
     #[error("model: {0}")]
     Model(#[from] thex_model::ModelError),
-    /// Error from the protocol engine (malformed messages, wrong rounds, CKKS errors).
+    /// Error from the server's engine (compiling the model, running a step).
     #[error("engine: {0}")]
     Engine(#[from] thex_engine::EngineError),
+    /// Error of the client session or of a message (malformed, out of order, out of range).
+    #[error("{0}")]
+    Client(#[from] thex_client::Error),
+    /// The server's tokenizer file cannot be used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] thex_client::TokenizerError),
     /// Error from the CKKS layer (secret-key files).
     #[error("ckks: {0}")]
     Ckks(#[from] ckks::Error),

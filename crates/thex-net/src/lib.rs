@@ -9,7 +9,7 @@
 //! - [`Client::connect_with`]: downloads (or reuses from a cache, by hash) the bundle and
 //!   tokenizer, loads or creates the secret key, uploads evaluation keys once, then
 //!   [`Client::infer`] runs the input, every ReLU round and the decryption, and reports
-//!   bytes, rounds and time per phase ([`NetInference`]).
+//!   bytes, rounds and time per phase ([`Inference`], the driver of `thex-client` over HTTP).
 //!
 //! ```no_run
 //! use thex_net::{Client, ServedModel, ServerHandle, ServerLimits};
@@ -29,7 +29,8 @@ mod error;
 mod served;
 mod server;
 
-pub use client::{Client, ClientOptions, ConnectReport, Exchange, NetInference};
+pub use client::{Client, ClientOptions, ConnectReport};
 pub use error::{NetError, Result};
 pub use served::{ServedModel, TokenizerFile};
 pub use server::{ServerHandle, ServerLimits};
+pub use thex_client::{Exchange, Inference, PhaseTiming};

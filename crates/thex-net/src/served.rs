@@ -50,7 +50,7 @@ impl TokenizerFile {
 pub struct ServedModel {
     /// The compiled program (no key inside).
     pub model: Arc<ServerModel>,
-    /// [`thex_engine::ClientBundle::to_bytes`] of the program.
+    /// [`thex_client::ClientBundle::to_bytes`] of the program.
     pub bundle: Arc<Vec<u8>>,
     /// SHA-256 of `bundle`, hex.
     pub bundle_sha256: String,

@@ -22,14 +22,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ckks::Parameters;
 use rand::RngCore;
-use thex_engine::{
-    EncryptedInput, EngineError, EvaluationKeys, MessageLimits, ReluReply, ServerSession, Step,
+use thex_client::{
+    EncryptedInput, ErrorClass, EvaluationKeys, Message, MessageLimits, Outgoing, ReluReply, Step,
 };
+use thex_engine::{EngineError, ServerSession};
 use tokio::sync::oneshot;
 
 use crate::api::{
-    ErrorBody, PROTOCOL, ROUND_HEADER, ROUND_TOKEN_HEADER, SERVER_SECONDS_HEADER, SHA256_HEADER,
-    STEP_DONE, STEP_HEADER, STEP_RELU, ServerInfo, ServerStats, SessionCreated, routes,
+    ErrorBody, PROTOCOL, SERVER_SECONDS_HEADER, SHA256_HEADER, ServerInfo, ServerStats,
+    SessionCreated, routes,
 };
 use crate::error::{NetError, Result};
 use crate::served::ServedModel;
@@ -70,44 +71,31 @@ impl Default for ServerLimits {
     }
 }
 
-struct Pending {
-    round: u32,
-    token: String,
-}
-
-struct Core {
-    engine: ServerSession,
-    pending: Option<Pending>,
-}
-
 struct Session {
     /// First 8 hex characters of the id, for logs (the full id is the session's credential).
     short: String,
-    core: Mutex<Core>,
-    activity: Mutex<Activity>,
+    engine: Mutex<ServerSession>,
+    /// When the session last saw a request.
+    last_request: Mutex<Instant>,
     key_bytes: usize,
 }
 
-/// When the session last saw a request, and whether a round is waiting for its client.
-#[derive(Clone, Copy)]
-struct Activity {
-    at: Instant,
-    round_pending: bool,
-}
-
 impl Session {
-    fn touch(&self, round_pending: Option<bool>) {
-        let mut a = lock(&self.activity);
-        a.at = Instant::now();
-        if let Some(p) = round_pending {
-            a.round_pending = p;
-        }
+    fn touch(&self) {
+        *lock(&self.last_request) = Instant::now();
     }
-    /// Whether the session has outlived its timeout: `round` while a round waits for the
-    /// client, `idle` otherwise.
-    fn expired(&self, idle: Duration, round: Duration) -> bool {
-        let a = *lock(&self.activity);
-        a.at.elapsed() > if a.round_pending { round } else { idle }
+    /// Seconds since the last request.
+    fn idle_seconds(&self) -> f64 {
+        lock(&self.last_request).elapsed().as_secs_f64()
+    }
+    /// Whether the session has outlived its timeout (`round` while a round waits for the
+    /// client, `idle` otherwise) and no request of it is computing; then also whether a round
+    /// was pending.
+    fn expired(&self, idle: Duration, round: Duration) -> Option<bool> {
+        let engine = self.engine.try_lock().ok()?;
+        let pending = engine.pending_round().is_some();
+        let limit = if pending { round } else { idle };
+        (lock(&self.last_request).elapsed() > limit).then_some(pending)
     }
 }
 
@@ -171,21 +159,20 @@ impl Shared {
     fn reap(&self) -> usize {
         let (idle, round) = (self.limits.idle_timeout, self.limits.round_timeout);
         let mut r = lock(&self.registry);
-        let stale: Vec<String> = r
+        let stale: Vec<(String, bool)> = r
             .sessions
             .iter()
-            .filter(|(_, s)| s.expired(idle, round) && s.core.try_lock().is_ok())
-            .map(|(id, _)| id.clone())
+            .filter_map(|(id, s)| Some((id.clone(), s.expired(idle, round)?)))
             .collect();
-        for id in &stale {
+        for (id, round_pending) in &stale {
             if let Some(s) = r.sessions.remove(id) {
                 r.key_bytes -= s.key_bytes;
                 tracing::info!(
                     target: "thex_net::request",
                     event = "reaped",
                     session = %s.short,
-                    round_pending = lock(&s.activity).round_pending,
-                    idle_s = lock(&s.activity).at.elapsed().as_secs_f64(),
+                    round_pending,
+                    idle_s = s.idle_seconds(),
                     key_bytes = s.key_bytes,
                     "session dropped after its timeout"
                 );
@@ -220,24 +207,21 @@ impl ApiError {
 }
 
 impl From<EngineError> for ApiError {
+    /// The client's fault is a 4xx, the server's (configuration, broken invariants) a 500.
     fn from(e: EngineError) -> Self {
-        let status = match &e {
-            EngineError::UnexpectedMessage { .. } | EngineError::WrongRound { .. } => {
-                StatusCode::CONFLICT
-            }
-            EngineError::LimitExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EngineError::Malformed(_)
-            | EngineError::WrongCount { .. }
-            | EngineError::WrongItem { .. }
-            | EngineError::BadCiphertext { .. }
-            | EngineError::UnknownBucket { .. }
-            | EngineError::SequenceTooLong { .. }
-            | EngineError::MissingRotationKeys { .. }
-            | EngineError::Ckks(_) => StatusCode::BAD_REQUEST,
-            // Bad configuration and broken invariants (`Internal`) are the server's fault.
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match e.class() {
+            ErrorClass::BadInput => StatusCode::BAD_REQUEST,
+            ErrorClass::OutOfOrder => StatusCode::CONFLICT,
+            ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorClass::Config | ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<thex_client::Error> for ApiError {
+    fn from(e: thex_client::Error) -> Self {
+        EngineError::from(e).into()
     }
 }
 
@@ -491,14 +475,8 @@ async fn create_session(
         let id = new_session_id();
         let session = Arc::new(Session {
             short: id[..8].to_string(),
-            core: Mutex::new(Core {
-                engine,
-                pending: None,
-            }),
-            activity: Mutex::new(Activity {
-                at: Instant::now(),
-                round_pending: false,
-            }),
+            engine: Mutex::new(engine),
+            last_request: Mutex::new(Instant::now()),
             key_bytes,
         });
         log.session = session.short.clone();
@@ -543,24 +521,21 @@ struct StepOut {
     bytes: Vec<u8>,
     /// The round the message answered (0: the input).
     answered: u32,
-    relu: Option<(u32, String)>,
+    /// The round the answer requests (none: the answer is the logits).
+    next_round: Option<u32>,
     seconds: f64,
 }
 
-enum Work {
-    Start(Bytes),
-    Round(Bytes, Option<String>),
-}
-
-/// Parses the message, runs `start`/`resume` and serializes the next step, holding the
-/// session's lock; a second request meanwhile gets `409`.
+/// Parses the message (the input, else a round reply), runs `start`/`resume` and serializes
+/// the next step, holding the session's lock; a second request meanwhile gets `409`.
 fn compute(
     shared: &Shared,
     session: &Session,
-    work: Work,
+    body: &[u8],
+    kind: Outgoing,
 ) -> std::result::Result<StepOut, ApiError> {
     let t = Instant::now();
-    let mut core = match session.core.try_lock() {
+    let mut engine = match session.engine.try_lock() {
         Ok(c) => c,
         Err(TryLockError::WouldBlock) => {
             return Err(ApiError::new(
@@ -575,65 +550,26 @@ fn compute(
             ));
         }
     };
-    let params = &shared.params;
-    let mut answered = 0;
-    let step = match work {
-        Work::Start(body) => {
-            let input = EncryptedInput::from_bytes(params, &body, shared.messages)?;
-            core.engine.start(input)?
-        }
-        Work::Round(body, token) => {
-            let Some(pending) = &core.pending else {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "no round is pending in this session",
-                ));
-            };
-            if token.as_deref() != Some(pending.token.as_str()) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "the reply does not answer this session's pending round {} (round token mismatch)",
-                        pending.round
-                    ),
-                ));
-            }
-            answered = pending.round;
-            let reply = ReluReply::from_bytes(params, &body, shared.messages)?;
-            core.engine.resume(reply)?
-        }
+    let (params, limits) = (&shared.params, shared.messages);
+    // Out-of-order messages are refused before their bytes are parsed.
+    engine.accepts(kind)?;
+    let answered = engine.pending_round().unwrap_or(0);
+    let step = match kind {
+        Outgoing::Input => engine.start(EncryptedInput::from_bytes(params, body, limits)?)?,
+        Outgoing::Reply => engine.resume(ReluReply::from_bytes(params, body, limits)?)?,
     };
-    let out = match step {
-        Step::NeedRelu(req) => {
-            let mut token = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut token);
-            let token = hex::encode(token);
-            core.pending = Some(Pending {
-                round: req.round,
-                token: token.clone(),
-            });
-            StepOut {
-                bytes: req.to_bytes(params),
-                answered: 0,
-                relu: Some((req.round, token)),
-                seconds: 0.0,
-            }
-        }
-        Step::Done(logits) => {
-            core.pending = None;
+    let next_round = match &step {
+        Step::NeedRelu(req) => Some(req.round),
+        Step::Done(_) => {
             shared.inferences.fetch_add(1, Ordering::Relaxed);
-            StepOut {
-                bytes: logits.to_bytes(params),
-                answered: 0,
-                relu: None,
-                seconds: 0.0,
-            }
+            None
         }
     };
     Ok(StepOut {
-        seconds: t.elapsed().as_secs_f64(),
+        bytes: step.to_bytes(params),
         answered,
-        ..out
+        next_round,
+        seconds: t.elapsed().as_secs_f64(),
     })
 }
 
@@ -642,7 +578,7 @@ async fn run_step(
     id: String,
     route: &'static str,
     body: std::result::Result<Bytes, BytesRejection>,
-    token: Option<String>,
+    kind: Outgoing,
 ) -> Response {
     let mut log = RequestLog::new(route, 0);
     log.session = id.chars().take(8).collect();
@@ -650,21 +586,20 @@ async fn run_step(
         let body = body?;
         log.bytes_in = body.len();
         let session = s.session(&id)?;
-        session.touch(None);
-        let work = match token {
-            None => Work::Start(body),
-            Some(t) if t.is_empty() => Work::Round(body, None),
-            Some(t) => Work::Round(body, Some(t)),
-        };
+        session.touch();
         let (shared, sess) = (s.clone(), session.clone());
-        let out = tokio::task::spawn_blocking(move || compute(&shared, &sess, work))
+        let out = tokio::task::spawn_blocking(move || compute(&shared, &sess, &body, kind))
             .await
             .map_err(join_error)?;
-        // A round now waits for the client, or the inference ended; errors leave it as is.
-        session.touch(out.as_ref().ok().map(|o| o.relu.is_some()));
+        session.touch();
         let out = out?;
         log.compute_s = out.seconds;
         log.bytes_out = out.bytes.len();
+        log.answered = Some(out.answered);
+        log.next = Some(match out.next_round {
+            Some(r) => format!("round{r}"),
+            None => "logits".into(),
+        });
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -674,22 +609,6 @@ async fn run_step(
             SERVER_SECONDS_HEADER,
             HeaderValue::from_str(&format!("{:.6}", out.seconds)).expect("a number"),
         );
-        log.answered = Some(out.answered);
-        match &out.relu {
-            Some((round, token)) => {
-                log.next = Some(format!("round{round}"));
-                headers.insert(STEP_HEADER, HeaderValue::from_static(STEP_RELU));
-                headers.insert(ROUND_HEADER, HeaderValue::from(*round));
-                headers.insert(
-                    ROUND_TOKEN_HEADER,
-                    HeaderValue::from_str(token).expect("hex"),
-                );
-            }
-            None => {
-                log.next = Some("logits".into());
-                headers.insert(STEP_HEADER, HeaderValue::from_static(STEP_DONE));
-            }
-        }
         Ok((headers, out.bytes).into_response())
     }
     .await;
@@ -701,21 +620,15 @@ async fn infer(
     Path(id): Path<String>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
-    run_step(s, id, "POST infer", body, None).await
+    run_step(s, id, "POST infer", body, Outgoing::Input).await
 }
 
 async fn round(
     State(s): St,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
-    let token = headers
-        .get(ROUND_TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    run_step(s, id, "POST round", body, Some(token)).await
+    run_step(s, id, "POST round", body, Outgoing::Reply).await
 }
 
 /// A running server on a background thread with its own tokio runtime.
@@ -908,20 +821,26 @@ mod tests {
 
     #[test]
     fn engine_errors_map_to_client_or_server_statuses() {
+        use thex_client::Error;
         let status = |e: EngineError| ApiError::from(e).status;
+        let protocol = |e: Error| ApiError::from(e).status;
         assert_eq!(
-            status(EngineError::Malformed("x".into())),
+            protocol(Error::Malformed("x".into())),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status(EngineError::WrongRound {
+            protocol(Error::WrongRound {
                 got: 2,
                 expected: 1
             }),
             StatusCode::CONFLICT
         );
         assert_eq!(
-            status(EngineError::LimitExceeded {
+            protocol(Error::StaleReply { round: 1 }),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            protocol(Error::LimitExceeded {
                 what: "message bytes",
                 value: 2,
                 limit: 1
@@ -934,6 +853,10 @@ mod tests {
         );
         assert_eq!(
             status(EngineError::Internal("x".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            protocol(Error::Internal("x".into())),
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }

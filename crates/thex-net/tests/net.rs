@@ -8,12 +8,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ckks::{KeyGenerator, Parameters, SecretKey};
-use thex_engine::{
-    ClientBundle, ClientSession, EngineParams, EvaluationKeys, ReluReply, ServerModel,
-    ServerSession, run_local,
+use thex_client::{
+    ClientBundle, ClientSession, EvaluationKeys, Message, ReluReply, ReluRequest, Step,
 };
-use thex_model::{LoadOptions, load_model_dir};
-use thex_net::api::{ROUND_TOKEN_HEADER, STEP_HEADER, ServerInfo, SessionCreated};
+use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
+use thex_model::{BertTokenizer, LoadOptions, load_model_dir};
+use thex_net::api::{SERVER_SECONDS_HEADER, ServerInfo, SessionCreated};
 use thex_net::{Client, ClientOptions, NetError, ServerHandle, ServerLimits};
 
 use common::{LABELS, LAYERS, get, post, served};
@@ -71,17 +71,24 @@ fn shared_keys() -> &'static (Vec<u8>, Vec<u8>) {
     })
 }
 
-/// A client state machine with the shared secret key and the model's tokenizer.
+/// A client state machine with the shared secret key.
 fn shared_client() -> ClientSession {
     let bundle = served().1.model.client_bundle();
     let params = Parameters::new(&bundle.params).unwrap();
     let sk = SecretKey::from_bytes_secret(&params, &shared_keys().0).unwrap();
-    let tok = load_model_dir(&served().0, &LoadOptions::default())
-        .unwrap()
-        .tokenizer;
-    ClientSession::with_secret_key(bundle, sk)
-        .unwrap()
-        .with_tokenizer(tok)
+    ClientSession::with_secret_key(bundle, sk).unwrap()
+}
+
+/// The token ids of `text` by the model's tokenizer.
+fn ids(text: &str) -> Vec<u32> {
+    static T: OnceLock<BertTokenizer> = OnceLock::new();
+    T.get_or_init(|| {
+        load_model_dir(&served().0, &LoadOptions::default())
+            .unwrap()
+            .tokenizer
+    })
+    .encode(text)
+    .unwrap()
 }
 
 const TEXT: &str = "w5 w17 w9 w33 w41 w8 w12";
@@ -126,7 +133,7 @@ fn inference_over_http_matches_local_protocol_and_plaintext() {
     let keys =
         EvaluationKeys::from_bytes(local.params(), &shared_keys().1, Default::default()).unwrap();
     let mut srv = ServerSession::new(served().1.model.clone(), keys, &[16]).unwrap();
-    let loc = run_local(&mut local, &mut srv, TEXT).unwrap();
+    let loc = run_local(&mut local, &mut srv, &ids(TEXT)).unwrap();
     assert_eq!(loc.rounds, net.rounds);
     // Same messages, so exactly the same byte counts.
     assert_eq!(loc.bytes_up, net.bytes_up);
@@ -201,7 +208,7 @@ fn raw_session(server: &ServerHandle) -> RawSession {
     assert_eq!(bundle, served().1.model.client_bundle());
     let client = shared_client();
     let keys = shared_keys().1.clone();
-    let r = post(&format!("{base}/v1/sessions"), &keys, &[]);
+    let r = post(&format!("{base}/v1/sessions"), &keys);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let created: SessionCreated = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(created.session.len(), 32);
@@ -217,20 +224,17 @@ impl RawSession {
     fn url(&self, what: &str) -> String {
         format!("{}/v1/sessions/{}/{what}", self.base, self.id)
     }
-    /// Sends an input and returns the first request with its round token.
-    fn start(&mut self, text: &str) -> (thex_engine::ReluRequest, String) {
-        let input = self.client.encrypt_text(text).unwrap();
-        let r = post(
-            &self.url("infer"),
-            &input.to_bytes(self.client.params()),
-            &[],
-        );
+    /// Sends an input and returns the first request.
+    fn start(&mut self, text: &str) -> ReluRequest {
+        let input = self.client.encrypt_ids(&ids(text)).unwrap();
+        let r = post(&self.url("infer"), &input.to_bytes(self.client.params()));
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        assert_eq!(r.header(STEP_HEADER).as_deref(), Some("relu"));
-        let req =
-            thex_engine::ReluRequest::from_bytes(self.client.params(), &r.body, Default::default())
-                .unwrap();
-        (req, r.header(ROUND_TOKEN_HEADER).unwrap())
+        let seconds: f64 = r.header(SERVER_SECONDS_HEADER).unwrap().parse().unwrap();
+        assert!(seconds > 0.0);
+        match Step::from_bytes(self.client.params(), &r.body, Default::default()).unwrap() {
+            Step::NeedRelu(req) => req,
+            Step::Done(_) => panic!("logits without a round"),
+        }
     }
 }
 
@@ -243,76 +247,66 @@ fn bad_requests_get_clear_4xx_answers() {
     assert_eq!(info.rounds, 4 * LAYERS);
 
     // Garbage and truncated evaluation keys.
-    let r = post(&format!("{base}/v1/sessions"), b"garbage", &[]);
+    let r = post(&format!("{base}/v1/sessions"), b"garbage");
     assert_eq!(r.status, 400);
     assert!(r.error().contains("malformed"), "{}", r.error());
     let mut s = raw_session(&server);
     let keys = s.keys.clone();
-    let r = post(&format!("{base}/v1/sessions"), &keys[..keys.len() / 2], &[]);
+    let r = post(&format!("{base}/v1/sessions"), &keys[..keys.len() / 2]);
     assert_eq!(r.status, 400, "{}", r.error());
-    let r = post(&format!("{base}/v1/sessions?buckets=32"), &keys, &[]);
+    let r = post(&format!("{base}/v1/sessions?buckets=32"), &keys);
     assert_eq!(r.status, 400);
     assert!(r.error().contains("bucket 32"), "{}", r.error());
 
     // Garbage and truncated inputs.
-    let r = post(&s.url("infer"), &[0xde, 0xad, 0xbe, 0xef], &[]);
+    let r = post(&s.url("infer"), &[0xde, 0xad, 0xbe, 0xef]);
     assert_eq!(r.status, 400);
     assert!(r.error().contains("malformed"), "{}", r.error());
-    let input = s.client.encrypt_text(TEXT).unwrap();
+    let input = s.client.encrypt_ids(&ids(TEXT)).unwrap();
     let bytes = input.to_bytes(s.client.params());
-    let r = post(&s.url("infer"), &bytes[..bytes.len() - 7], &[]);
+    let r = post(&s.url("infer"), &bytes[..bytes.len() - 7]);
     assert_eq!(r.status, 400, "{}", r.error());
     assert!(r.error().contains("truncated"), "{}", r.error());
 
     // A reply when no round is pending.
-    let r = post(&s.url("round"), &bytes, &[(ROUND_TOKEN_HEADER, "00")]);
+    let r = post(&s.url("round"), &bytes);
     assert_eq!(r.status, 409);
     assert!(r.error().contains("no round is pending"), "{}", r.error());
 
     // Unknown session, unknown route.
     let fake = format!("{base}/v1/sessions/{}/infer", "0".repeat(32));
-    let r = post(&fake, &bytes, &[]);
+    let r = post(&fake, &bytes);
     assert_eq!(r.status, 404);
     assert!(r.error().contains("unknown session"), "{}", r.error());
     assert_eq!(get(&format!("{base}/v1/nothing")).status, 404);
 
     // The session still works after all this.
-    let (req, token) = s.start(TEXT);
-    // A reply with the wrong number of items, with the right token: rejected, still pending.
-    let mut reply = s.client.answer(&req).unwrap();
+    let req = s.start(TEXT);
+    // A reply with the wrong number of items: rejected, still pending.
+    let reply = s.client.answer(&req).unwrap();
     let short = ReluReply {
-        round: reply.round,
         items: vec![],
+        ..reply.clone()
     };
-    let r = post(
-        &s.url("round"),
-        &short.to_bytes(s.client.params()),
-        &[(ROUND_TOKEN_HEADER, &token)],
-    );
+    let r = post(&s.url("round"), &short.to_bytes(s.client.params()));
     assert_eq!(r.status, 400);
     assert!(r.error().contains("expected 1, got 0"), "{}", r.error());
     // A second input while a round is pending.
-    let r = post(&s.url("infer"), &bytes, &[]);
+    let r = post(&s.url("infer"), &bytes);
     assert_eq!(r.status, 409, "{}", r.error());
+    // A reply whose nonce is not the request's.
+    let mut forged = reply.clone();
+    forged.nonce[0] ^= 1;
+    let r = post(&s.url("round"), &forged.to_bytes(s.client.params()));
+    assert_eq!(r.status, 409);
+    assert!(r.error().contains("nonce"), "{}", r.error());
     // The honest reply is still accepted.
-    let r = post(
-        &s.url("round"),
-        &reply.to_bytes(s.client.params()),
-        &[(ROUND_TOKEN_HEADER, &token)],
-    );
+    let r = post(&s.url("round"), &reply.to_bytes(s.client.params()));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     // Replaying it is not (the server moved on to round 2).
-    let r = post(
-        &s.url("round"),
-        &reply.to_bytes(s.client.params()),
-        &[(ROUND_TOKEN_HEADER, &r.header(ROUND_TOKEN_HEADER).unwrap())],
-    );
+    let r = post(&s.url("round"), &reply.to_bytes(s.client.params()));
     assert_eq!(r.status, 409, "{}", r.error());
     assert!(r.error().contains("round 1"), "{}", r.error());
-    reply.round = 99;
-    let r = post(&s.url("round"), &reply.to_bytes(s.client.params()), &[]);
-    assert_eq!(r.status, 409);
-    assert!(r.error().contains("round token"), "{}", r.error());
 }
 
 #[test]
@@ -323,13 +317,12 @@ fn oversized_bodies_get_413() {
     });
     let base = server.url();
     let big = vec![7u8; (1 << 20) + 1];
-    let r = post(&format!("{base}/v1/sessions"), &big, &[]);
+    let r = post(&format!("{base}/v1/sessions"), &big);
     assert_eq!(r.status, 413);
     assert!(r.error().contains("exceeds"), "{}", r.error());
     let r = post(
         &format!("{base}/v1/sessions/{}/infer", "ab".repeat(16)),
         &big,
-        &[],
     );
     assert_eq!(r.status, 413);
 }
@@ -338,13 +331,10 @@ fn oversized_bodies_get_413() {
 fn ciphertexts_and_keys_of_other_parameters_get_400() {
     let server = start(ServerLimits::default());
     let mut s = raw_session(&server);
-    let loaded = load_model_dir(&served().0, &LoadOptions::default()).unwrap();
-    let mut foreign = ClientSession::new(foreign_bundle().clone())
-        .unwrap()
-        .with_tokenizer(loaded.tokenizer);
+    let mut foreign = ClientSession::new(foreign_bundle().clone()).unwrap();
     assert_ne!(foreign.params().id(), s.client.params().id());
-    let input = foreign.encrypt_text(TEXT).unwrap();
-    let r = post(&s.url("infer"), &input.to_bytes(foreign.params()), &[]);
+    let input = foreign.encrypt_ids(&ids(TEXT)).unwrap();
+    let r = post(&s.url("infer"), &input.to_bytes(foreign.params()));
     assert_eq!(r.status, 400);
     assert!(r.error().contains("parameters"), "{}", r.error());
     // Well-formed evaluation keys of the foreign parameters (one rotation key suffices).
@@ -355,25 +345,18 @@ fn ciphertexts_and_keys_of_other_parameters_get_400() {
         relin: kg.relin_key(&sk).unwrap(),
         galois: kg.galois_keys(&sk, &[1], false).unwrap(),
     };
-    let r = post(
-        &format!("{}/v1/sessions", s.base),
-        &keys.to_bytes(&fparams),
-        &[],
-    );
+    let r = post(&format!("{}/v1/sessions", s.base), &keys.to_bytes(&fparams));
     assert_eq!(r.status, 400);
     assert!(r.error().contains("parameters"), "{}", r.error());
 
     // A reply of the foreign parameters to a pending round of ours.
-    let (_, token) = s.start(TEXT);
+    let req = s.start(TEXT);
     let fake = ReluReply {
         round: 1,
+        nonce: req.nonce,
         items: vec![vec![]],
     };
-    let r = post(
-        &s.url("round"),
-        &fake.to_bytes(foreign.params()),
-        &[(ROUND_TOKEN_HEADER, &token)],
-    );
+    let r = post(&s.url("round"), &fake.to_bytes(foreign.params()));
     assert_eq!(r.status, 400);
     assert!(r.error().contains("parameters"), "{}", r.error());
 }
@@ -383,19 +366,25 @@ fn another_sessions_reply_is_rejected() {
     let server = start(ServerLimits::default());
     let mut a = raw_session(&server);
     let mut b = raw_session(&server);
-    let (_, token_a) = a.start(TEXT);
-    let (req_b, token_b) = b.start("w9 w10");
+    let req_a = a.start(TEXT);
+    let req_b = b.start("w9 w10");
+    assert_ne!(req_a.nonce, req_b.nonce);
     let reply_b = b.client.answer(&req_b).unwrap();
     let bytes_b = reply_b.to_bytes(b.client.params());
-    // B's reply (with B's token) sent to A's session.
-    let r = post(&a.url("round"), &bytes_b, &[(ROUND_TOKEN_HEADER, &token_b)]);
+    // B's reply to round 1 sent to A's session, also at round 1: its nonce is B's.
+    let r = post(&a.url("round"), &bytes_b);
     assert_eq!(r.status, 409);
-    assert!(r.error().contains("round token mismatch"), "{}", r.error());
-    assert_ne!(token_a, token_b);
-    // Both sessions are unaffected: B continues.
-    let r = post(&b.url("round"), &bytes_b, &[(ROUND_TOKEN_HEADER, &token_b)]);
+    assert!(r.error().contains("nonce"), "{}", r.error());
+    // Both sessions are unaffected: B continues to round 2, A's own reply is accepted.
+    let r = post(&b.url("round"), &bytes_b);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.header("x-thex-round").as_deref(), Some("2"));
+    match Step::from_bytes(b.client.params(), &r.body, Default::default()).unwrap() {
+        Step::NeedRelu(req) => assert_eq!(req.round, 2),
+        Step::Done(_) => panic!("done after one round"),
+    }
+    let reply_a = a.client.answer(&req_a).unwrap();
+    let r = post(&a.url("round"), &reply_a.to_bytes(a.client.params()));
+    assert_eq!(r.status, 200, "{}", r.error());
 }
 
 #[test]
@@ -410,7 +399,7 @@ fn vanished_client_is_reaped_and_others_continue() {
     assert_eq!(other.infer("w7 w8 w9").unwrap().rounds, 4 * LAYERS);
     // A client that sends its input and never answers the first round.
     let mut vanished = raw_session(&server);
-    let (_, token) = vanished.start(TEXT);
+    vanished.start(TEXT);
     assert_eq!(server.stats().sessions, 2);
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.stats().reaped == 0 {
@@ -424,11 +413,7 @@ fn vanished_client_is_reaped_and_others_continue() {
     assert_eq!((s.sessions, s.reaped), (1, 1));
     // Only the other client's keys are still held.
     assert_eq!(s.key_bytes, 2 * other.connect_report().key_bytes);
-    let r = post(
-        &vanished.url("round"),
-        b"late",
-        &[(ROUND_TOKEN_HEADER, &token)],
-    );
+    let r = post(&vanished.url("round"), b"late");
     assert_eq!(r.status, 404);
     assert!(r.error().contains("unknown session"));
     // The other session is unaffected.
@@ -454,7 +439,7 @@ fn idle_session_is_reaped_and_its_keys_released() {
     }
     let stats = server.stats();
     assert_eq!((stats.sessions, stats.key_bytes), (0, 0));
-    let r = post(&s.url("infer"), b"x", &[]);
+    let r = post(&s.url("infer"), b"x");
     assert_eq!(r.status, 404);
 }
 
@@ -479,7 +464,7 @@ fn limits_on_sessions_and_key_memory_give_503() {
     });
     let s = raw_session(&server);
     let keys = s.keys.clone();
-    let r = post(&format!("{}/v1/sessions", s.base), &keys, &[]);
+    let r = post(&format!("{}/v1/sessions", s.base), &keys);
     assert_eq!(r.status, 503);
     assert!(r.error().contains("session limit"), "{}", r.error());
 
@@ -487,7 +472,7 @@ fn limits_on_sessions_and_key_memory_give_503() {
         max_key_memory: keys.len(),
         ..Default::default()
     });
-    let r = post(&format!("{}/v1/sessions", server.url()), &keys, &[]);
+    let r = post(&format!("{}/v1/sessions", server.url()), &keys);
     assert_eq!(r.status, 503);
     assert!(r.error().contains("key memory"), "{}", r.error());
     assert_eq!(server.stats().sessions, 0);

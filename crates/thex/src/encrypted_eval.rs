@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
+use thex_client::ClientSession;
+use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
 use thex_model::LoadedModel;
 use thex_train::{Dataset, EvalReport};
 
@@ -282,7 +283,7 @@ pub fn evaluate(
                     bytes_down: 0,
                     rounds: 0,
                 };
-                match run_local_ids(&mut client, &mut server, &ids[i]) {
+                match run_local(&mut client, &mut server, &ids[i]) {
                     Ok(r) => {
                         anyhow::ensure!(
                             r.logits.len() == labels,
@@ -293,11 +294,12 @@ pub fn evaluate(
                         (rec.logits, rec.bytes_up, rec.bytes_down, rec.rounds) =
                             (r.logits, r.bytes_up, r.bytes_down, r.rounds);
                     }
-                    Err(e @ thex_engine::EngineError::OutOfRange { .. }) => {
-                        client.abort();
-                        server.abort();
-                        rec.error = Some(e.to_string());
-                    }
+                    // Both sides are ready for the next sentence (run_local aborts them).
+                    Err(
+                        e @ thex_engine::EngineError::Protocol(thex_client::Error::OutOfRange {
+                            ..
+                        }),
+                    ) => rec.error = Some(e.to_string()),
                     Err(e) => return Err(e).with_context(|| format!("sentence {}", i + 1)),
                 }
                 rec.seconds = start.elapsed().as_secs_f64();

@@ -10,7 +10,8 @@ mod common;
 
 use std::sync::Arc;
 
-use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
+use thex_client::ClientSession;
+use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
 use thex_model::ThexModel;
 
 const SEED: [u8; 32] = *b"thex pinned-logits test seed 001";
@@ -25,9 +26,7 @@ fn seeded_logits(model: &ThexModel, bucket: usize, ids: &[u32]) -> Vec<f64> {
     let mut client = ClientSession::from_seed(server.client_bundle(), SEED).unwrap();
     let keys = client.evaluation_keys(&[]).unwrap();
     let mut session = ServerSession::new(server, keys, &[]).unwrap();
-    run_local_ids(&mut client, &mut session, ids)
-        .unwrap()
-        .logits
+    run_local(&mut client, &mut session, ids).unwrap().logits
 }
 
 fn check(what: &str, logits: &[f64], pinned: &[u64]) {

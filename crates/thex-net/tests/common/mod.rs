@@ -200,13 +200,9 @@ fn finish(url: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -
     }
 }
 
-/// `POST url` with a binary body and extra headers.
-pub fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Raw {
-    let mut r = agent().post(url);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    finish(url, r.send(body))
+/// `POST url` with a binary body.
+pub fn post(url: &str, body: &[u8]) -> Raw {
+    finish(url, agent().post(url).send(body))
 }
 
 /// `GET url`.

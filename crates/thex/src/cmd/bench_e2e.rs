@@ -12,7 +12,8 @@ use he_linalg::attention::AvMasking;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use thex_engine::{ClientSession, EngineParams, ServerModel, ServerSession, run_local_ids};
+use thex_client::{ClientSession, Message};
+use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
 use thex_model::{Batch, ThexModel};
 
 /// One measured configuration.
@@ -101,7 +102,7 @@ pub fn measure(
             let mut ids = vec![101.min(vocab - 1)];
             ids.extend((2..t).map(|_| rng.gen_range(5.min(vocab - 1)..vocab)));
             ids.push(102.min(vocab - 1));
-            let result = run_local_ids(&mut client, &mut server, &ids)?;
+            let result = run_local(&mut client, &mut server, &ids)?;
             let batch = Batch::new(std::slice::from_ref(&ids), 0, &Device::Cpu)?;
             if let Some(plain) = model.forward(&batch, false)?.logits {
                 let plain: Vec<f32> = plain.flatten_all()?.to_vec1()?;
@@ -118,7 +119,7 @@ pub fn measure(
         let med = results.swap_remove(results.len() / 2);
         let mut phases = BTreeMap::new();
         let mut layers = vec![0.0; server_model.layers()];
-        for p in &med.timings {
+        for p in &med.phases {
             *phases.entry(p.name.clone()).or_insert(0.0) += p.seconds;
             if let Some(rest) = p.name.strip_prefix("server.layer")
                 && let Some((i, _)) = rest.split_once('.')

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use thex_net::{Client, ClientOptions, NetInference};
+use thex_net::{Client, ClientOptions, Inference};
 
 /// Arguments of `thex infer`.
 #[derive(Debug, Args)]
@@ -45,7 +45,7 @@ fn default_cache() -> Option<PathBuf> {
 }
 
 /// The JSON fields shared by `thex infer --json` and `thex demo --json`.
-pub fn result_json(r: &NetInference) -> serde_json::Value {
+pub fn result_json(r: &Inference) -> serde_json::Value {
     let phases: serde_json::Map<String, serde_json::Value> = r
         .phases
         .iter()

@@ -5,9 +5,9 @@ use ckks::{Parameters, ParametersLiteral};
 use he_linalg::attention::AvMasking;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
+use crate::embedding::{EmbeddingTables, ModelDims};
+use crate::error::{Error, Result};
 use crate::schedule::Schedule;
-use crate::weights::{EmbeddingTables, ModelDims};
 use crate::wire::Cursor;
 
 /// Summary of one compiled bucket (for reports and the client bundle).
@@ -92,12 +92,12 @@ impl ClientBundle {
         cur.header(BUNDLE_MAGIC, BUNDLE_VERSION, "client bundle")?;
         let len = cur.len64()?;
         let mut b: ClientBundle = serde_json::from_slice(cur.take(len)?)
-            .map_err(|e| EngineError::Malformed(format!("bundle header: {e}")))?;
+            .map_err(|e| Error::Malformed(format!("bundle header: {e}")))?;
         Parameters::new(&b.params)?;
         let h = b.embeddings.hidden;
         let vocab = b.embeddings.vocab;
         if h != b.dims.hidden || h == 0 {
-            return Err(EngineError::Malformed(format!(
+            return Err(Error::Malformed(format!(
                 "embedding width {h} vs model width {}",
                 b.dims.hidden
             )));
@@ -105,7 +105,7 @@ impl ClientBundle {
         let mut table = |max: usize, exact: bool| -> Result<Vec<f32>> {
             let n = cur.len64()?;
             if n > max || (exact && n != max) || n % h != 0 {
-                return Err(EngineError::Malformed(format!(
+                return Err(Error::Malformed(format!(
                     "embedding table of {n} values (expected {}{max}, a multiple of {h})",
                     if exact { "" } else { "at most " }
                 )));
@@ -122,7 +122,7 @@ impl ClientBundle {
         b.embeddings.ln_gamma = table(h, true)?;
         b.embeddings.ln_beta = table(h, true)?;
         if cur.remaining() != 0 {
-            return Err(EngineError::Malformed(format!(
+            return Err(Error::Malformed(format!(
                 "{} trailing bytes after the bundle",
                 cur.remaining()
             )));
@@ -141,7 +141,7 @@ impl ClientBundle {
         self.plans
             .iter()
             .find(|p| p.bucket == bucket)
-            .ok_or_else(|| EngineError::UnknownBucket {
+            .ok_or_else(|| Error::UnknownBucket {
                 bucket,
                 available: self.buckets(),
             })
@@ -152,7 +152,7 @@ impl ClientBundle {
         b.iter()
             .copied()
             .find(|&x| x >= tokens)
-            .ok_or(EngineError::SequenceTooLong {
+            .ok_or(Error::SequenceTooLong {
                 tokens,
                 max: b.last().copied().unwrap_or(0),
             })

@@ -10,13 +10,13 @@
 
 use ckks::{Ciphertext, GaloisKeys, Parameters, RelinKey, SeededCiphertext};
 
-use crate::error::{EngineError, Result};
+use crate::error::{Error, Result};
 use crate::schedule::ItemKind;
 
-/// Magic of engine messages.
-pub const MAGIC: [u8; 4] = *b"THXE";
+/// Magic of protocol messages.
+const MAGIC: [u8; 4] = *b"THXE";
 /// Current message format version.
-pub const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 
 /// Message type tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +70,16 @@ pub struct ReluItem {
     pub cts: Vec<Ciphertext>,
 }
 
+/// Bytes of a round nonce.
+pub const NONCE_BYTES: usize = 16;
+
 /// The server asks the client for one ReLU round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReluRequest {
     /// Round number, from 1.
     pub round: u32,
+    /// Fresh server randomness binding the reply to this request (the reply echoes it).
+    pub nonce: [u8; NONCE_BYTES],
     /// Everything ready at this moment.
     pub items: Vec<ReluItem>,
 }
@@ -84,6 +89,8 @@ pub struct ReluRequest {
 pub struct ReluReply {
     /// The round answered.
     pub round: u32,
+    /// The nonce of the request answered.
+    pub nonce: [u8; NONCE_BYTES],
     /// Per request item, its fresh ciphertexts (seeded).
     pub items: Vec<Vec<SeededCiphertext>>,
 }
@@ -106,7 +113,7 @@ pub struct EvaluationKeys {
     pub galois: GaloisKeys,
 }
 
-/// What the server answers after `start` or `resume`.
+/// What the server answers after the input or a reply: the next round, or the logits.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Step {
@@ -117,6 +124,7 @@ pub enum Step {
 }
 
 /// A bounds-checked reader over a byte slice: every read checks the bytes are there first.
+#[derive(Debug)]
 pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -126,11 +134,11 @@ impl<'a> Cursor<'a> {
     /// Reads and checks a format's magic and version; `what` names the format in errors.
     pub fn header(&mut self, magic: [u8; 4], version: u16, what: &str) -> Result<()> {
         if self.take(4)? != magic {
-            return Err(EngineError::Malformed(format!("not a {what} (bad magic)")));
+            return Err(Error::Malformed(format!("not a {what} (bad magic)")));
         }
         let found = self.u16()?;
         if found != version {
-            return Err(EngineError::Malformed(format!(
+            return Err(Error::Malformed(format!(
                 "{what} version {found}, this build reads {version}"
             )));
         }
@@ -145,7 +153,7 @@ impl<'a> Cursor<'a> {
     }
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.remaining() < n {
-            return Err(EngineError::Malformed(format!(
+            return Err(Error::Malformed(format!(
                 "truncated: {n} bytes needed at offset {}, {} left",
                 self.pos,
                 self.remaining()
@@ -155,7 +163,7 @@ impl<'a> Cursor<'a> {
         self.pos += n;
         Ok(s)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
@@ -180,24 +188,30 @@ impl<'a> Cursor<'a> {
     pub(crate) fn finish(self) -> Result<()> {
         match self.remaining() {
             0 => Ok(()),
-            r => Err(EngineError::Malformed(format!("{r} trailing bytes"))),
+            r => Err(Error::Malformed(format!("{r} trailing bytes"))),
         }
     }
 }
 
-struct Writer(Vec<u8>);
+/// A message writer (see [`Message`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Writer(Vec<u8>);
 
 impl Writer {
-    fn new(params: &Parameters, ty: MsgType) -> Self {
+    fn new(params: &Parameters, ty: u8) -> Self {
         let mut w = Writer(Vec::new());
         w.0.extend_from_slice(&MAGIC);
         w.0.extend_from_slice(&VERSION.to_le_bytes());
-        w.0.push(ty as u8);
+        w.0.push(ty);
         w.0.extend_from_slice(&params.id().to_le_bytes());
         w
     }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
     }
     fn blob(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
@@ -217,22 +231,20 @@ impl Writer {
     }
 }
 
-/// A message reader: the header checked, counts bounded by the limits.
-struct Reader<'a> {
+/// A message reader: the header checked, counts bounded by the limits (see [`Message`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Reader<'a> {
     cur: Cursor<'a>,
     limits: MessageLimits,
     cts_seen: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(
-        params: &Parameters,
-        bytes: &'a [u8],
-        ty: MsgType,
-        limits: MessageLimits,
-    ) -> Result<Self> {
+    /// Checks the size, header and parameter id; returns the reader and the message type.
+    fn new(params: &Parameters, bytes: &'a [u8], limits: MessageLimits) -> Result<(Self, u8)> {
         if bytes.len() > limits.max_bytes {
-            return Err(EngineError::LimitExceeded {
+            return Err(Error::LimitExceeded {
                 what: "message bytes",
                 value: bytes.len() as u64,
                 limit: limits.max_bytes as u64,
@@ -241,30 +253,28 @@ impl<'a> Reader<'a> {
         let mut cur = Cursor::new(bytes);
         cur.header(MAGIC, VERSION, "thex-engine message")?;
         let t = cur.u8()?;
-        if t != ty as u8 {
-            return Err(EngineError::Malformed(format!(
-                "message type {t}, expected {}",
-                ty as u8
-            )));
-        }
         let id = cur.u64()?;
         if id != params.id() {
-            return Err(EngineError::Malformed(format!(
+            return Err(Error::Malformed(format!(
                 "message for parameters {id:016x}, this session uses {:016x}",
                 params.id()
             )));
         }
-        Ok(Reader {
+        let reader = Reader {
             cur,
             limits,
             cts_seen: 0,
-        })
+        };
+        Ok((reader, t))
     }
     fn u32(&mut self) -> Result<u32> {
         self.cur.u32()
     }
     fn u8(&mut self) -> Result<u8> {
         self.cur.u8()
+    }
+    fn nonce(&mut self) -> Result<[u8; NONCE_BYTES]> {
+        self.cur.array()
     }
     fn blob(&mut self) -> Result<&'a [u8]> {
         let n = self.u32()? as usize;
@@ -274,7 +284,7 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         self.cts_seen += n;
         if self.cts_seen > self.limits.max_ciphertexts {
-            return Err(EngineError::LimitExceeded {
+            return Err(Error::LimitExceeded {
                 what: "ciphertexts in a message",
                 value: self.cts_seen as u64,
                 limit: self.limits.max_ciphertexts as u64,
@@ -299,9 +309,43 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A protocol message with its binary form: header (magic, version, type, parameter id),
+/// then the body, every count bounded by [`MessageLimits`] before anything is allocated.
+pub trait Message: Sized {
+    /// Its type tag.
+    #[doc(hidden)]
+    const TYPE: u8;
+    /// Writes the body.
+    #[doc(hidden)]
+    fn write_body(&self, w: &mut Writer, params: &Parameters);
+    /// Reads the body.
+    #[doc(hidden)]
+    fn read_body(r: &mut Reader<'_>, params: &Parameters) -> Result<Self>;
+
+    /// Serializes under `params`.
+    fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
+        let mut w = Writer::new(params, Self::TYPE);
+        self.write_body(&mut w, params);
+        w.0
+    }
+    /// Reads and checks a message of this type.
+    fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
+        let (mut r, t) = Reader::new(params, bytes, limits)?;
+        if t != Self::TYPE {
+            return Err(Error::Malformed(format!(
+                "message type {t}, expected {}",
+                Self::TYPE
+            )));
+        }
+        let m = Self::read_body(&mut r, params)?;
+        r.finish()?;
+        Ok(m)
+    }
+}
+
 fn small(v: u32, what: &'static str, limit: usize) -> Result<usize> {
     if v as usize > limit {
-        return Err(EngineError::LimitExceeded {
+        return Err(Error::LimitExceeded {
             what,
             value: v as u64,
             limit: limit as u64,
@@ -310,96 +354,88 @@ fn small(v: u32, what: &'static str, limit: usize) -> Result<usize> {
     Ok(v as usize)
 }
 
-impl EncryptedInput {
-    /// Serializes under `params`.
-    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let mut w = Writer::new(params, MsgType::Input);
+impl Message for EncryptedInput {
+    const TYPE: u8 = MsgType::Input as u8;
+    fn write_body(&self, w: &mut Writer, params: &Parameters) {
         w.u32(self.bucket as u32);
         w.seeded(params, &self.cts);
-        w.0
     }
-    /// Reads and checks an input message.
-    pub fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
-        let mut r = Reader::new(params, bytes, MsgType::Input, limits)?;
+    fn read_body(r: &mut Reader<'_>, params: &Parameters) -> Result<Self> {
         let bucket = small(r.u32()?, "bucket", params.max_slots())?;
         let cts = r.seeded(params)?;
-        r.finish()?;
         Ok(Self { bucket, cts })
     }
 }
 
-impl ReluRequest {
-    /// Serializes under `params`.
-    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let mut w = Writer::new(params, MsgType::ReluRequest);
+impl Message for ReluRequest {
+    const TYPE: u8 = MsgType::ReluRequest as u8;
+    fn write_body(&self, w: &mut Writer, params: &Parameters) {
         w.u32(self.round);
+        w.bytes(&self.nonce);
         w.u32(self.items.len() as u32);
         for it in &self.items {
             w.0.push(it.kind.tag());
             w.u32(it.layer as u32);
             w.cts(params, &it.cts);
         }
-        w.0
     }
-    /// Reads and checks a request message.
-    pub fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
-        let mut r = Reader::new(params, bytes, MsgType::ReluRequest, limits)?;
+    fn read_body(r: &mut Reader<'_>, params: &Parameters) -> Result<Self> {
         let round = r.u32()?;
-        let n = small(r.u32()?, "request items", limits.max_ciphertexts)?;
+        let nonce = r.nonce()?;
+        let n = small(r.u32()?, "request items", r.limits.max_ciphertexts)?;
         let mut items = Vec::with_capacity(n.min(16));
         for _ in 0..n {
             let tag = r.u8()?;
             let kind = ItemKind::from_tag(tag)
-                .ok_or_else(|| EngineError::Malformed(format!("unknown item kind {tag}")))?;
+                .ok_or_else(|| Error::Malformed(format!("unknown item kind {tag}")))?;
             let layer = small(r.u32()?, "layer", 4096)?;
             let cts = r.cts(params)?;
             items.push(ReluItem { kind, layer, cts });
         }
-        r.finish()?;
-        Ok(Self { round, items })
+        Ok(Self {
+            round,
+            nonce,
+            items,
+        })
     }
 }
 
-impl ReluReply {
-    /// Serializes under `params`.
-    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let mut w = Writer::new(params, MsgType::ReluReply);
+impl Message for ReluReply {
+    const TYPE: u8 = MsgType::ReluReply as u8;
+    fn write_body(&self, w: &mut Writer, params: &Parameters) {
         w.u32(self.round);
+        w.bytes(&self.nonce);
         w.u32(self.items.len() as u32);
         for it in &self.items {
             w.seeded(params, it);
         }
-        w.0
     }
-    /// Reads and checks a reply message.
-    pub fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
-        let mut r = Reader::new(params, bytes, MsgType::ReluReply, limits)?;
+    fn read_body(r: &mut Reader<'_>, params: &Parameters) -> Result<Self> {
         let round = r.u32()?;
-        let n = small(r.u32()?, "reply items", limits.max_ciphertexts)?;
+        let nonce = r.nonce()?;
+        let n = small(r.u32()?, "reply items", r.limits.max_ciphertexts)?;
         let items = (0..n)
             .map(|_| r.seeded(params))
             .collect::<Result<Vec<_>>>()?;
-        r.finish()?;
-        Ok(Self { round, items })
+        Ok(Self {
+            round,
+            nonce,
+            items,
+        })
     }
 }
 
-impl EncryptedLogits {
-    /// Serializes under `params`.
-    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let mut w = Writer::new(params, MsgType::Logits);
+impl Message for EncryptedLogits {
+    const TYPE: u8 = MsgType::Logits as u8;
+    fn write_body(&self, w: &mut Writer, params: &Parameters) {
         w.u32(self.bucket as u32);
         w.cts(params, std::slice::from_ref(&self.ct));
-        w.0
     }
-    /// Reads and checks a logits message.
-    pub fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
-        let mut r = Reader::new(params, bytes, MsgType::Logits, limits)?;
+    fn read_body(r: &mut Reader<'_>, params: &Parameters) -> Result<Self> {
         let bucket = small(r.u32()?, "bucket", params.max_slots())?;
         let mut cts = r.cts(params)?;
-        r.finish()?;
         if cts.len() != 1 {
-            return Err(EngineError::WrongCount {
+            return Err(Error::WrongCount {
                 what: "logits ciphertexts".into(),
                 expected: 1,
                 got: cts.len(),
@@ -412,17 +448,13 @@ impl EncryptedLogits {
     }
 }
 
-impl EvaluationKeys {
-    /// Serializes (seeded keys).
-    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
-        let mut w = Writer::new(params, MsgType::EvaluationKeys);
+impl Message for EvaluationKeys {
+    const TYPE: u8 = MsgType::EvaluationKeys as u8;
+    fn write_body(&self, w: &mut Writer, _: &Parameters) {
         w.blob(&self.relin.to_bytes());
         w.blob(&self.galois.to_bytes());
-        w.0
     }
-    /// Reads and checks an evaluation-key message.
-    pub fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
-        let mut r = Reader::new(params, bytes, MsgType::EvaluationKeys, limits)?;
+    fn read_body(r: &mut Reader<'_>, params: &Parameters) -> Result<Self> {
         let relin = RelinKey::from_bytes(params, r.blob()?)?;
         // The ckks reader checks the key count against the remaining bytes before allocating;
         // the message size limit bounds the rest.
@@ -430,9 +462,33 @@ impl EvaluationKeys {
         small(
             galois.galois_elements().len() as u32,
             "Galois keys",
-            limits.max_galois_keys,
+            r.limits.max_galois_keys,
         )?;
-        r.finish()?;
         Ok(Self { relin, galois })
+    }
+}
+
+impl Step {
+    /// Serializes under `params` (the request's or the logits' own message).
+    pub fn to_bytes(&self, params: &Parameters) -> Vec<u8> {
+        match self {
+            Step::NeedRelu(r) => r.to_bytes(params),
+            Step::Done(l) => l.to_bytes(params),
+        }
+    }
+    /// Reads a request or logits message, whichever the type tag says.
+    pub fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
+        let (_, t) = Reader::new(params, bytes, limits)?;
+        match t {
+            t if t == ReluRequest::TYPE => {
+                ReluRequest::from_bytes(params, bytes, limits).map(Step::NeedRelu)
+            }
+            t if t == EncryptedLogits::TYPE => {
+                EncryptedLogits::from_bytes(params, bytes, limits).map(Step::Done)
+            }
+            t => Err(Error::Malformed(format!(
+                "message type {t}, expected a round request or the logits"
+            ))),
+        }
     }
 }

@@ -22,8 +22,8 @@ use he_linalg::attention::{AvMasking, scores_layout};
 use he_linalg::{ColumnOrder, Layout};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
-use crate::weights::ModelDims;
+use crate::embedding::ModelDims;
+use crate::error::{Error, Result};
 
 /// Levels the program consumes between two client rounds in the worst segment
 /// (`attention_ffn_in`: `T`'s output layer, `e ⊙ T`, attention · V (2), the output projection
@@ -72,7 +72,7 @@ impl BucketLayouts {
         let ffn = hidden.with_cols(dims.ffn, ColumnOrder::Contiguous)?;
         let logits = hidden.with_cols(dims.labels.len(), ColumnOrder::Contiguous)?;
         if logits.n_cts() != 1 {
-            return Err(EngineError::UnsupportedModel(format!(
+            return Err(Error::Config(format!(
                 "{} labels do not fit one ciphertext at bucket {bucket}",
                 dims.labels.len()
             )));
@@ -200,7 +200,7 @@ impl Levels {
                 AvMasking::ValueTokens => 1,
             })
             .filter(|&lx| lx >= 3 && top >= PIPELINE_DEPTH)
-            .ok_or(EngineError::NotEnoughLevels {
+            .ok_or(Error::NotEnoughLevels {
                 needed: PIPELINE_DEPTH,
                 available: top,
             })?;
@@ -300,15 +300,12 @@ impl Schedule {
         (delta, request_scale): (f64, f64),
     ) -> Result<Self> {
         if dims.layers == 0 {
-            return Err(EngineError::UnsupportedModel("no encoder layers".into()));
+            return Err(Error::Config("no encoder layers".into()));
         }
-        let top = moduli
-            .len()
-            .checked_sub(1)
-            .ok_or(EngineError::NotEnoughLevels {
-                needed: PIPELINE_DEPTH,
-                available: 0,
-            })?;
+        let top = moduli.len().checked_sub(1).ok_or(Error::NotEnoughLevels {
+            needed: PIPELINE_DEPTH,
+            available: 0,
+        })?;
         Ok(Self {
             layers: dims.layers,
             masking,
@@ -356,9 +353,9 @@ impl Schedule {
     pub fn levels(&self) -> &Levels {
         &self.levels
     }
-    /// The named levels, to tamper with in tests.
-    #[cfg(test)]
-    pub(crate) fn levels_mut(&mut self) -> &mut Levels {
+    /// The named levels, mutable: for tests that hand the server's checks a wrong schedule.
+    #[doc(hidden)]
+    pub fn levels_mut(&mut self) -> &mut Levels {
         &mut self.levels
     }
     /// The encoding scale `Δ`.
@@ -502,11 +499,20 @@ impl Schedule {
 mod tests {
     use super::*;
 
+    /// The shapes of thex-model's synthetic `SMALL` model.
     fn dims(layers: usize) -> ModelDims {
-        let model = thex_model::synthetic::model(thex_model::synthetic::SMALL, 1).unwrap();
-        let mut d = crate::weights::split_model(&model).unwrap().0.dims;
-        d.layers = layers;
-        d
+        ModelDims {
+            hidden: 32,
+            heads: 2,
+            head_dim: 16,
+            ffn: 128,
+            layers,
+            reciprocal_hidden: 16,
+            softmax_scale: 0.5,
+            softmax_shift: 0.0,
+            softmax_power: 3,
+            labels: vec!["negative".into(), "positive".into()],
+        }
     }
 
     #[test]
@@ -540,7 +546,7 @@ mod tests {
                 (1024, &short),
                 (1.0, 1.0)
             ),
-            Err(EngineError::NotEnoughLevels { .. })
+            Err(Error::NotEnoughLevels { .. })
         ));
     }
 

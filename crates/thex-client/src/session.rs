@@ -9,10 +9,9 @@ use he_linalg::attention::key_mask;
 use he_linalg::{Matrix, scales_match};
 use rayon::prelude::*;
 use serde::Serialize;
-use thex_model::BertTokenizer;
 
 use crate::bundle::ClientBundle;
-use crate::error::{EngineError, Result};
+use crate::error::{Error, Result};
 use crate::schedule::{At, ItemKind, RoundItem, Schedule};
 use crate::wire::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, ReluItem, ReluReply, ReluRequest,
@@ -44,6 +43,7 @@ enum ClientState {
 /// Where the client's encryption randomness comes from.
 enum Randomness {
     /// A fresh OS seed for every ciphertext and key generator.
+    #[cfg(feature = "os-rng")]
     Os,
     /// Derived from one seed and a message counter (reproducible runs and tests only).
     Seeded { seed: [u8; 32], messages: u64 },
@@ -53,6 +53,7 @@ impl Randomness {
     /// The seed of the next message's batch of encryptions (`None`: OS seeds).
     fn next_batch(&mut self) -> Option<[u8; 32]> {
         match self {
+            #[cfg(feature = "os-rng")]
             Randomness::Os => None,
             Randomness::Seeded { seed, messages } => {
                 *messages += 1;
@@ -78,7 +79,6 @@ pub struct ClientSession {
     params: Parameters,
     encoder: Encoder,
     sk: SecretKey,
-    tokenizer: Option<BertTokenizer>,
     schedules: BTreeMap<usize, Schedule>,
     state: ClientState,
     randomness: Randomness,
@@ -99,29 +99,39 @@ fn relu(x: f64) -> f64 {
 
 impl ClientSession {
     /// A client with a fresh secret key (OS randomness) for the bundle's parameters.
+    #[cfg(feature = "os-rng")]
     pub fn new(bundle: ClientBundle) -> Result<Self> {
         let params = Parameters::new(&bundle.params)?;
         let sk = KeyGenerator::new(&params).secret_key();
         Self::with_secret_key(bundle, sk)
     }
 
-    /// A deterministic client: its secret key, evaluation keys and every encryption derive
-    /// from `seed`. For reproducible runs and tests only: anyone who knows the seed can
-    /// decrypt.
+    /// A client whose secret key, evaluation keys and every encryption derive from `seed`:
+    /// 32 bytes from a CSPRNG where the OS is not reachable from Rust (a browser's
+    /// `crypto.getRandomValues`), or a fixed seed for reproducible runs and tests (anyone who
+    /// knows the seed can decrypt).
     pub fn from_seed(bundle: ClientBundle, seed: [u8; 32]) -> Result<Self> {
         let params = Parameters::new(&bundle.params)?;
         let sk =
             KeyGenerator::from_seed(&params, derive_seed(&seed, b"secret key", 0)).secret_key();
-        let mut client = Self::with_secret_key(bundle, sk)?;
-        client.randomness = Randomness::Seeded { seed, messages: 0 };
-        Ok(client)
+        Self::with_randomness(bundle, sk, Randomness::Seeded { seed, messages: 0 })
     }
 
-    /// A client reusing a stored secret key (see [`ClientSession::secret_key_bytes`]).
+    /// A client reusing a stored secret key (see [`ClientSession::secret_key_bytes`]); its
+    /// encryptions draw OS randomness.
+    #[cfg(feature = "os-rng")]
     pub fn with_secret_key(bundle: ClientBundle, sk: SecretKey) -> Result<Self> {
+        Self::with_randomness(bundle, sk, Randomness::Os)
+    }
+
+    fn with_randomness(
+        bundle: ClientBundle,
+        sk: SecretKey,
+        randomness: Randomness,
+    ) -> Result<Self> {
         let params = Parameters::new(&bundle.params)?;
         if sk.params() != &params {
-            return Err(EngineError::Ckks(ckks::Error::ParametersMismatch {
+            return Err(Error::Ckks(ckks::Error::ParametersMismatch {
                 found: sk.params().id(),
                 expected: params.id(),
             }));
@@ -134,18 +144,11 @@ impl ClientSession {
             encoder: Encoder::new(&params),
             params,
             sk,
-            tokenizer: None,
             schedules,
             state: ClientState::Idle,
-            randomness: Randomness::Os,
+            randomness,
             bundle,
         })
-    }
-
-    /// Adds the tokenizer used by [`ClientSession::encrypt_text`].
-    pub fn with_tokenizer(mut self, tokenizer: BertTokenizer) -> Self {
-        self.tokenizer = Some(tokenizer);
-        self
     }
 
     /// The CKKS parameters.
@@ -185,7 +188,7 @@ impl ClientSession {
                 .plans
                 .iter()
                 .find(|p| p.bucket == *b)
-                .ok_or_else(|| EngineError::UnknownBucket {
+                .ok_or_else(|| Error::UnknownBucket {
                     bucket: *b,
                     available: self.bundle.buckets(),
                 })?;
@@ -193,6 +196,7 @@ impl ClientSession {
         }
         let steps: Vec<i64> = steps.into_iter().collect();
         let mut kg = match &self.randomness {
+            #[cfg(feature = "os-rng")]
             Randomness::Os => KeyGenerator::new(&self.params),
             Randomness::Seeded { seed, .. } => {
                 KeyGenerator::from_seed(&self.params, derive_seed(seed, b"evaluation keys", 0))
@@ -204,20 +208,11 @@ impl ClientSession {
         })
     }
 
-    /// Tokenizes, embeds, pads and encrypts a text.
-    pub fn encrypt_text(&mut self, text: &str) -> Result<EncryptedInput> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| {
-            EngineError::UnsupportedModel("client has no tokenizer (use with_tokenizer)".into())
-        })?;
-        let ids = tok.encode(text)?;
-        self.encrypt_ids(&ids)
-    }
-
     /// Embeds (plaintext: tables, positions, exact LayerNorm), pads to the smallest bucket and
     /// encrypts token ids. Starts an inference; a running one is abandoned.
     pub fn encrypt_ids(&mut self, ids: &[u32]) -> Result<EncryptedInput> {
         if ids.is_empty() {
-            return Err(EngineError::Malformed("empty token sequence".into()));
+            return Err(Error::Malformed("empty token sequence".into()));
         }
         let bucket = self.bundle.bucket_for(ids.len())?;
         let x = self.bundle.embeddings.embed(ids)?;
@@ -245,7 +240,7 @@ impl ClientSession {
     fn schedule(&self, bucket: usize) -> Result<&Schedule> {
         self.schedules
             .get(&bucket)
-            .ok_or_else(|| EngineError::UnknownBucket {
+            .ok_or_else(|| Error::UnknownBucket {
                 bucket,
                 available: self.bundle.buckets(),
             })
@@ -260,11 +255,26 @@ impl ClientSession {
         (batch, index): (Option<[u8; 32]>, u64),
     ) -> Result<SeededCiphertext> {
         let pt = self.encoder.encode(values, at.level, at.scale)?;
-        let mut enc = match batch {
-            None => Decryptor::new(&self.sk),
-            Some(seed) => Decryptor::from_seed(&self.sk, derive_seed(&seed, b"ciphertext", index)),
+        let seed = match batch {
+            Some(seed) => derive_seed(&seed, b"ciphertext", index),
+            None => Self::os_seed()?,
         };
+        let mut enc = Decryptor::from_seed(&self.sk, seed);
         Ok(enc.encrypt_seeded(&pt)?)
+    }
+
+    /// A fresh seed from the OS (only reached with [`Randomness::Os`]).
+    fn os_seed() -> Result<[u8; 32]> {
+        #[cfg(feature = "os-rng")]
+        {
+            Ok(ckks::rng::os_seed())
+        }
+        #[cfg(not(feature = "os-rng"))]
+        {
+            Err(Error::Internal(
+                "OS randomness requested without the os-rng feature".into(),
+            ))
+        }
     }
 
     /// Discards the inference in progress, if any: further requests of it are refused.
@@ -273,18 +283,18 @@ impl ClientSession {
     }
 
     /// Decrypts one ciphertext under this client's key into its slot values. Refuses values
-    /// above a quarter of the modulus over the scale ([`EngineError::OutOfRange`]): a wrapped
+    /// above a quarter of the modulus over the scale ([`Error::OutOfRange`]): a wrapped
     /// coefficient shifts every slot by about modulus/scale, so real values never get there and
     /// wrapped ones almost surely do.
     pub fn decrypt_slots(&self, ct: &Ciphertext) -> Result<Vec<f64>> {
         if ct.slots() != self.params.max_slots() {
-            return Err(EngineError::BadCiphertext {
+            return Err(Error::BadCiphertext {
                 what: "decryption".into(),
                 index: 0,
                 problem: format!("{} slots, expected {}", ct.slots(), self.params.max_slots()),
             });
         }
-        let pt = Decryptor::new(&self.sk).decrypt(ct)?;
+        let pt = self.sk.decrypt(ct)?;
         let v = self.encoder.decode(&pt);
         let log_q: f64 = self.params.q_moduli()[..=ct.level()]
             .iter()
@@ -293,7 +303,7 @@ impl ClientSession {
         let limit = (log_q - 2.0 - ct.scale().log2()).exp2();
         let value = v.iter().fold(0f64, |m, x| m.max(x.abs()));
         if value > limit {
-            return Err(EngineError::OutOfRange {
+            return Err(Error::OutOfRange {
                 value,
                 limit,
                 level: ct.level(),
@@ -321,13 +331,13 @@ impl ClientSession {
             next_round,
         } = self.state
         else {
-            return Err(EngineError::UnexpectedMessage {
+            return Err(Error::UnexpectedMessage {
                 got: "ReLU request",
                 state: self.state_name(),
             });
         };
         if req.round != next_round {
-            return Err(EngineError::WrongRound {
+            return Err(Error::WrongRound {
                 got: req.round,
                 expected: next_round,
             });
@@ -336,12 +346,12 @@ impl ClientSession {
         let sched = self.schedule(bucket)?;
         let round = sched
             .round(req.round)
-            .ok_or_else(|| EngineError::UnexpectedMessage {
+            .ok_or_else(|| Error::UnexpectedMessage {
                 got: "ReLU request after the last round",
                 state: self.state_name(),
             })?;
         if req.items.len() != round.items.len() {
-            return Err(EngineError::WrongCount {
+            return Err(Error::WrongCount {
                 what: format!("items in round {}", req.round),
                 expected: round.items.len(),
                 got: req.items.len(),
@@ -350,7 +360,7 @@ impl ClientSession {
         let layer = round.layer;
         for (i, (it, want)) in req.items.iter().zip(&round.items).enumerate() {
             if it.kind != want.kind || it.layer != layer {
-                return Err(EngineError::WrongItem {
+                return Err(Error::WrongItem {
                     index: i,
                     expected: format!("{:?} of layer {layer}", want.kind),
                     got: format!("{:?} of layer {}", it.kind, it.layer),
@@ -375,6 +385,7 @@ impl ClientSession {
         };
         Ok(ReluReply {
             round: req.round,
+            nonce: req.nonce,
             items,
         })
     }
@@ -414,7 +425,7 @@ impl ClientSession {
         batch: Option<[u8; 32]>,
     ) -> Result<Vec<SeededCiphertext>> {
         if it.cts.len() != want.ciphertexts {
-            return Err(EngineError::WrongCount {
+            return Err(Error::WrongCount {
                 what: format!("ciphertexts of {:?}", it.kind),
                 expected: want.ciphertexts,
                 got: it.cts.len(),
@@ -428,7 +439,7 @@ impl ClientSession {
             .par_iter()
             .enumerate()
             .map(|(i, ct)| {
-                check_request(ct, want.request).map_err(|problem| EngineError::BadCiphertext {
+                check_request(ct, want.request).map_err(|problem| Error::BadCiphertext {
                     what: format!("{:?}", it.kind),
                     index: i,
                     problem,
@@ -459,18 +470,16 @@ impl ClientSession {
                 bucket, next_round, ..
             } if next_round as usize == self.schedule(bucket)?.n_rounds() + 1 => {
                 if out.bucket != bucket {
-                    return Err(EngineError::UnknownBucket {
+                    return Err(Error::UnknownBucket {
                         bucket: out.bucket,
                         available: vec![bucket],
                     });
                 }
                 let sched = self.schedule(bucket)?;
-                check_request(&out.ct, sched.logits()).map_err(|problem| {
-                    EngineError::BadCiphertext {
-                        what: "logits".into(),
-                        index: 0,
-                        problem,
-                    }
+                check_request(&out.ct, sched.logits()).map_err(|problem| Error::BadCiphertext {
+                    what: "logits".into(),
+                    index: 0,
+                    problem,
                 })?;
                 let v = self.decrypt_slots(&out.ct)?;
                 let layout = &sched.layouts().logits;
@@ -483,7 +492,7 @@ impl ClientSession {
                 self.state = ClientState::Idle;
                 Ok(prediction(logits, &self.bundle.dims.labels))
             }
-            _ => Err(EngineError::UnexpectedMessage {
+            _ => Err(Error::UnexpectedMessage {
                 got: "logits",
                 state: self.state_name(),
             }),
