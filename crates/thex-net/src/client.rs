@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use ckks::{Parameters, SecretKey};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use thex_client::{
     Answer, BertTokenizer, ClientBundle, ClientSession, Inference, Message, MessageLimits,
     Outgoing, Transport, infer,
 };
-use thex_model::sha256_hex;
 use ureq::Agent;
 use ureq::http::Response;
 use zeroize::Zeroizing;
@@ -233,6 +233,7 @@ impl Http {
         expected: &str,
         cache: Option<&Path>,
     ) -> Result<(Vec<u8>, bool)> {
+        let sha256_hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
         if let Some(file) = cache
             && let Ok(bytes) = std::fs::read(file)
             && sha256_hex(&bytes) == expected

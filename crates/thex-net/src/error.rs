@@ -63,9 +63,11 @@ pub enum NetError {
         source: std::io::Error,
     },
     /// The model directory cannot be served.
+    #[cfg(feature = "server")]
     #[error("model: {0}")]
     Model(#[from] thex_model::ModelError),
     /// Error from the server's engine (compiling the model, running a step).
+    #[cfg(feature = "server")]
     #[error("engine: {0}")]
     Engine(#[from] thex_engine::EngineError),
     /// Error of the client session or of a message (malformed, out of order, out of range).

@@ -1,5 +1,6 @@
 //! THE-X over HTTP: an axum server that holds client sessions around one compiled model,
-//! and a blocking client that keeps the secret key local.
+//! and a blocking client that keeps the secret key local. Without the default `server`
+//! feature the crate is the client alone (no candle, no tokio).
 //!
 //! - [`ServedModel`]: a THE-X model directory compiled by `thex-engine`, with the client
 //!   bundle (and its SHA-256) and the tokenizer file clients download.
@@ -26,11 +27,15 @@
 pub mod api;
 mod client;
 mod error;
+#[cfg(feature = "server")]
 mod served;
+#[cfg(feature = "server")]
 mod server;
 
 pub use client::{Client, ClientOptions, ConnectReport};
 pub use error::{NetError, Result};
+#[cfg(feature = "server")]
 pub use served::{ServedModel, TokenizerFile};
+#[cfg(feature = "server")]
 pub use server::{ServerHandle, ServerLimits};
 pub use thex_client::{Exchange, Inference, PhaseTiming};
