@@ -141,11 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64()
     );
 
-    let bucket = thex_engine::DEFAULT_BUCKETS
-        .iter()
-        .copied()
-        .find(|&b| b >= ids.len())
-        .ok_or("more than 128 tokens")?;
+    let bucket = thex_engine::length_bucket(ids.len());
     let engine = EngineParams {
         buckets: vec![bucket],
         pre_encode,

@@ -24,13 +24,15 @@ mod error;
 mod local;
 mod params;
 mod program;
+mod resolve;
 mod segments;
 mod server;
 mod weights;
 
 pub use error::{EngineError, Result};
 pub use local::{Local, run_local};
-pub use params::{DEFAULT_BUCKETS, EngineParams};
+pub use params::{DEFAULT_BUCKETS, EngineParams, length_bucket};
 pub use program::ServerModel;
+pub use resolve::{Calibration, PLAN_VERSION, ResolvedPlan};
 pub use server::{ServerSession, Tap};
 pub use weights::{LayerWeights, ModelWeights, ReciprocalWeights, split_model};

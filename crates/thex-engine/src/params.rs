@@ -8,9 +8,16 @@ use crate::error::{EngineError, Result};
 use thex_client::PIPELINE_DEPTH;
 
 /// The default length buckets: sequences are padded up to the next of these.
-pub const DEFAULT_BUCKETS: [usize; 4] = [16, 32, 64, 128];
+pub const DEFAULT_BUCKETS: [usize; 3] = [16, 32, 64];
 
-/// How the server program is built and which CKKS parameters it runs on.
+/// The bucket a sequence of `tokens` tokens needs when buckets are chosen per input: the
+/// smallest power of two that holds it, at least the smallest default bucket.
+pub fn length_bucket(tokens: usize) -> usize {
+    tokens.max(DEFAULT_BUCKETS[0]).next_power_of_two()
+}
+
+/// How the server program is built and which CKKS parameters it runs on, as the user asks for
+/// it; compiling resolves it into a [`crate::ResolvedPlan`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineParams {
     /// Length buckets (powers of two) the server compiles for.
@@ -100,13 +107,6 @@ impl EngineParams {
             ));
         }
         Ok(())
-    }
-
-    /// The scale of the ciphertexts the client decrypts: 2^`request_log_scale` (or the
-    /// encoding scale `default_scale` when unset).
-    pub fn request_scale(&self, default_scale: f64) -> f64 {
-        self.request_log_scale
-            .map_or(default_scale, |r| 2f64.powi(r as i32))
     }
 
     /// Largest bucket.
@@ -212,6 +212,5 @@ mod tests {
             ..Default::default()
         };
         assert!(e.validate().is_ok());
-        assert_eq!(e.request_scale(2f64.powi(36)), 2f64.powi(28));
     }
 }

@@ -20,6 +20,7 @@ use he_linalg::{
 
 use crate::error::{EngineError, Result};
 use crate::params::EngineParams;
+use crate::resolve::{Calibration, ResolvedPlan};
 use crate::weights::ModelWeights;
 use thex_client::{BucketLayouts, BucketPlan, ClientBundle, EmbeddingTables, ModelDims, Schedule};
 
@@ -208,27 +209,6 @@ pub(crate) enum LayerTail<P> {
         /// `c·Wc + bc` at the start of each label's chunk.
         bias: P,
     },
-}
-
-/// The attention · V masking [`ServerModel::compile`] picks for a bucket when
-/// [`EngineParams::attention_values`] is unset. [`AvMasking::ValueTokens`] halves A·V's
-/// broadcast products per layer (`n'·min(g, d_h)` with [`AvMasking::WeightRows`], `g` feature
-/// groups per ciphertext) and its weight rotations, and takes the Q/K/V projections and the
-/// FFN output one prime higher (their dense products per slot: `(4h² + 2h·f)·n'/slots` per
-/// layer with the other maps). It is picked when the first is at least a quarter of the
-/// second: measured (docs/benchmarks.md) BERT-tiny at 128 tokens (ratio 1.3) 18% faster with
-/// it, the default model at 16 tokens (0.04) the same, at 64 tokens (0.009) 13% slower.
-pub fn auto_masking(dims: &ModelDims, l: &BucketLayouts) -> AvMasking {
-    let (_, g) = l.heads.head_groups().unwrap_or((1, 1));
-    let np = l.heads.row_stride();
-    let broadcast = np * g.min(dims.head_dim);
-    let (h, f) = (dims.hidden, dims.ffn);
-    let dense = (4 * h * h + 2 * h * f) * np / l.hidden.slots();
-    if 4 * broadcast >= dense {
-        AvMasking::ValueTokens
-    } else {
-        AvMasking::WeightRows
-    }
 }
 
 /// The shared parts of the reciprocal network as big matrices for one bucket.
@@ -479,7 +459,7 @@ struct EncodedBucket {
 /// The compiled server program. Holds no key: sessions bring their evaluation keys.
 pub struct ServerModel {
     params: Parameters,
-    engine: EngineParams,
+    resolved: ResolvedPlan,
     weights: ModelWeights,
     folded: Vec<FoldedLayer>,
     embeddings: EmbeddingTables,
@@ -487,8 +467,6 @@ pub struct ServerModel {
     plans: BTreeMap<usize, BucketPlan>,
     layer_plans: BTreeMap<usize, Vec<Plan>>,
     encoded: Mutex<BTreeMap<usize, Arc<EncodedLayers>>>,
-    /// Largest decrypted magnitude measured when compiling from a model.
-    calibrated: Option<f64>,
 }
 
 impl std::fmt::Debug for ServerModel {
@@ -496,49 +474,40 @@ impl std::fmt::Debug for ServerModel {
         f.debug_struct("ServerModel")
             .field("params", &self.params)
             .field("dims", &self.weights.dims)
-            .field("buckets", &self.engine.buckets)
-            .field("pre_encode", &self.engine.pre_encode)
+            .field("buckets", &self.resolved.config.buckets)
+            .field("pre_encode", &self.resolved.config.pre_encode)
             .finish()
     }
 }
 
 impl ServerModel {
-    /// Compiles a THE-X model (see [`crate::split_model`]) with parameters chosen from
-    /// `engine`.
-    ///
-    /// The encoding scale is `engine.log_scale`; the ciphertexts the client decrypts may have
-    /// a lower one: the largest value the client will decrypt is measured on the plaintext
-    /// model (random token sequences of the smallest and largest bucket)
-    /// and their scale `Δ_r` leaves it 16× below the client's refusal threshold `q_0/4Δ_r`,
-    /// down to 2^26; models with larger values get one extra level instead. See
-    /// [`ServerModel::calibrated_magnitude`].
-    pub fn compile(model: &thex_model::ThexModel, engine: &EngineParams) -> Result<Self> {
+    /// Compiles a THE-X model (see [`crate::split_model`]): [`ServerModel::resolve`], then
+    /// [`ServerModel::compile_plan`].
+    pub fn compile(model: &thex_model::ThexModel, config: &EngineParams) -> Result<Self> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
-        let (engine, magnitude) = Self::calibrate(model, &weights, &embeddings, engine)?;
-        let mut compiled = Self::compile_weights(weights, embeddings, &engine)?;
-        compiled.calibrated = Some(magnitude);
-        Ok(compiled)
+        let plan = Self::resolve_split(model, &weights, &embeddings, config)?;
+        Self::build(weights, embeddings, plan)
     }
 
-    /// The calibration step of [`ServerModel::compile`] alone: `engine` with the request scale
-    /// (and extra levels) that leave room for the largest value the client will decrypt, and that
-    /// value. Lets a caller compile bucket by bucket at one scale.
-    pub fn calibrated(
-        model: &thex_model::ThexModel,
-        engine: &EngineParams,
-    ) -> Result<(EngineParams, f64)> {
+    /// Resolves `config` for `model` without compiling: the encoding scale is
+    /// `config.log_scale`; the ciphertexts the client decrypts may have a lower one: the largest
+    /// value the client will decrypt is measured on the plaintext model (random token
+    /// sequences of the smallest and largest bucket) and their scale `Δ_r` leaves it 16× below
+    /// the client's refusal threshold `q_0/4Δ_r`, down to 2^26; models with larger values get
+    /// one extra level instead. A request scale set in `config` is kept if it is lower.
+    pub fn resolve(model: &thex_model::ThexModel, config: &EngineParams) -> Result<ResolvedPlan> {
         let (weights, embeddings) = crate::weights::split_model(model)?;
-        Self::calibrate(model, &weights, &embeddings, engine)
+        Self::resolve_split(model, &weights, &embeddings, config)
     }
 
-    fn calibrate(
+    fn resolve_split(
         model: &thex_model::ThexModel,
         weights: &ModelWeights,
         embeddings: &EmbeddingTables,
-        engine: &EngineParams,
-    ) -> Result<(EngineParams, f64)> {
-        engine.validate()?;
-        let lengths: BTreeSet<usize> = [engine.buckets.iter().min(), engine.buckets.iter().max()]
+        config: &EngineParams,
+    ) -> Result<ResolvedPlan> {
+        config.validate()?;
+        let lengths: BTreeSet<usize> = [config.buckets.iter().min(), config.buckets.iter().max()]
             .into_iter()
             .flatten()
             .map(|&b| b.min(embeddings.max_positions()))
@@ -547,72 +516,81 @@ impl ServerModel {
         let magnitude =
             crate::calibrate::max_decrypted_magnitude(model, weights, embeddings.vocab, &lengths)?;
         let Some(room) = crate::calibrate::fit_headroom(
-            engine.log_q0,
-            engine.log_scale,
-            engine.extra_levels,
+            config.log_q0,
+            config.log_scale,
+            config.extra_levels,
             magnitude,
         ) else {
             return Err(EngineError::Config(format!(
                 "the client would decrypt values up to {magnitude:.3e}: more than the {}-bit q0 \
                  and {} extra levels leave room for (raise log_q0 or extra_levels)",
-                engine.log_q0, engine.extra_levels
+                config.log_q0, config.extra_levels
             )));
         };
-        // A request scale set by the caller is kept if it is lower.
-        let request = engine
+        let request = config
             .request_log_scale
             .map_or(room.request_log_scale, |r| r.min(room.request_log_scale));
-        let engine = EngineParams {
-            request_log_scale: (request < engine.log_scale).then_some(request),
-            extra_levels: room.extra_levels,
-            ..engine.clone()
-        };
-        Ok((engine, magnitude))
+        ResolvedPlan::new(
+            config,
+            &weights.dims,
+            Some(Calibration {
+                max_decrypted: magnitude,
+            }),
+            request,
+            room.extra_levels,
+        )
     }
 
-    /// Compiles from already extracted weights, at `engine.log_scale` as given (no
-    /// calibration).
+    /// Compiles `model` by a plan resolved before (by [`ServerModel::resolve`], or saved from
+    /// [`ServerModel::resolved`]): no calibration; the plan must fit the model's shapes.
+    pub fn compile_plan(model: &thex_model::ThexModel, plan: &ResolvedPlan) -> Result<Self> {
+        let (weights, embeddings) = crate::weights::split_model(model)?;
+        plan.check(&weights.dims)?;
+        Self::build(weights, embeddings, plan.clone())
+    }
+
+    /// Compiles from already extracted weights at the configured scales (no calibration).
     pub fn compile_weights(
         weights: ModelWeights,
         embeddings: EmbeddingTables,
-        engine: &EngineParams,
+        config: &EngineParams,
     ) -> Result<Self> {
-        engine.validate()?;
+        let plan = ResolvedPlan::new(
+            config,
+            &weights.dims,
+            None,
+            config.request_log_scale.unwrap_or(config.log_scale),
+            config.extra_levels,
+        )?;
+        Self::build(weights, embeddings, plan)
+    }
+
+    fn build(
+        weights: ModelWeights,
+        embeddings: EmbeddingTables,
+        plan: ResolvedPlan,
+    ) -> Result<Self> {
         if weights.layers.is_empty() {
             return Err(EngineError::UnsupportedModel("no encoder layers".into()));
         }
-        if engine.max_bucket() > embeddings.max_positions() {
+        let max_bucket = plan.config.max_bucket();
+        if max_bucket > embeddings.max_positions() {
             return Err(EngineError::Config(format!(
-                "bucket {} exceeds the {} position embeddings",
-                engine.max_bucket(),
+                "bucket {max_bucket} exceeds the {} position embeddings",
                 embeddings.max_positions()
             )));
         }
-        let mut buckets = engine.buckets.clone();
-        buckets.sort_unstable();
-        let slots = buckets
-            .iter()
-            .map(|&b| BucketLayouts::slots_needed(&weights.dims, b))
-            .max()
-            .unwrap_or(1);
-        let params = engine.choose(slots)?;
+        let params = Parameters::new(&plan.params)?;
         let folded = fold(&weights)?;
-        let request_scale = engine.request_scale(params.default_scale());
         let mut schedules = BTreeMap::new();
-        for &b in &buckets {
-            let layouts = BucketLayouts::new(&weights.dims, params.max_slots(), b)?;
-            let masking = engine
-                .attention_values
-                .unwrap_or_else(|| auto_masking(&weights.dims, &layouts));
-            let sched = Schedule::for_params(&weights.dims, &params, (b, masking), request_scale)?;
+        for (&b, &masking) in &plan.attention_values {
+            let sched =
+                Schedule::for_params(&weights.dims, &params, (b, masking), plan.request_scale())?;
             schedules.insert(b, sched);
         }
         let mut model = Self {
             params,
-            engine: EngineParams {
-                buckets,
-                ..engine.clone()
-            },
+            resolved: plan,
             weights,
             folded,
             embeddings,
@@ -620,17 +598,17 @@ impl ServerModel {
             plans: BTreeMap::new(),
             layer_plans: BTreeMap::new(),
             encoded: Mutex::new(BTreeMap::new()),
-            calibrated: None,
         };
         let compact = weight_encoder(&model.params, true);
         let ntt = weight_encoder(&model.params, false);
+        let pre_encode = model.resolved.config.pre_encode;
         // NTT form while the bound `compact bytes × (max_level + 1)` stays within the limit.
-        let mut ntt_left = if model.engine.pre_encode {
-            model.engine.ntt_weights_max_bytes
+        let mut ntt_left = if pre_encode {
+            model.resolved.config.ntt_weights_max_bytes
         } else {
             0
         };
-        for &b in &model.engine.buckets.clone() {
+        for b in model.buckets().to_vec() {
             let mut bucket = model.encode_bucket(&compact, b)?;
             let bound = bucket.plan.weight_bytes * (model.params.max_level() + 1);
             if bound <= ntt_left {
@@ -639,7 +617,7 @@ impl ServerModel {
             }
             model.layer_plans.insert(b, bucket.layer_plans);
             model.plans.insert(b, bucket.plan);
-            if model.engine.pre_encode {
+            if pre_encode {
                 model
                     .encoded
                     .get_mut()
@@ -667,7 +645,7 @@ impl ServerModel {
             ks += p.plan.key_switches();
             pts += p.linear_plaintexts();
             bytes += p.heap_bytes();
-            if self.engine.pre_encode {
+            if self.resolved.config.pre_encode {
                 programs.push(Arc::new(p));
             }
         }
@@ -730,10 +708,15 @@ impl ServerModel {
         &self.folded
     }
 
-    /// The largest value the client decrypts on the calibration inputs (when compiled from a
-    /// model): the encoding scale leaves room for 16× of it.
+    /// The largest value the client decrypts on the calibration inputs (when compiled with a
+    /// calibration): the request scale leaves room for 16× of it.
     pub fn calibrated_magnitude(&self) -> Option<f64> {
-        self.calibrated
+        self.resolved.calibration.map(|c| c.max_decrypted)
+    }
+    /// What the configuration resolved to: save it to compile the same program again
+    /// ([`ServerModel::compile_plan`]).
+    pub fn resolved(&self) -> &ResolvedPlan {
+        &self.resolved
     }
 
     /// The CKKS parameters.
@@ -743,11 +726,7 @@ impl ServerModel {
     /// The scale of every ciphertext the client decrypts (the encoding scale, or lower: see
     /// [`EngineParams::request_log_scale`]).
     pub fn request_scale(&self) -> f64 {
-        self.engine.request_scale(self.params.default_scale())
-    }
-    /// The engine settings (buckets sorted).
-    pub fn engine_params(&self) -> &EngineParams {
-        &self.engine
+        self.resolved.request_scale()
     }
     /// Model shapes and constants.
     pub fn dims(&self) -> &ModelDims {
@@ -763,12 +742,12 @@ impl ServerModel {
     }
     /// The compiled buckets, ascending.
     pub fn buckets(&self) -> &[usize] {
-        &self.engine.buckets
+        &self.resolved.config.buckets
     }
     fn unknown_bucket(&self, bucket: usize) -> EngineError {
         thex_client::Error::UnknownBucket {
             bucket,
-            available: self.engine.buckets.clone(),
+            available: self.buckets().to_vec(),
         }
         .into()
     }
@@ -796,7 +775,7 @@ impl ServerModel {
     /// Union of the Galois steps of `buckets` (all compiled buckets if empty).
     pub fn galois_steps(&self, buckets: &[usize]) -> Result<BTreeSet<usize>> {
         let bs: Vec<usize> = if buckets.is_empty() {
-            self.engine.buckets.clone()
+            self.buckets().to_vec()
         } else {
             buckets.to_vec()
         };

@@ -244,7 +244,7 @@ impl ServerSession {
     fn begin_layer(&mut self, bucket: usize, layer: usize, round: u32, x: Packed) -> Result<Step> {
         let t0 = Instant::now();
         let prog = self.model.layer_program(bucket, layer)?;
-        if !self.model.engine_params().pre_encode {
+        if !self.model.resolved().config.pre_encode {
             self.compute
                 .push((format!("layer{layer}.encode_weights"), t0.elapsed()));
         }

@@ -805,3 +805,75 @@ fn both_attention_value_maskings_agree() {
     let other = client(s).encrypt_ids(&tokens).unwrap();
     assert!(srv.start(other).is_err());
 }
+
+/// The resolved plan of a compile, saved as JSON and passed back, compiles the same program
+/// without calibrating; plans of another shape, version or bucket set are refused.
+#[test]
+fn resolved_plan_round_trips_and_compiles_the_same_program() {
+    let model = random_model(SMALL, 7);
+    let config = EngineParams {
+        buckets: vec![16, 8],
+        ..Default::default()
+    };
+    let a = ServerModel::compile(&model, &config).unwrap();
+    let plan = a.resolved().clone();
+    // The configuration as written (buckets sorted), the calibration beside it.
+    assert_eq!(plan.config.buckets, vec![8, 16]);
+    assert_eq!(plan.config.request_log_scale, None);
+    assert_eq!(
+        plan.calibration.map(|c| c.max_decrypted),
+        a.calibrated_magnitude()
+    );
+    assert_eq!(plan.request_scale(), a.request_scale());
+    let back = ResolvedPlan::from_json(&plan.to_json()).unwrap();
+    assert_eq!(back, plan);
+    let b = ServerModel::compile_plan(&model, &back).unwrap();
+    assert_eq!(a.client_bundle(), b.client_bundle());
+    for bucket in [8, 16] {
+        assert_eq!(a.schedule(bucket).unwrap(), b.schedule(bucket).unwrap());
+        assert_eq!(a.plan(bucket).unwrap(), b.plan(bucket).unwrap());
+    }
+    // A subset keeps the calibration.
+    let one = plan.for_buckets(&[8]).unwrap();
+    assert_eq!(
+        (
+            one.calibration,
+            one.request_log_scale,
+            one.config.buckets.clone()
+        ),
+        (plan.calibration, plan.request_log_scale, vec![8])
+    );
+    assert!(plan.for_buckets(&[32]).is_err());
+
+    let refused = |p: &ResolvedPlan, m: &thex_model::ThexModel, needle: &str| {
+        match ServerModel::compile_plan(m, p) {
+            Err(EngineError::Config(msg)) => assert!(msg.contains(needle), "{msg}"),
+            other => panic!(
+                "expected a Config error with {needle:?}, got {:?}",
+                other.err()
+            ),
+        }
+    };
+    let wider = random_model(
+        common::Shape {
+            hidden: 64,
+            ..SMALL
+        },
+        7,
+    );
+    refused(&plan, &wider, "another shape");
+    let mut old = plan.clone();
+    old.version += 1;
+    refused(&old, &model, "version");
+    let mut partial = plan.clone();
+    partial.attention_values.remove(&8);
+    refused(&partial, &model, "cover buckets");
+    // Parameters beyond the 128-bit bound are refused as in any bundle.
+    let mut insecure = plan.clone();
+    insecure.params.log_q.extend([60; 12]);
+    assert!(matches!(
+        ServerModel::compile_plan(&model, &insecure),
+        Err(EngineError::Ckks(ckks::Error::Insecure { .. }))
+    ));
+    assert!(ResolvedPlan::from_json("{\"version\": 1}").is_err());
+}

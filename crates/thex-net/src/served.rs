@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use thex_engine::{EngineParams, ServerModel};
+use thex_engine::{EngineParams, ResolvedPlan, ServerModel};
 use thex_model::{LoadOptions, LoadedModel, load_model_dir, sha256_hex};
 
 use crate::api::{TokenizerInfo, TokenizerKind};
@@ -62,9 +62,18 @@ impl ServedModel {
     /// Compiles a loaded THE-X model (CPU-heavy: weights are packed and encoded here when
     /// `engine.pre_encode`).
     pub fn compile(loaded: &LoadedModel, engine: &EngineParams) -> Result<Self> {
+        Self::serve(loaded, ServerModel::compile(&loaded.model, engine)?)
+    }
+
+    /// Compiles a loaded model by a saved plan ([`ServerModel::compile_plan`]: no
+    /// calibration).
+    pub fn compile_plan(loaded: &LoadedModel, plan: &ResolvedPlan) -> Result<Self> {
+        Self::serve(loaded, ServerModel::compile_plan(&loaded.model, plan)?)
+    }
+
+    fn serve(loaded: &LoadedModel, model: ServerModel) -> Result<Self> {
         let max_len = loaded.model.config().max_position_embeddings;
         let tokenizer = TokenizerFile::from_model_dir(&loaded.dir, max_len)?;
-        let model = ServerModel::compile(&loaded.model, engine)?;
         Ok(Self::new(Arc::new(model), tokenizer))
     }
 

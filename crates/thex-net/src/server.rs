@@ -63,7 +63,7 @@ impl Default for ServerLimits {
             max_body_bytes: 1 << 30,
             max_sessions: 16,
             max_key_memory: 8 << 30,
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
             round_timeout: Duration::from_secs(120),
             messages: MessageLimits::default(),
             compute_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -177,27 +177,12 @@ pub fn evaluate(
         .iter()
         .map(|e| model.tokenize(&e.text))
         .collect::<Result<_, _>>()?;
-    let max_bucket = thex_engine::DEFAULT_BUCKETS[thex_engine::DEFAULT_BUCKETS.len() - 1];
-    let bucket_of = |n: usize| {
-        thex_engine::DEFAULT_BUCKETS
-            .iter()
-            .copied()
-            .find(|&b| b >= n)
-    };
-    // Each sentence's length bucket, then the count per bucket.
+    // Each sentence's length bucket (the compile refuses one beyond the position embeddings),
+    // then the count per bucket.
     let bucket_ids: Vec<usize> = ids
         .iter()
-        .enumerate()
-        .map(|(i, x)| {
-            bucket_of(x.len()).with_context(|| {
-                format!(
-                    "sentence {} has {} tokens; the largest length bucket is {max_bucket}",
-                    i + 1,
-                    x.len()
-                )
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+        .map(|x| thex_engine::length_bucket(x.len()))
+        .collect();
     let mut buckets: Vec<(usize, usize)> = Vec::new();
     for &b in &bucket_ids {
         match buckets.iter_mut().find(|(bb, _)| *bb == b) {
@@ -237,13 +222,13 @@ pub fn evaluate(
                     .with_context(|| format!("opening {}", p.display()))
             })
             .transpose()?;
-        // One scale for the whole run (calibrated as a server with these sentences' buckets
-        // would be; a bucket's own calibration may only lower it), then one bucket compiled at a
-        // time: the weights of the buckets not being run are not held in memory.
+        // One calibration for the whole run (as a server with these sentences' buckets would
+        // be calibrated), then one bucket compiled at a time by it: the weights of the buckets
+        // not being run are not held in memory.
         let needed: std::collections::BTreeSet<usize> =
             todo.iter().map(|&i| bucket_ids[i]).collect();
         let all_buckets: Vec<usize> = buckets.iter().map(|&(b, _)| b).collect();
-        let (engine, _) = ServerModel::calibrated(
+        let plan = ServerModel::resolve(
             &model.model,
             &EngineParams {
                 buckets: all_buckets,
@@ -255,12 +240,9 @@ pub fn evaluate(
         bar.reset_eta();
         let mut agree = records.iter().filter(|r| agrees(r)).count();
         for bucket in needed {
-            let server_model = Arc::new(ServerModel::compile(
+            let server_model = Arc::new(ServerModel::compile_plan(
                 &model.model,
-                &EngineParams {
-                    buckets: vec![bucket],
-                    ..engine.clone()
-                },
+                &plan.for_buckets(&[bucket])?,
             )?);
             let mut client = ClientSession::new(server_model.client_bundle())?;
             let keys = client.evaluation_keys(&[bucket])?;

@@ -24,20 +24,30 @@ fn thex(args: &[&str]) -> Output {
         .expect("run thex")
 }
 
-/// Starts `thex serve` on a free port; returns the process and its URL.
-fn serve(model: &Path, log: &Path) -> (Server, String) {
+/// Starts `thex serve` on a free port with `extra` options (default: `--buckets 16`);
+/// returns the process, its URL and the bundle hash it announces.
+fn serve(model: &Path, log: &Path, extra: &[&str]) -> (Server, String, String) {
+    let extra = if extra.is_empty() {
+        &["--buckets", "16"][..]
+    } else {
+        extra
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_thex"))
         .args(["serve", "--model", model.to_str().unwrap()])
-        .args(["--addr", "127.0.0.1:0", "--buckets", "16"])
+        .args(["--addr", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("start thex serve");
     let stdout = child.stdout.take().unwrap();
     let server = Server(child);
-    let mut url = None;
+    let (mut url, mut hash) = (None, String::new());
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
+        if let Some(h) = line.strip_prefix("bundle sha256 ") {
+            hash = h.to_string();
+        }
         if let Some(u) = line.strip_prefix("listening ") {
             url = Some(u.to_string());
             break;
@@ -49,7 +59,7 @@ fn serve(model: &Path, log: &Path) -> (Server, String) {
             std::fs::read_to_string(log).unwrap_or_default()
         )
     });
-    (server, url)
+    (server, url, hash)
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
@@ -66,7 +76,13 @@ fn serve_and_infer_json_match_the_plaintext_model() {
     let model = tmp.path().join("model");
     write_dir(SMALL, 5, &model).unwrap();
     let log = tmp.path().join("serve.log");
-    let (_server, url) = serve(&model, &log);
+    let plan = tmp.path().join("plan.json");
+    let (_server, url, hash) = serve(
+        &model,
+        &log,
+        &["--buckets", "16", "--save-plan", plan.to_str().unwrap()],
+    );
+    assert_eq!(hash.len(), 64);
 
     let text = "a good film with a dull plot";
     let key = tmp.path().join("client/secret.key");
@@ -147,6 +163,30 @@ fn serve_and_infer_json_match_the_plaintext_model() {
     assert_eq!(v2["setup"]["key_loaded"], true);
     assert_eq!(v2["setup"]["bundle_cached"], true);
     assert_eq!(v2["label"], v["label"]);
+
+    // The saved plan compiles the same program: the same bundle, byte for byte.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan).unwrap()).unwrap();
+    assert_eq!(saved["config"]["buckets"], serde_json::json!([16]));
+    assert!(saved["calibration"]["max_decrypted"].as_f64().unwrap() > 0.0);
+    let log2 = tmp.path().join("serve2.log");
+    let (_again, _, hash2) = serve(&model, &log2, &["--plan", plan.to_str().unwrap()]);
+    assert_eq!(hash2, hash);
+    let both = thex(&[
+        "serve",
+        "--model",
+        model.to_str().unwrap(),
+        "--plan",
+        plan.to_str().unwrap(),
+        "--buckets",
+        "32",
+    ]);
+    assert!(!both.status.success());
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
 
     // One log line per request, with the session and byte counts.
     let logs = std::fs::read_to_string(&log).unwrap();

@@ -1,20 +1,23 @@
-//! The schedule of every default bucket of the default model (`sst2-thex`) and of the
+//! The schedule of every default bucket and of 128 tokens, of the default model (`sst2-thex`) and of the
 //! BERT-tiny shape, run dry on the cleartext backend: every request, reply and the logits at
 //! the level and scale the schedule names, the plan's exact key switches and rotation steps.
 
 mod common;
 
-use thex_engine::{DEFAULT_BUCKETS, EngineParams, ServerModel};
+use thex_engine::{EngineParams, ServerModel};
 use thex_model::ThexModel;
+
+/// The default buckets and 128.
+const BUCKETS: [usize; 4] = [16, 32, 64, 128];
 
 fn check_every_bucket(model: &ThexModel) -> usize {
     let engine = EngineParams {
-        buckets: DEFAULT_BUCKETS.to_vec(),
+        buckets: BUCKETS.to_vec(),
         pre_encode: false,
         ..Default::default()
     };
     let server = ServerModel::compile(model, &engine).unwrap();
-    assert_eq!(server.buckets(), DEFAULT_BUCKETS);
+    assert_eq!(server.buckets(), BUCKETS);
     for &b in server.buckets() {
         server
             .check_schedule(b)

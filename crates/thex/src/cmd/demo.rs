@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use serde_json::json;
-use thex_engine::{DEFAULT_BUCKETS, EngineParams};
+use thex_engine::{EngineParams, length_bucket};
 use thex_model::{LoadOptions, load_model_dir};
 use thex_net::{Client, ClientOptions, ServedModel, ServerHandle, ServerLimits};
 
@@ -83,11 +83,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let loaded = load_model_dir(&dir, &LoadOptions::default())
         .with_context(|| format!("loading {}", dir.display()))?;
     let tokens = loaded.tokenize(&args.text)?.len();
-    let bucket = DEFAULT_BUCKETS
-        .iter()
-        .copied()
-        .find(|&b| b >= tokens)
-        .with_context(|| format!("{tokens} tokens exceed the largest bucket"))?;
+    let bucket = length_bucket(tokens);
     setup.push((
         "load_model",
         step.done(&format!("model {} ({tokens} tokens)", dir.display())),

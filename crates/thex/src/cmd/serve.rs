@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use thex_engine::EngineParams;
+use thex_engine::{EngineParams, ResolvedPlan};
 use thex_net::{ServedModel, ServerHandle, ServerLimits};
 
 /// Arguments of `thex serve`.
@@ -20,26 +20,33 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// Length buckets to compile (powers of two; inputs are padded to the next one).
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+    #[arg(long, value_delimiter = ',', default_values_t = EngineParams::default().buckets)]
     buckets: Vec<usize>,
     /// Encode the weights for every request instead of once at start (far less memory).
     #[arg(long)]
     lazy_encode: bool,
     /// Keep the pre-encoded weights in NTT form (faster products) while they take at most this
     /// many GiB (bounded by the compact size times the number of primes); compact otherwise.
-    #[arg(long, value_name = "GIB", default_value_t = 8)]
+    #[arg(long, value_name = "GIB", default_value_t = EngineParams::default().ntt_weights_max_bytes >> 30)]
     ntt_weights_max_gib: usize,
+    /// Compile by a plan saved with --save-plan (its buckets and weight settings; no
+    /// calibration) instead of resolving the options above.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["buckets", "lazy_encode", "ntt_weights_max_gib"])]
+    plan: Option<PathBuf>,
+    /// Write the resolved plan (configuration, calibration, CKKS parameters, maskings) as JSON.
+    #[arg(long, value_name = "FILE")]
+    save_plan: Option<PathBuf>,
     /// Most open sessions.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = ServerLimits::default().max_sessions)]
     max_sessions: usize,
     /// Seconds without a request after which a session (and its running inference) is dropped.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = ServerLimits::default().idle_timeout.as_secs())]
     idle_timeout: u64,
     /// Largest request body in MiB (evaluation keys included).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = ServerLimits::default().max_body_bytes >> 20)]
     max_body_mib: usize,
     /// Most evaluation-key memory over all sessions, in MiB.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = ServerLimits::default().max_key_memory >> 20)]
     max_key_mib: usize,
 }
 
@@ -57,9 +64,26 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let t = Instant::now();
-    let served = ServedModel::load(&args.model, &engine)
-        .with_context(|| format!("compiling {}", args.model.display()))?;
+    let loaded = thex_model::load_model_dir(&args.model, &Default::default())
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let served = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let plan = ResolvedPlan::from_json(&text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            ServedModel::compile_plan(&loaded, &plan)
+        }
+        None => ServedModel::compile(&loaded, &engine),
+    }
+    .with_context(|| format!("compiling {}", args.model.display()))?;
+    drop(loaded);
     let m = &served.model;
+    if let Some(path) = &args.save_plan {
+        std::fs::write(path, m.resolved().to_json())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("plan saved to {}", path.display());
+    }
     eprintln!(
         "compiled {} ({} layers, N = 2^{}, {} levels, log QP = {:.0}, buckets {:?}, {} rounds) in {:.1} s",
         args.model.display(),
@@ -80,7 +104,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!(
         "encoded weights {:.1} GB ({})",
         weight_bytes as f64 / 1e9,
-        if args.lazy_encode {
+        if !m.resolved().config.pre_encode {
             "encoded per request, not held"
         } else {
             "held in memory; --lazy-encode trades them for encoding time per request"
@@ -92,7 +116,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_sessions: args.max_sessions,
         max_key_memory: args.max_key_mib << 20,
         idle_timeout: Duration::from_secs(args.idle_timeout),
-        ..Default::default()
+        ..ServerLimits::default()
     };
     let server = ServerHandle::start(served, args.addr, limits)?;
     // Scripts read the URL from the last line; a closed stdout must not stop the server.
