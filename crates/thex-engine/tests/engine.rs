@@ -877,3 +877,47 @@ fn resolved_plan_round_trips_and_compiles_the_same_program() {
     ));
     assert!(ResolvedPlan::from_json("{\"version\": 1}").is_err());
 }
+
+/// A transport that fails on one exchange: the driver returns its error and the client is
+/// idle again; after `abort`, the server takes the next inference.
+#[test]
+fn the_driver_aborts_the_client_when_the_transport_fails() {
+    struct Failing<'a> {
+        inner: Local<'a>,
+        fail_at: usize,
+        seen: usize,
+    }
+    impl Transport for Failing<'_> {
+        type Error = EngineError;
+        fn exchange(&mut self, kind: Outgoing, bytes: &[u8]) -> thex_engine::Result<Answer> {
+            self.seen += 1;
+            if self.seen == self.fail_at {
+                return Err(EngineError::Internal("connection dropped".into()));
+            }
+            self.inner.exchange(kind, bytes)
+        }
+    }
+    let s = setup();
+    let (mut c, mut srv) = (client(s), server(s));
+    let tokens = ids(9, 5);
+    let mut rounds = Vec::new();
+    let err = {
+        let mut t = Failing {
+            inner: Local::new(&mut srv),
+            fail_at: 3,
+            seen: 0,
+        };
+        infer(&mut c, &mut t, &tokens, &mut |r| rounds.push(r)).unwrap_err()
+    };
+    assert!(err.to_string().contains("connection dropped"), "{err}");
+    // The input and round 1 went through before the failure.
+    assert_eq!(rounds, vec![0, 1]);
+    assert!(c.tokens_in_flight().is_none());
+    assert_eq!(srv.pending_round(), Some(2));
+    srv.abort();
+    let r = run_local(&mut c, &mut srv, &tokens).unwrap();
+    assert_eq!(r.exchanges.len(), r.rounds + 1);
+    assert_eq!(r.exchanges[0].round, 0);
+    let want = plain_logits(&s.model, &tokens);
+    assert!(max_abs_diff(&r.logits, &want) < 1e-4);
+}
