@@ -3,7 +3,8 @@
 
 Usage: scripts/api_count.py CRATE [CHECKOUT]
 
-Builds `cargo doc -p CRATE --no-deps` in CHECKOUT (default: this repository) and prints, as
+Builds `cargo doc -p CRATE --no-deps` in CHECKOUT (default: this repository; the docs land in
+$CARGO_TARGET_DIR if set) and prints, as
 JSON, the items listed on the crate's all-items page (structs, enums, traits, functions,
 constants, type aliases) and, on their pages, the inherent and trait-required methods, the
 public fields and the enum variants. Trait implementations (Debug, Clone, From, ...) are not
@@ -12,6 +13,7 @@ crate's own.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,9 +28,13 @@ def main() -> None:
     subprocess.run(
         ["cargo", "doc", "-p", crate, "--no-deps", "--quiet"], cwd=root, check=True
     )
-    doc = root / "target" / "doc" / crate.replace("-", "_")
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or root / "target")
+    doc = target / "doc" / crate.replace("-", "_")
     all_items = (doc / "all.html").read_text()
-    links = re.findall(r'<a href="([^"]+\.html)">', all_items)
+    links = re.findall(
+        r'<a href="((?:[\w/]+/)?(?:struct|enum|trait|fn|constant|type|static|macro|union)\.\w+\.html)">',
+        all_items,
+    )
     kinds: dict[str, int] = {}
     members = {"methods": 0, "fields": 0, "variants": 0}
     for link in sorted(set(links)):
