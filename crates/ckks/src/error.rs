@@ -52,6 +52,16 @@ pub enum Error {
         /// log2(N).
         log_n: u32,
     },
+    /// A parameter is outside what the 128-bit security claim assumes.
+    #[error("insecure parameter {name} = {value}: must be {requirement}")]
+    InsecureParameter {
+        /// Which parameter (a field of [`crate::ParametersLiteral`]).
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What security requires.
+        requirement: &'static str,
+    },
     /// A parameter value is invalid.
     #[error("invalid parameter {name}: {value}")]
     InvalidParameter {

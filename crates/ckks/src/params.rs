@@ -89,6 +89,9 @@ pub fn max_log_qp_128(log_n: u32) -> Option<u32> {
     }
 }
 
+/// Smallest error standard deviation [`Parameters::new`] accepts (HE Standard: σ ≈ 3.19).
+pub const MIN_ERROR_STD: f64 = 3.19;
+
 /// Precomputed context shared by every object made under one parameter set.
 pub(crate) struct Context {
     pub literal: ParametersLiteral,
@@ -144,19 +147,29 @@ impl PartialEq for Parameters {
 }
 
 impl Parameters {
-    /// Validates a literal, enforcing 128-bit security (HE Standard table, ternary secret).
+    /// Validates a literal, enforcing 128-bit security as the HE Standard's table assumes it:
+    /// a uniform ternary secret, error standard deviation at least [`MIN_ERROR_STD`], and log QP
+    /// within [`max_log_qp_128`] for the ring degree. Every party that builds keys or
+    /// ciphertexts from parameters it was sent goes through this check.
     pub fn new(literal: &ParametersLiteral) -> Result<Self> {
         let max = max_log_qp_128(literal.log_n).ok_or(Error::UnsupportedRingDegree {
             log_n: literal.log_n,
             min: 10,
             max: 16,
         })?;
-        if let SecretDistribution::FixedHammingWeight(h) = literal.secret
-            && h < (1usize << literal.log_n) / 2
-        {
-            return Err(Error::InvalidParameter {
-                name: "secret (Hamming weight below N/2 is not covered by the security table)",
-                value: h.to_string(),
+        if literal.secret != SecretDistribution::Ternary {
+            return Err(Error::InsecureParameter {
+                name: "secret",
+                value: format!("{:?}", literal.secret),
+                requirement: "the uniform ternary secret of the HE Standard",
+            });
+        }
+        // NaN is refused too.
+        if literal.error_std.is_nan() || literal.error_std < MIN_ERROR_STD {
+            return Err(Error::InsecureParameter {
+                name: "error_std",
+                value: literal.error_std.to_string(),
+                requirement: "at least 3.19 (HE Standard)",
             });
         }
         let params = Self::build(literal)?;
@@ -437,12 +450,34 @@ mod tests {
             Parameters::new(&lit),
             Err(Error::UnsupportedRingDegree { log_n: 9, .. })
         ));
-        let mut sparse = Preset::N14L7.literal();
-        sparse.secret = SecretDistribution::FixedHammingWeight(64);
-        assert!(matches!(
-            Parameters::new(&sparse),
-            Err(Error::InvalidParameter { .. })
-        ));
+        // Every secret other than the ternary one, and any σ below 3.19, is refused by the
+        // secure constructor (a tiny σ makes keys noiseless: the secret falls out of b + a·s).
+        for h in [64, 1 << 13, 1 << 14] {
+            let mut sparse = Preset::N14L7.literal();
+            sparse.secret = SecretDistribution::FixedHammingWeight(h);
+            assert!(matches!(
+                Parameters::new(&sparse),
+                Err(Error::InsecureParameter { name: "secret", .. })
+            ));
+            assert!(Parameters::new_insecure(&sparse).is_ok());
+        }
+        for sigma in [1e-9, 0.0, 3.18, f64::NAN, -3.2] {
+            let mut l = Preset::N14L7.literal();
+            l.error_std = sigma;
+            assert!(
+                matches!(
+                    Parameters::new(&l),
+                    Err(Error::InsecureParameter {
+                        name: "error_std",
+                        ..
+                    })
+                ),
+                "{sigma}"
+            );
+        }
+        let mut l = Preset::N14L7.literal();
+        l.error_std = MIN_ERROR_STD;
+        assert!(Parameters::new(&l).is_ok());
     }
 
     #[test]

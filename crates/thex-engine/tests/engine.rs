@@ -596,15 +596,38 @@ fn client_bundle_round_trips_and_rejects_corruption() {
         ClientBundle::from_bytes(&bad),
         Err(Error::Malformed(_))
     ));
-    // An insecure parameter literal in the header is refused.
-    let mut insecure = s.bundle.clone();
-    insecure.params.log_q.push(40);
-    insecure.params.log_q.push(40);
-    insecure.params.log_q.push(40);
-    assert!(matches!(
-        ClientBundle::from_bytes(&insecure.to_bytes()),
-        Err(Error::Ckks(ckks::Error::Insecure { .. }))
-    ));
+    // A forged bundle whose parameters would make the client's keys insecure is refused, as
+    // bytes and by the client session, naming the field: one forgery per security field.
+    type Forge = fn(&mut ckks::ParametersLiteral);
+    let forgeries: [(&str, Forge); 6] = [
+        ("error_std", |p| p.error_std = 1e-9),
+        ("secret", |p| {
+            p.secret = ckks::SecretDistribution::FixedHammingWeight(1 << (p.log_n - 1))
+        }),
+        ("log QP (log_q)", |p| p.log_q.extend([40; 3])),
+        ("log QP (log_p)", |p| p.log_p.extend([60; 2])),
+        ("log QP (small N)", |p| p.log_n = 12),
+        ("ring degree", |p| p.log_n = 9),
+    ];
+    for (field, forge) in forgeries {
+        let mut forged = s.bundle.clone();
+        forge(&mut forged.params);
+        let bytes_err = ClientBundle::from_bytes(&forged.to_bytes()).unwrap_err();
+        let session_err = ClientSession::new(forged).unwrap_err();
+        for err in [bytes_err, session_err] {
+            let ok = match field {
+                "error_std" | "secret" => matches!(
+                    &err,
+                    Error::Ckks(ckks::Error::InsecureParameter { name, .. }) if *name == field
+                ),
+                "ring degree" => {
+                    matches!(err, Error::Ckks(ckks::Error::UnsupportedRingDegree { .. }))
+                }
+                _ => matches!(err, Error::Ckks(ckks::Error::Insecure { .. })),
+            };
+            assert!(ok, "{field}: {err}");
+        }
+    }
 }
 
 /// A MiniLM-shaped layer (hidden 384, 12 heads, FFN 1536) with weights encoded per inference.

@@ -67,7 +67,7 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
         /// Token counts (length buckets, powers of two) for the model.
-        #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64])]
+        #[arg(long, value_delimiter = ',', default_values_t = thex_engine::DEFAULT_BUCKETS)]
         tokens: Vec<usize>,
         /// Token counts for the BERT-tiny-shaped model (2 layers, hidden 128, 2 heads, FFN 512).
         #[arg(long, value_delimiter = ',', default_values_t = [128])]
