@@ -32,6 +32,14 @@ pub enum Error {
         /// Compiled buckets.
         available: Vec<usize>,
     },
+    /// This client session refused a server message earlier and sends nothing more.
+    #[error(
+        "this client session refused a server message ({reason}) and answers nothing more: start a new session with new keys"
+    )]
+    Refused {
+        /// Why the first message was refused.
+        reason: String,
+    },
     /// A message arrived in a state that does not expect it.
     #[error("protocol state: {got} is not allowed while {state}")]
     UnexpectedMessage {
@@ -144,7 +152,8 @@ impl Error {
             Error::Config(_) | Error::NotEnoughLevels { .. } => ErrorClass::Config,
             Error::UnexpectedMessage { .. }
             | Error::WrongRound { .. }
-            | Error::StaleReply { .. } => ErrorClass::OutOfOrder,
+            | Error::StaleReply { .. }
+            | Error::Refused { .. } => ErrorClass::OutOfOrder,
             Error::LimitExceeded { .. } => ErrorClass::TooLarge,
             Error::Internal(_) => ErrorClass::Internal,
             Error::SequenceTooLong { .. }

@@ -30,13 +30,17 @@ pub struct ClientPrediction {
     pub label: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ClientState {
     Idle,
     Running {
         bucket: usize,
         tokens: usize,
         next_round: u32,
+    },
+    /// A server message was refused: nothing more is answered or sent with this key.
+    Refused {
+        reason: String,
     },
 }
 
@@ -165,7 +169,7 @@ impl ClientSession {
     pub fn tokens_in_flight(&self) -> Option<usize> {
         match self.state {
             ClientState::Running { tokens, .. } => Some(tokens),
-            ClientState::Idle => None,
+            ClientState::Idle | ClientState::Refused { .. } => None,
         }
     }
 
@@ -211,6 +215,7 @@ impl ClientSession {
     /// Embeds (plaintext: tables, positions, exact LayerNorm), pads to the smallest bucket and
     /// encrypts token ids. Starts an inference; a running one is abandoned.
     pub fn encrypt_ids(&mut self, ids: &[u32]) -> Result<EncryptedInput> {
+        self.check_not_refused()?;
         if ids.is_empty() {
             return Err(Error::Malformed("empty token sequence".into()));
         }
@@ -277,9 +282,39 @@ impl ClientSession {
         }
     }
 
-    /// Discards the inference in progress, if any: further requests of it are refused.
+    /// Discards the inference in progress, if any: further requests of it are refused. A
+    /// session that refused a server message stays refused.
     pub fn abort(&mut self) {
-        self.state = ClientState::Idle;
+        if let ClientState::Running { .. } = self.state {
+            self.state = ClientState::Idle;
+        }
+    }
+
+    /// Whether this session refused a server message (then it answers and encrypts nothing
+    /// more: a hostile server learns at most one bit per key from a refusal).
+    pub fn is_refused(&self) -> bool {
+        matches!(self.state, ClientState::Refused { .. })
+    }
+
+    fn check_not_refused(&self) -> Result<()> {
+        match &self.state {
+            ClientState::Refused { reason } => Err(Error::Refused {
+                reason: reason.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a refusal of a server message: every later call fails.
+    fn refuse<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && !self.is_refused()
+        {
+            self.state = ClientState::Refused {
+                reason: e.to_string(),
+            };
+        }
+        result
     }
 
     /// Decrypts one ciphertext under this client's key into its slot values. Refuses values
@@ -318,13 +353,21 @@ impl ClientSession {
             ClientState::Running { next_round, .. } => {
                 format!("waiting for round {next_round}")
             }
+            ClientState::Refused { .. } => "refused".into(),
         }
     }
 
     /// Answers a ReLU round: checks it is the next round of the schedule with the expected
     /// items and ciphertext counts, decrypts, applies the item's function (ReLU, power, masks,
     /// row weights) and re-encrypts fresh at the item's reply level and scale ([`RoundItem::reply`]).
+    /// Any refusal ends this session for good ([`ClientSession::is_refused`]).
     pub fn answer(&mut self, req: &ReluRequest) -> Result<ReluReply> {
+        self.check_not_refused()?;
+        let result = self.answer_checked(req);
+        self.refuse(result)
+    }
+
+    fn answer_checked(&mut self, req: &ReluRequest) -> Result<ReluReply> {
         let ClientState::Running {
             bucket,
             tokens,
@@ -463,8 +506,15 @@ impl ClientSession {
             .collect()
     }
 
-    /// Decrypts the logits after the last round; ends the inference.
+    /// Decrypts the logits after the last round; ends the inference. Any refusal ends this
+    /// session for good.
     pub fn decrypt_logits(&mut self, out: &EncryptedLogits) -> Result<ClientPrediction> {
+        self.check_not_refused()?;
+        let result = self.decrypt_logits_checked(out);
+        self.refuse(result)
+    }
+
+    fn decrypt_logits_checked(&mut self, out: &EncryptedLogits) -> Result<ClientPrediction> {
         match self.state {
             ClientState::Running {
                 bucket, next_round, ..

@@ -382,9 +382,17 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
         nonce: [0; NONCE_BYTES],
         items: vec![],
     };
+    let mut idle = client(s);
     assert!(matches!(
-        c.answer(&req0),
+        idle.answer(&req0),
         Err(Error::UnexpectedMessage { .. })
+    ));
+    // A client session that refused a message answers nothing more.
+    assert!(idle.is_refused());
+    assert!(matches!(idle.answer(&req0), Err(Error::Refused { .. })));
+    assert!(matches!(
+        idle.encrypt_ids(&ids(3, 1)),
+        Err(Error::Refused { .. })
     ));
 
     let req = first_request(&mut srv, &mut c);
@@ -396,19 +404,28 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     ));
     let good = c.answer(&req).unwrap();
 
-    // Client side: a replayed round, a skipped round, a wrong item.
+    // Client side, each on its own session waiting for round 2 (a refusal ends a session): a
+    // replayed round, a skipped round, a wrong item, logits too early.
+    let at_round2 = || {
+        let mut c2 = client(s);
+        c2.encrypt_ids(&ids(9, 5)).unwrap();
+        c2.answer(&req).unwrap();
+        c2
+    };
+    let mut replayed = at_round2();
     assert!(matches!(
-        c.answer(&req),
+        replayed.answer(&req),
         Err(Error::WrongRound {
             got: 1,
             expected: 2
         })
     ));
+    assert!(matches!(replayed.answer(&req), Err(Error::Refused { .. })));
     let mut wrong = req.clone();
     wrong.round = 2;
     wrong.items[0].kind = ItemKind::Ffn;
     assert!(matches!(
-        c.answer(&wrong),
+        at_round2().answer(&wrong),
         Err(Error::WrongItem { index: 0, .. })
     ));
     let mut short = req.clone();
@@ -416,15 +433,20 @@ fn protocol_rejects_bad_and_out_of_order_messages() {
     short.items[0].kind = ItemKind::ReciprocalHidden1;
     let extra = short.items[0].cts[0].clone();
     short.items[0].cts.push(extra);
-    assert!(matches!(c.answer(&short), Err(Error::WrongCount { .. })));
+    assert!(matches!(
+        at_round2().answer(&short),
+        Err(Error::WrongCount { .. })
+    ));
     let fake = EncryptedLogits {
         bucket: 16,
         ct: req.items[0].cts[0].clone(),
     };
+    let mut early = at_round2();
     assert!(matches!(
-        c.decrypt_logits(&fake),
+        early.decrypt_logits(&fake),
         Err(Error::UnexpectedMessage { .. })
     ));
+    assert!(early.is_refused());
 
     // Server side: a reply to another request (its nonce), wrong round number, wrong item
     // count, wrong ciphertext count.
@@ -701,10 +723,20 @@ fn values_beyond_the_headroom_are_refused() {
         }
         other => panic!("expected OutOfRange, got {:?}", other.map(|r| r.logits)),
     }
-    // The failed inference is aborted on both sides: the next one starts.
-    assert!(c.tokens_in_flight().is_none());
+    // The failed inference is aborted on both sides. The client that refused answers nothing
+    // more with its key (a hostile server learns one bit per key); a fresh client starts.
+    assert!(c.tokens_in_flight().is_none() && c.is_refused());
     assert_eq!(srv.pending_round(), None);
-    let input = c.encrypt_ids(&ids(9, 5)).unwrap();
+    match c.encrypt_ids(&ids(9, 5)) {
+        Err(Error::Refused { reason }) => assert!(reason.contains("headroom"), "{reason}"),
+        other => panic!("expected Refused, got {:?}", other.map(|i| i.bucket)),
+    }
+    c.abort();
+    assert!(c.is_refused());
+    let mut fresh = ClientSession::new(c.bundle().clone()).unwrap();
+    let keys = fresh.evaluation_keys(&[]).unwrap();
+    let mut srv = ServerSession::new(srv.model().clone(), keys, &[]).unwrap();
+    let input = fresh.encrypt_ids(&ids(9, 5)).unwrap();
     assert!(matches!(srv.start(input), Ok(Step::NeedRelu(_))));
 }
 

@@ -71,6 +71,11 @@ pub struct ConnectReport {
     pub upload_seconds: f64,
 }
 
+/// Whether `s` is a SHA-256 in lowercase hex.
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Reads a response body of at most `limit` bytes.
 fn read_body(resp: &mut Response<ureq::Body>, url: &str, limit: u64) -> Result<Vec<u8>> {
     resp.body_mut()
@@ -373,6 +378,18 @@ impl Client {
             )));
         }
 
+        // The hashes name cache files: anything but 64 hex digits could escape the cache.
+        for (what, h) in [
+            ("bundle", &info.bundle_sha256),
+            ("tokenizer", &info.tokenizer.sha256),
+        ] {
+            if !is_sha256_hex(h) {
+                let shown: String = h.chars().take(80).collect();
+                return Err(NetError::Protocol(format!(
+                    "server info: the {what} SHA-256 {shown:?} is not 64 lowercase hex digits"
+                )));
+            }
+        }
         let cache = options.cache_dir.as_deref();
         let bundle_file = cache.map(|d| {
             d.join("bundles")
@@ -531,5 +548,26 @@ impl Client {
             session: &self.session,
         };
         infer(&mut self.engine, &mut transport, ids, on_round)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sha256_hex_names_a_cache_file() {
+        assert!(is_sha256_hex(&"0123456789abcdef".repeat(4)));
+        for bad in [
+            "",
+            "../../etc/passwd",
+            &"a".repeat(63),
+            &"a".repeat(65),
+            &"A".repeat(64),
+            &format!("{}/", "a".repeat(63)),
+            &format!("{}é", "a".repeat(62)),
+        ] {
+            assert!(!is_sha256_hex(bad), "{bad}");
+        }
     }
 }

@@ -504,3 +504,46 @@ fn key_file_of_other_parameters_is_refused() {
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }
+
+/// A server whose info names a bundle hash that is a path: the client refuses it before
+/// touching its cache.
+#[test]
+fn hostile_info_hashes_never_become_paths() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut info = served_info();
+    info.bundle_sha256 = "../../outside".into();
+    let body = serde_json::to_vec(&info).unwrap();
+    let fake = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body).unwrap();
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let options = ClientOptions {
+        cache_dir: Some(tmp.path().join("cache")),
+        ..Default::default()
+    };
+    let err = Client::prepare(&url, &options).unwrap_err();
+    assert!(matches!(err, NetError::Protocol(_)), "{err}");
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+    fake.join().unwrap();
+    assert!(!tmp.path().join("cache").exists());
+}
+
+/// The info a real server of the test model announces.
+fn served_info() -> ServerInfo {
+    start(ServerLimits::default()).info().clone()
+}

@@ -244,9 +244,14 @@ pub fn evaluate(
                 &model.model,
                 &plan.for_buckets(&[bucket])?,
             )?);
-            let mut client = ClientSession::new(server_model.client_bundle())?;
-            let keys = client.evaluation_keys(&[bucket])?;
-            let mut server = ServerSession::new(server_model, keys, &[bucket])?;
+            // A client session with fresh keys, and the server session holding them.
+            let open = || -> anyhow::Result<(ClientSession, ServerSession)> {
+                let client = ClientSession::new(server_model.client_bundle())?;
+                let keys = client.evaluation_keys(&[bucket])?;
+                let server = ServerSession::new(server_model.clone(), keys, &[bucket])?;
+                Ok((client, server))
+            };
+            let (mut client, mut server) = open()?;
             for &i in todo.iter().filter(|&&i| bucket_ids[i] == bucket) {
                 let start = Instant::now();
                 let plaintext_logits: Vec<f64> =
@@ -276,12 +281,16 @@ pub fn evaluate(
                         (rec.logits, rec.bytes_up, rec.bytes_down, rec.rounds) =
                             (r.logits, r.bytes_up, r.bytes_down, r.rounds);
                     }
-                    // Both sides are ready for the next sentence (run_local aborts them).
+                    // A client that refused a value answers nothing more with its key: the
+                    // next sentence gets fresh keys.
                     Err(
                         e @ thex_engine::EngineError::Protocol(thex_client::Error::OutOfRange {
                             ..
                         }),
-                    ) => rec.error = Some(e.to_string()),
+                    ) => {
+                        rec.error = Some(e.to_string());
+                        (client, server) = open()?;
+                    }
                     Err(e) => return Err(e).with_context(|| format!("sentence {}", i + 1)),
                 }
                 rec.seconds = start.elapsed().as_secs_f64();
