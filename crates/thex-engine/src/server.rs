@@ -40,6 +40,8 @@ pub struct Tap {
 /// The server side of one client session: compiled model plus that client's evaluation keys.
 pub struct ServerSession {
     model: Arc<ServerModel>,
+    /// The buckets whose rotation keys were checked.
+    buckets: Vec<usize>,
     backend: CkksBackend,
     state: Option<Running>,
     taps: Option<Vec<Tap>>,
@@ -128,8 +130,14 @@ impl ServerSession {
             return Err(EngineError::MissingRotationKeys { missing });
         }
         let backend = CkksBackend::from_keys(&params, keys.relin, Some(keys.galois), None);
+        let buckets = if buckets.is_empty() {
+            model.buckets().to_vec()
+        } else {
+            buckets.to_vec()
+        };
         Ok(Self {
             model,
+            buckets,
             backend,
             state: None,
             taps: None,
@@ -226,6 +234,14 @@ impl ServerSession {
     /// Starts an inference on an encrypted input. Fails if one is running.
     pub fn start(&mut self, input: EncryptedInput) -> Result<Step> {
         self.accepts(Outgoing::Input)?;
+        // A bucket the keys were not checked for would fail deep in the program.
+        if !self.buckets.contains(&input.bucket) {
+            return Err(ProtocolError::UnknownBucket {
+                bucket: input.bucket,
+                available: self.buckets.clone(),
+            }
+            .into());
+        }
         let sched = self.model.schedule(input.bucket)?;
         let layout = sched.layouts().hidden.clone();
         let cts = check_fresh(

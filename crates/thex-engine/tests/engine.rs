@@ -900,6 +900,21 @@ fn resolved_plan_round_trips_and_compiles_the_same_program() {
     );
     assert!(plan.for_buckets(&[32]).is_err());
 
+    // A session holds keys for bucket 8 only: a 16-token input is a bad input, refused
+    // before any homomorphic work.
+    let b = Arc::new(b);
+    let mut c8 = ClientSession::new(b.client_bundle()).unwrap();
+    let keys8 = c8.evaluation_keys(&[8]).unwrap();
+    let mut srv8 = ServerSession::new(b.clone(), keys8, &[8]).unwrap();
+    let input = c8.encrypt_ids(&ids(12, 3)).unwrap();
+    assert_eq!(input.bucket, 16);
+    match srv8.start(input) {
+        Err(e @ EngineError::Protocol(Error::UnknownBucket { bucket: 16, .. })) => {
+            assert_eq!(e.class(), ErrorClass::BadInput)
+        }
+        other => panic!("expected UnknownBucket, got {:?}", other.err()),
+    }
+
     let refused = |p: &ResolvedPlan, m: &thex_model::ThexModel, needle: &str| {
         match ServerModel::compile_plan(m, p) {
             Err(EngineError::Config(msg)) => assert!(msg.contains(needle), "{msg}"),
