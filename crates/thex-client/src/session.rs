@@ -107,7 +107,7 @@ impl ClientSession {
     pub fn new(bundle: ClientBundle) -> Result<Self> {
         let params = Parameters::new(&bundle.params)?;
         let sk = KeyGenerator::new(&params).secret_key();
-        Self::with_secret_key(bundle, sk)
+        Self::with_randomness(bundle, params, sk, Randomness::Os)
     }
 
     /// A client whose secret key, evaluation keys and every encryption derive from `seed`:
@@ -118,21 +118,13 @@ impl ClientSession {
         let params = Parameters::new(&bundle.params)?;
         let sk =
             KeyGenerator::from_seed(&params, derive_seed(&seed, b"secret key", 0)).secret_key();
-        Self::with_randomness(bundle, sk, Randomness::Seeded { seed, messages: 0 })
+        Self::with_randomness(bundle, params, sk, Randomness::Seeded { seed, messages: 0 })
     }
 
     /// A client reusing a stored secret key (see [`ClientSession::secret_key_bytes`]); its
     /// encryptions draw OS randomness.
     #[cfg(feature = "os-rng")]
     pub fn with_secret_key(bundle: ClientBundle, sk: SecretKey) -> Result<Self> {
-        Self::with_randomness(bundle, sk, Randomness::Os)
-    }
-
-    fn with_randomness(
-        bundle: ClientBundle,
-        sk: SecretKey,
-        randomness: Randomness,
-    ) -> Result<Self> {
         let params = Parameters::new(&bundle.params)?;
         if sk.params() != &params {
             return Err(Error::Ckks(ckks::Error::ParametersMismatch {
@@ -140,6 +132,16 @@ impl ClientSession {
                 expected: params.id(),
             }));
         }
+        Self::with_randomness(bundle, params, sk, Randomness::Os)
+    }
+
+    /// `params`: the bundle's, validated; `sk` made under them.
+    fn with_randomness(
+        bundle: ClientBundle,
+        params: Parameters,
+        sk: SecretKey,
+        randomness: Randomness,
+    ) -> Result<Self> {
         let mut schedules = BTreeMap::new();
         for b in bundle.buckets() {
             schedules.insert(b, bundle.schedule(&params, b)?);

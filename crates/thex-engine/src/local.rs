@@ -3,10 +3,8 @@
 
 use std::time::Instant;
 
-use ckks::Parameters;
 use thex_client::{
-    Answer, ClientSession, EncryptedInput, Inference, Message, MessageLimits, Outgoing,
-    PhaseTiming, ReluReply, Transport, infer,
+    Answer, ClientSession, Inference, MessageLimits, Outgoing, PhaseTiming, Transport, infer,
 };
 
 use crate::error::{EngineError, Result};
@@ -16,7 +14,6 @@ use crate::server::ServerSession;
 #[derive(Debug)]
 pub struct Local<'a> {
     server: &'a mut ServerSession,
-    params: Parameters,
     limits: MessageLimits,
 }
 
@@ -24,7 +21,6 @@ impl<'a> Local<'a> {
     /// A transport to `server`.
     pub fn new(server: &'a mut ServerSession) -> Self {
         Self {
-            params: server.model().params().clone(),
             server,
             limits: MessageLimits::default(),
         }
@@ -36,18 +32,9 @@ impl Transport for Local<'_> {
 
     fn exchange(&mut self, kind: Outgoing, bytes: &[u8]) -> Result<Answer> {
         let t = Instant::now();
-        let (params, limits) = (&self.params, self.limits);
-        self.server.accepts(kind)?;
-        let step = match kind {
-            Outgoing::Input => self
-                .server
-                .start(EncryptedInput::from_bytes(params, bytes, limits)?)?,
-            Outgoing::Reply => self
-                .server
-                .resume(ReluReply::from_bytes(params, bytes, limits)?)?,
-        };
+        let step = self.server.receive(kind, bytes, self.limits)?;
         Ok(Answer {
-            bytes: step.to_bytes(params),
+            bytes: step.to_bytes(self.server.model().params()),
             server_seconds: t.elapsed().as_secs_f64(),
         })
     }

@@ -130,12 +130,13 @@ impl ResolvedPlan {
         if &self.dims != dims {
             return bad("the plan was resolved for a model of another shape".into());
         }
+        // The configured buckets ascending, as resolving leaves them, and one masking each.
         let buckets: Vec<usize> = self.attention_values.keys().copied().collect();
-        let mut configured = self.config.buckets.clone();
-        configured.sort_unstable();
-        if buckets != configured {
+        if buckets != self.config.buckets {
             return bad(format!(
-                "the plan's maskings cover buckets {buckets:?}, its configuration {configured:?}"
+                "the plan's maskings cover buckets {buckets:?}, its configuration lists {:?} \
+                 (ascending)",
+                self.config.buckets
             ));
         }
         if !(20..=self.config.log_scale).contains(&self.request_log_scale) {

@@ -12,8 +12,8 @@ use crate::error::{EngineError, Result};
 use crate::program::{LayerProgram, ServerModel};
 use crate::segments::{Carry, Outcome, Segments};
 use thex_client::{
-    At, EncryptedInput, EncryptedLogits, Error as ProtocolError, EvaluationKeys, NONCE_BYTES,
-    Outgoing, ReluItem, ReluReply, ReluRequest, Step,
+    At, EncryptedInput, EncryptedLogits, Error as ProtocolError, EvaluationKeys, Message,
+    MessageLimits, NONCE_BYTES, Outgoing, ReluItem, ReluReply, ReluRequest, Step,
 };
 
 type Packed = PackedMatrix<Ciphertext>;
@@ -229,6 +229,18 @@ impl ServerSession {
     /// that the session can [`ServerSession::start`] a new one. Keys and timings stay.
     pub fn abort(&mut self) {
         self.state = None;
+    }
+
+    /// Handles one client message in its byte form: refuses it if the session does not take
+    /// this kind now (before parsing), parses it within `limits`, then [`ServerSession::start`]
+    /// or [`ServerSession::resume`].
+    pub fn receive(&mut self, kind: Outgoing, bytes: &[u8], limits: MessageLimits) -> Result<Step> {
+        self.accepts(kind)?;
+        let params = self.model.params().clone();
+        match kind {
+            Outgoing::Input => self.start(EncryptedInput::from_bytes(&params, bytes, limits)?),
+            Outgoing::Reply => self.resume(ReluReply::from_bytes(&params, bytes, limits)?),
+        }
     }
 
     /// Starts an inference on an encrypted input. Fails if one is running.

@@ -938,6 +938,9 @@ fn resolved_plan_round_trips_and_compiles_the_same_program() {
     let mut partial = plan.clone();
     partial.attention_values.remove(&8);
     refused(&partial, &model, "cover buckets");
+    let mut unsorted = plan.clone();
+    unsorted.config.buckets.reverse();
+    refused(&unsorted, &model, "cover buckets");
     // Parameters beyond the 128-bit bound are refused as in any bundle.
     let mut insecure = plan.clone();
     insecure.params.log_q.extend([60; 12]);

@@ -22,9 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ckks::Parameters;
 use rand::RngCore;
-use thex_client::{
-    EncryptedInput, ErrorClass, EvaluationKeys, Message, MessageLimits, Outgoing, ReluReply, Step,
-};
+use thex_client::{ErrorClass, EvaluationKeys, Message, MessageLimits, Outgoing, Step};
 use thex_engine::{EngineError, ServerSession};
 use tokio::sync::oneshot;
 
@@ -526,8 +524,9 @@ struct StepOut {
     seconds: f64,
 }
 
-/// Parses the message (the input, else a round reply), runs `start`/`resume` and serializes
-/// the next step, holding the session's lock; a second request meanwhile gets `409`.
+/// Hands the message (the input, else a round reply) to the session
+/// ([`ServerSession::receive`]) and serializes the next step, holding the session's lock; a
+/// second request meanwhile gets `409`.
 fn compute(
     shared: &Shared,
     session: &Session,
@@ -550,14 +549,8 @@ fn compute(
             ));
         }
     };
-    let (params, limits) = (&shared.params, shared.messages);
-    // Out-of-order messages are refused before their bytes are parsed.
-    engine.accepts(kind)?;
     let answered = engine.pending_round().unwrap_or(0);
-    let step = match kind {
-        Outgoing::Input => engine.start(EncryptedInput::from_bytes(params, body, limits)?)?,
-        Outgoing::Reply => engine.resume(ReluReply::from_bytes(params, body, limits)?)?,
-    };
+    let step = engine.receive(kind, body, shared.messages)?;
     let next_round = match &step {
         Step::NeedRelu(req) => Some(req.round),
         Step::Done(_) => {
@@ -566,7 +559,7 @@ fn compute(
         }
     };
     Ok(StepOut {
-        bytes: step.to_bytes(params),
+        bytes: step.to_bytes(&shared.params),
         answered,
         next_round,
         seconds: t.elapsed().as_secs_f64(),
