@@ -246,6 +246,16 @@ pub enum DeserializeError {
     /// Bytes remain after the object.
     #[error("{0} trailing bytes after the object")]
     TrailingBytes(usize),
+    /// A field differs from the one value the reader was told to accept.
+    #[error("field {field} = {found}, expected {expected}")]
+    Unexpected {
+        /// Which field.
+        field: &'static str,
+        /// Value read.
+        found: u64,
+        /// The value required.
+        expected: u64,
+    },
 }
 
 /// Result alias for this crate.

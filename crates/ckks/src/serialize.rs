@@ -408,6 +408,11 @@ impl SeededCiphertext {
         w.0
     }
 
+    /// Bytes of a seeded ciphertext at `level` as [`SeededCiphertext::to_bytes`] writes it.
+    pub fn serialized_len(params: &Parameters, level: usize) -> usize {
+        HEADER_BYTES + 8 + 4 + 32 + 2 + packed_poly_bytes(&params.ctx, level + 1, 0)
+    }
+
     /// Reads a seeded ciphertext made under `params`.
     pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
         let ctx = &params.ctx;
@@ -492,7 +497,7 @@ fn write_ksk(w: &mut Writer, ctx: &Context, k: &KeySwitchKey) {
     }
 }
 
-/// Bytes of one serialized key-switching key (a lower bound for version 1).
+/// Bytes of one serialized key-switching key in the current format.
 fn ksk_bytes(ctx: &Context) -> usize {
     32 + ctx.dnum * (2 + packed_poly_bytes(ctx, ctx.q_count, ctx.p_count))
 }
@@ -519,6 +524,16 @@ impl RelinKey {
         );
         write_ksk(&mut w, &self.params.ctx, &self.key);
         w.0
+    }
+
+    /// Bytes of a relinearization key as [`RelinKey::to_bytes`] writes it.
+    pub fn serialized_len(params: &Parameters) -> usize {
+        HEADER_BYTES + ksk_bytes(&params.ctx)
+    }
+
+    /// Memory of an expanded relinearization key, what reading it allocates.
+    pub fn expanded_len(params: &Parameters) -> usize {
+        expanded_ksk_bytes(&params.ctx)
     }
 
     /// Reads a relinearization key made under `params`.
@@ -554,48 +569,108 @@ impl GaloisKeys {
 
     /// Reads Galois keys made under `params`.
     pub fn from_bytes(params: &Parameters, bytes: &[u8]) -> Result<Self> {
-        let ctx = &params.ctx;
-        let mut r = reader(bytes);
-        r.header(params, ObjectType::GaloisKeys)?;
-        let count = r.u32()? as u64;
-        // At most N/2 rotations (all distinct Galois elements) plus conjugation.
-        let limit = (ctx.n / 2) as u64;
-        if count > limit {
-            return Err(DE::LimitExceeded {
-                field: "Galois key count",
-                value: count,
-                limit,
+        read_galois(params, bytes, None)
+    }
+
+    /// Reads Galois keys that must be for exactly `elements` (ascending, distinct): the size,
+    /// the count and each element are checked before its key is expanded, so a key set other
+    /// than the expected one costs no key expansion.
+    pub fn from_bytes_exact(params: &Parameters, bytes: &[u8], elements: &[u64]) -> Result<Self> {
+        let want = Self::serialized_len(params, elements.len());
+        if bytes.len() != want {
+            return Err(DE::Unexpected {
+                field: "Galois key bytes",
+                found: bytes.len() as u64,
+                expected: want as u64,
             }
             .into());
         }
-        r.need(count as usize * (8 + ksk_bytes(ctx)))?;
-        let mut keys = std::collections::BTreeMap::new();
-        let mut last = 0u64;
-        for _ in 0..count {
-            let g = r.u64()?;
-            if g <= last || g % 2 == 0 || g >= 2 * ctx.n as u64 {
-                return Err(DE::InvalidValue {
-                    field: "Galois element",
-                    value: g,
-                }
-                .into());
-            }
-            last = g;
-            let key = read_ksk(&mut r, ctx)?;
-            keys.insert(
-                g,
-                GaloisKey {
-                    perm: galois_perm(ctx, g),
-                    key,
-                },
-            );
-        }
-        r.finish()?;
-        Ok(Self {
-            params: params.clone(),
-            keys,
-        })
+        read_galois(params, bytes, Some(elements))
     }
+
+    /// Bytes of `count` Galois keys as [`GaloisKeys::to_bytes`] writes them.
+    pub fn serialized_len(params: &Parameters, count: usize) -> usize {
+        HEADER_BYTES + 4 + count * (8 + ksk_bytes(&params.ctx))
+    }
+
+    /// Memory of `count` expanded Galois keys (both halves of every digit and the slot
+    /// permutation), what reading them allocates.
+    pub fn expanded_len(params: &Parameters, count: usize) -> usize {
+        let ctx = &params.ctx;
+        count * (expanded_ksk_bytes(ctx) + 4 * ctx.n)
+    }
+}
+
+/// Bytes of an object header: magic, version, type, parameter id.
+const HEADER_BYTES: usize = 4 + 2 + 1 + 8;
+
+/// Memory of one expanded key-switching key: `b` and `a` of every digit.
+fn expanded_ksk_bytes(ctx: &Context) -> usize {
+    2 * ctx.dnum * (ctx.q_count + ctx.p_count) * ctx.n * 8
+}
+
+fn read_galois(params: &Parameters, bytes: &[u8], expected: Option<&[u64]>) -> Result<GaloisKeys> {
+    let ctx = &params.ctx;
+    let mut r = reader(bytes);
+    r.header(params, ObjectType::GaloisKeys)?;
+    let count = r.u32()? as u64;
+    if let Some(e) = expected
+        && count != e.len() as u64
+    {
+        return Err(DE::Unexpected {
+            field: "Galois key count",
+            found: count,
+            expected: e.len() as u64,
+        }
+        .into());
+    }
+    // At most N/2 rotations (all distinct Galois elements) plus conjugation.
+    let limit = (ctx.n / 2) as u64;
+    if count > limit {
+        return Err(DE::LimitExceeded {
+            field: "Galois key count",
+            value: count,
+            limit,
+        }
+        .into());
+    }
+    r.need(count as usize * (8 + ksk_bytes(ctx)))?;
+    let mut keys = std::collections::BTreeMap::new();
+    let mut last = 0u64;
+    for i in 0..count as usize {
+        let g = r.u64()?;
+        if g <= last || g % 2 == 0 || g >= 2 * ctx.n as u64 {
+            return Err(DE::InvalidValue {
+                field: "Galois element",
+                value: g,
+            }
+            .into());
+        }
+        if let Some(e) = expected
+            && e[i] != g
+        {
+            return Err(DE::Unexpected {
+                field: "Galois element",
+                found: g,
+                expected: e[i],
+            }
+            .into());
+        }
+        last = g;
+        let key = read_ksk(&mut r, ctx)?;
+        keys.insert(
+            g,
+            GaloisKey {
+                perm: galois_perm(ctx, g),
+                key,
+            },
+        );
+    }
+    r.finish()?;
+    Ok(GaloisKeys {
+        params: params.clone(),
+        keys,
+    })
 }
 
 impl SecretKey {

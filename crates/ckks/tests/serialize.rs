@@ -331,3 +331,66 @@ fn deserialized_keys_work() {
     let want = [0.0625, 0.015625, 0.5625, 0.25];
     precision::assert_precision(&want, &out, 18.0);
 }
+
+#[test]
+fn sizes_are_known_before_reading() {
+    let o = objects(toy(30));
+    let p = &o.params;
+    assert_eq!(o.rlk.to_bytes().len(), RelinKey::serialized_len(p));
+    assert_eq!(o.gks.to_bytes().len(), GaloisKeys::serialized_len(p, 3));
+    assert_eq!(
+        o.seeded.to_bytes(p).len(),
+        SeededCiphertext::serialized_len(p, o.seeded.level())
+    );
+    let top = p.max_level();
+    let fresh = Decryptor::from_seed(&o.sk, [3; 32])
+        .encrypt_seeded(
+            &Encoder::new(p)
+                .encode(&[1.0], top, p.default_scale())
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        fresh.to_bytes(p).len(),
+        SeededCiphertext::serialized_len(p, top)
+    );
+    // Expanded: b and a of every digit, one u64 per residue, plus the permutation.
+    let residues = p.n() * (p.q_moduli().len() + p.p_moduli().len());
+    assert!(RelinKey::expanded_len(p) >= 2 * 8 * residues);
+    assert_eq!(
+        GaloisKeys::expanded_len(p, 3),
+        3 * (RelinKey::expanded_len(p) + 4 * p.n())
+    );
+}
+
+#[test]
+fn exact_galois_reads_refuse_any_other_key_set() {
+    let o = objects(toy(30));
+    let p = &o.params;
+    let bytes = o.gks.to_bytes();
+    let elements = o.gks.galois_elements();
+    let exact = GaloisKeys::from_bytes_exact(p, &bytes, &elements).unwrap();
+    assert_eq!(exact.galois_elements(), elements);
+
+    let msg = |r: Result<GaloisKeys>| r.unwrap_err().to_string();
+    // A missing or an extra key.
+    assert!(
+        msg(GaloisKeys::from_bytes_exact(p, &bytes, &elements[..2])).contains("Galois key bytes")
+    );
+    let mut more = elements.clone();
+    more.push(2 * p.n() as u64 - 1);
+    assert!(msg(GaloisKeys::from_bytes_exact(p, &bytes, &more)).contains("Galois key bytes"));
+    // Another key in place of an expected one.
+    let unused = (3..2 * p.n() as u64)
+        .step_by(2)
+        .find(|g| !elements.contains(g))
+        .unwrap();
+    let mut other = elements.clone();
+    other[1] = unused;
+    other.sort_unstable();
+    assert!(msg(GaloisKeys::from_bytes_exact(p, &bytes, &other)).contains("Galois element"));
+    // Padded bytes.
+    let mut padded = bytes.clone();
+    padded.extend_from_slice(&[0; 8]);
+    assert!(msg(GaloisKeys::from_bytes_exact(p, &padded, &elements)).contains("Galois key bytes"));
+}
