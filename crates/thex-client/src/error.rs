@@ -106,6 +106,16 @@ pub enum Error {
         /// The ciphertext's level.
         level: usize,
     },
+    /// A message does not have one of the exact sizes the protocol allows at this point.
+    #[error("{what} of {got} bytes: expected {}", sizes(expected))]
+    WrongSize {
+        /// Which message.
+        what: &'static str,
+        /// Its size.
+        got: usize,
+        /// The sizes allowed.
+        expected: Vec<usize>,
+    },
     /// A message or bundle is malformed.
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -155,6 +165,9 @@ impl Error {
             | Error::StaleReply { .. }
             | Error::Refused { .. } => ErrorClass::OutOfOrder,
             Error::LimitExceeded { .. } => ErrorClass::TooLarge,
+            Error::WrongSize { got, expected, .. } if expected.iter().all(|e| got > e) => {
+                ErrorClass::TooLarge
+            }
             Error::Internal(_) => ErrorClass::Internal,
             Error::SequenceTooLong { .. }
             | Error::UnknownBucket { .. }
@@ -162,11 +175,20 @@ impl Error {
             | Error::WrongItem { .. }
             | Error::BadCiphertext { .. }
             | Error::OutOfRange { .. }
+            | Error::WrongSize { .. }
             | Error::Malformed(_)
             | Error::Ckks(_) => ErrorClass::BadInput,
             // Shapes are checked before the linear algebra runs: its errors are bugs.
             Error::Linalg(_) => ErrorClass::Internal,
         }
+    }
+}
+
+/// `1234 bytes` or `one of [12, 34] bytes`.
+fn sizes(expected: &[usize]) -> String {
+    match expected {
+        [one] => format!("{one} bytes"),
+        many => format!("one of {many:?} bytes"),
     }
 }
 

@@ -33,5 +33,5 @@ pub use session::{ClientPrediction, ClientSession, prediction};
 pub use thex_tokenizer::{BertTokenizer, TokenizerError};
 pub use wire::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, Message, MessageLimits, NONCE_BYTES, ReluItem,
-    ReluReply, ReluRequest, Step,
+    ReluReply, ReluRequest, Step, check_size,
 };

@@ -11,10 +11,12 @@
 use ckks::{Ciphertext, GaloisKeys, Parameters, RelinKey, SeededCiphertext};
 
 use crate::error::{Error, Result};
-use crate::schedule::ItemKind;
+use crate::schedule::{ItemKind, Round, Schedule};
 
 /// Magic of protocol messages.
 const MAGIC: [u8; 4] = *b"THXE";
+/// Bytes of a message header: magic, version, type, parameter id.
+const HEADER_BYTES: usize = 4 + 2 + 1 + 8;
 /// Current message format version.
 const VERSION: u16 = 2;
 
@@ -267,6 +269,19 @@ impl<'a> Reader<'a> {
         };
         Ok((reader, t))
     }
+    /// [`Reader::new`], refusing any message type but `ty`.
+    fn of_type(
+        params: &Parameters,
+        bytes: &'a [u8],
+        limits: MessageLimits,
+        ty: u8,
+    ) -> Result<Self> {
+        let (r, t) = Self::new(params, bytes, limits)?;
+        if t != ty {
+            return Err(Error::Malformed(format!("message type {t}, expected {ty}")));
+        }
+        Ok(r)
+    }
     fn u32(&mut self) -> Result<u32> {
         self.cur.u32()
     }
@@ -330,16 +345,86 @@ pub trait Message: Sized {
     }
     /// Reads and checks a message of this type.
     fn from_bytes(params: &Parameters, bytes: &[u8], limits: MessageLimits) -> Result<Self> {
-        let (mut r, t) = Reader::new(params, bytes, limits)?;
-        if t != Self::TYPE {
-            return Err(Error::Malformed(format!(
-                "message type {t}, expected {}",
-                Self::TYPE
-            )));
-        }
+        let mut r = Reader::of_type(params, bytes, limits, Self::TYPE)?;
         let m = Self::read_body(&mut r, params)?;
         r.finish()?;
         Ok(m)
+    }
+}
+
+/// Checks that `got` is one of the `expected` exact sizes of a message.
+pub fn check_size(what: &'static str, got: usize, expected: &[usize]) -> Result<()> {
+    if expected.contains(&got) {
+        return Ok(());
+    }
+    Err(Error::WrongSize {
+        what,
+        got,
+        expected: expected.to_vec(),
+    })
+}
+
+/// Bytes of `n` seeded ciphertexts at `level` written as a counted list.
+fn seeded_list_len(params: &Parameters, n: usize, level: usize) -> usize {
+    4 + n * (4 + SeededCiphertext::serialized_len(params, level))
+}
+
+impl EncryptedInput {
+    /// The exact size of the input of `sched`'s bucket as [`Message::to_bytes`] writes it: a
+    /// server refuses a body of any other size before reading it.
+    pub fn serialized_len(params: &Parameters, sched: &Schedule) -> usize {
+        let n = sched.layouts().hidden.n_cts();
+        HEADER_BYTES + 4 + seeded_list_len(params, n, sched.input().level)
+    }
+}
+
+impl ReluReply {
+    /// The exact size of the reply to `round` as [`Message::to_bytes`] writes it.
+    pub fn serialized_len(params: &Parameters, round: &Round) -> usize {
+        let items: usize = round
+            .items
+            .iter()
+            .map(|it| seeded_list_len(params, it.ciphertexts, it.reply.level))
+            .sum();
+        HEADER_BYTES + 4 + NONCE_BYTES + 4 + items
+    }
+}
+
+impl EvaluationKeys {
+    /// The exact size of a relinearization key and `galois` Galois keys as
+    /// [`Message::to_bytes`] writes them.
+    pub fn serialized_len(params: &Parameters, galois: usize) -> usize {
+        HEADER_BYTES
+            + 4
+            + RelinKey::serialized_len(params)
+            + 4
+            + GaloisKeys::serialized_len(params, galois)
+    }
+
+    /// Memory the keys take once read and expanded (what a server holds per session).
+    pub fn expanded_len(params: &Parameters, galois: usize) -> usize {
+        RelinKey::expanded_len(params) + GaloisKeys::expanded_len(params, galois)
+    }
+
+    /// Reads keys that must be a relinearization key and Galois keys for exactly `elements`
+    /// (ascending): the total size, the key count and every Galois element are checked before
+    /// a key is expanded.
+    pub fn from_bytes_exact(
+        params: &Parameters,
+        bytes: &[u8],
+        limits: MessageLimits,
+        elements: &[u64],
+    ) -> Result<Self> {
+        check_size(
+            "evaluation keys",
+            bytes.len(),
+            &[Self::serialized_len(params, elements.len())],
+        )?;
+        let mut r = Reader::of_type(params, bytes, limits, Self::TYPE)?;
+        let relin = RelinKey::from_bytes(params, r.blob()?)?;
+        let galois = GaloisKeys::from_bytes_exact(params, r.blob()?, elements)?;
+        r.finish()?;
+        Ok(Self { relin, galois })
     }
 }
 

@@ -785,6 +785,16 @@ impl ServerModel {
         }
         Ok(out)
     }
+    /// The Galois elements (ascending) of the rotation keys of `buckets` (all if empty): the
+    /// exact key set a client uploads for them.
+    pub fn galois_elements(&self, buckets: &[usize]) -> Result<Vec<u64>> {
+        let elements: BTreeSet<u64> = self
+            .galois_steps(buckets)?
+            .into_iter()
+            .map(|s| self.params.galois_element(s as i64))
+            .collect();
+        Ok(elements.into_iter().collect())
+    }
     /// What the client needs: parameters, shapes, buckets, Galois steps and the embedding
     /// tables — none of the server's other weights.
     pub fn client_bundle(&self) -> ClientBundle {

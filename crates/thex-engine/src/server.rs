@@ -13,7 +13,7 @@ use crate::program::{LayerProgram, ServerModel};
 use crate::segments::{Carry, Outcome, Segments};
 use thex_client::{
     At, EncryptedInput, EncryptedLogits, Error as ProtocolError, EvaluationKeys, Message,
-    MessageLimits, NONCE_BYTES, Outgoing, ReluItem, ReluReply, ReluRequest, Step,
+    MessageLimits, NONCE_BYTES, Outgoing, ReluItem, ReluReply, ReluRequest, Step, check_size,
 };
 
 type Packed = PackedMatrix<Ciphertext>;
@@ -231,11 +231,42 @@ impl ServerSession {
         self.state = None;
     }
 
-    /// Handles one client message in its byte form: refuses it if the session does not take
-    /// this kind now (before parsing), parses it within `limits`, then [`ServerSession::start`]
-    /// or [`ServerSession::resume`].
-    pub fn receive(&mut self, kind: Outgoing, bytes: &[u8], limits: MessageLimits) -> Result<Step> {
+    /// The exact sizes a client message of this kind may have now: the input of one of the
+    /// session's buckets, or the reply to the pending round. Callers refuse a body of another
+    /// size before reading it; the session's state is checked first ([`ServerSession::accepts`]).
+    pub fn message_sizes(&self, kind: Outgoing) -> Result<Vec<usize>> {
         self.accepts(kind)?;
+        let params = self.model.params();
+        match &self.state {
+            None => self
+                .buckets
+                .iter()
+                .map(|&b| {
+                    Ok(EncryptedInput::serialized_len(
+                        params,
+                        self.model.schedule(b)?,
+                    ))
+                })
+                .collect(),
+            Some(run) => {
+                let sched = self.model.schedule(run.bucket)?;
+                let round = sched.round(run.round).ok_or_else(|| {
+                    EngineError::Internal(format!("round {} is pending", run.round))
+                })?;
+                Ok(vec![ReluReply::serialized_len(params, &round)])
+            }
+        }
+    }
+
+    /// Handles one client message in its byte form: refuses it if the session does not take
+    /// this kind now or if its size is not the exact one expected (both before parsing),
+    /// parses it within `limits`, then [`ServerSession::start`] or [`ServerSession::resume`].
+    pub fn receive(&mut self, kind: Outgoing, bytes: &[u8], limits: MessageLimits) -> Result<Step> {
+        let what = match kind {
+            Outgoing::Input => "encrypted input",
+            Outgoing::Reply => "round reply",
+        };
+        check_size(what, bytes.len(), &self.message_sizes(kind)?)?;
         let params = self.model.params().clone();
         match kind {
             Outgoing::Input => self.start(EncryptedInput::from_bytes(&params, bytes, limits)?),

@@ -994,3 +994,57 @@ fn the_driver_aborts_the_client_when_the_transport_fails() {
     let want = plain_logits(&s.model, &tokens);
     assert!(max_abs_diff(&r.logits, &want) < 1e-4);
 }
+
+#[test]
+fn message_sizes_are_exact_and_checked_before_parsing() {
+    let s = setup();
+    let params = Parameters::new(&s.bundle.params).unwrap();
+    let limits = MessageLimits::default();
+
+    // The key set is known before the upload: its exact elements and size.
+    let elements = s.server.galois_elements(&[]).unwrap();
+    assert_eq!(s.keys.galois.galois_elements(), elements);
+    let key_bytes = s.keys.to_bytes(&params);
+    assert_eq!(
+        key_bytes.len(),
+        EvaluationKeys::serialized_len(&params, elements.len())
+    );
+    let exact = EvaluationKeys::from_bytes_exact(&params, &key_bytes, limits, &elements).unwrap();
+    assert_eq!(exact, s.keys);
+    let missing = EvaluationKeys::from_bytes_exact(&params, &key_bytes, limits, &elements[1..]);
+    assert!(
+        matches!(missing, Err(Error::WrongSize { .. })),
+        "{missing:?}"
+    );
+
+    // Inputs and replies: exactly the sizes the client writes; one byte more or less is
+    // refused before parsing, and the session stays usable.
+    let (mut c, mut srv) = (client(s), server(s));
+    let input = c.encrypt_ids(&ids(5, 2)).unwrap().to_bytes(&params);
+    assert_eq!(
+        srv.message_sizes(Outgoing::Input).unwrap(),
+        vec![input.len()]
+    );
+    assert!(srv.message_sizes(Outgoing::Reply).is_err());
+    for bad in [
+        &input[..input.len() - 1],
+        &[input.as_slice(), &[0]].concat()[..],
+    ] {
+        let e = protocol(srv.receive(Outgoing::Input, bad, limits));
+        assert!(matches!(e, Error::WrongSize { .. }), "{e}");
+        assert_eq!(srv.pending_round(), None);
+    }
+    let Step::NeedRelu(req) = srv.receive(Outgoing::Input, &input, limits).unwrap() else {
+        panic!("no rounds");
+    };
+    let reply = c.answer(&req).unwrap().to_bytes(&params);
+    assert_eq!(
+        srv.message_sizes(Outgoing::Reply).unwrap(),
+        vec![reply.len()]
+    );
+    let long = [reply.as_slice(), &[0; 4]].concat();
+    let e = protocol(srv.receive(Outgoing::Reply, &long, limits));
+    assert!(e.to_string().contains("round reply"), "{e}");
+    assert_eq!(srv.pending_round(), Some(1));
+    assert!(srv.receive(Outgoing::Reply, &reply, limits).is_ok());
+}
