@@ -1,6 +1,9 @@
 //! The client bundle: everything the server publishes for its clients (CKKS parameters, model
 //! shapes, per-bucket plans and the embedding tables), and its binary form.
 
+use std::collections::BTreeSet;
+use std::fmt::Display;
+
 use ckks::{Parameters, ParametersLiteral};
 use he_linalg::attention::AvMasking;
 use serde::{Deserialize, Serialize};
@@ -8,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::embedding::{EmbeddingTables, ModelDims};
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;
-use crate::wire::Cursor;
+use crate::wire::{Cursor, MessageLimits};
 
 /// Summary of one compiled bucket (for reports and the client bundle).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +55,13 @@ pub struct ClientBundle {
 pub const BUNDLE_MAGIC: [u8; 4] = *b"THXB";
 /// Version of the client bundle format.
 pub const BUNDLE_VERSION: u16 = 3;
+/// Largest JSON header a client reads (real ones take a few kilobytes).
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// The error for a bundle field the client refuses.
+pub(crate) fn bad_field(field: &str, problem: impl Display) -> Error {
+    Error::Malformed(format!("client bundle field {field}: {problem}"))
+}
 
 impl ClientBundle {
     /// Serializes: magic, version, a JSON header (everything but the embedding tables), then
@@ -85,30 +95,49 @@ impl ClientBundle {
         out
     }
 
-    /// Reads a bundle, checking every table length against the header's shapes before
-    /// allocating it, and the parameters' security.
+    /// Reads a bundle: the header within [`MAX_HEADER_BYTES`], every table length checked
+    /// against the header's shapes and the bytes left before allocating it, then
+    /// [`ClientBundle::validate`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut cur = Cursor::new(bytes);
         cur.header(BUNDLE_MAGIC, BUNDLE_VERSION, "client bundle")?;
         let len = cur.len64()?;
+        if len > MAX_HEADER_BYTES {
+            return Err(Error::LimitExceeded {
+                what: "client bundle header bytes",
+                value: len as u64,
+                limit: MAX_HEADER_BYTES as u64,
+            });
+        }
         let mut b: ClientBundle = serde_json::from_slice(cur.take(len)?)
             .map_err(|e| Error::Malformed(format!("bundle header: {e}")))?;
-        Parameters::new(&b.params)?;
-        let h = b.embeddings.hidden;
-        let vocab = b.embeddings.vocab;
-        if h != b.dims.hidden || h == 0 {
-            return Err(Error::Malformed(format!(
-                "embedding width {h} vs model width {}",
-                b.dims.hidden
-            )));
+        let e = &b.embeddings;
+        let h = e.hidden;
+        if h == 0 {
+            return Err(bad_field("embeddings.hidden", "is 0"));
         }
-        let mut table = |max: usize, exact: bool| -> Result<Vec<f32>> {
+        let words = e.vocab.checked_mul(h).ok_or_else(|| {
+            bad_field(
+                "embeddings.vocab",
+                format_args!("{} × hidden {h} overflows", e.vocab),
+            )
+        })?;
+        let mut table = |field: &str, max: usize, exact: bool| -> Result<Vec<f32>> {
             let n = cur.len64()?;
             if n > max || (exact && n != max) || n % h != 0 {
-                return Err(Error::Malformed(format!(
-                    "embedding table of {n} values (expected {}{max}, a multiple of {h})",
-                    if exact { "" } else { "at most " }
-                )));
+                return Err(bad_field(
+                    field,
+                    format_args!(
+                        "table of {n} values (expected {}{max}, a multiple of {h})",
+                        if exact { "" } else { "at most " }
+                    ),
+                ));
+            }
+            if n > cur.remaining() / 4 {
+                return Err(bad_field(
+                    field,
+                    format_args!("table of {n} values, {} bytes left", cur.remaining()),
+                ));
             }
             Ok(cur
                 .take(4 * n)?
@@ -116,18 +145,130 @@ impl ClientBundle {
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect())
         };
-        b.embeddings.word = table(vocab.saturating_mul(h), true)?;
-        b.embeddings.position = table(bytes.len() / 4, false)?;
-        b.embeddings.token_type = table(h, true)?;
-        b.embeddings.ln_gamma = table(h, true)?;
-        b.embeddings.ln_beta = table(h, true)?;
+        let word = table("embeddings.word", words, true)?;
+        let position = table("embeddings.position", bytes.len() / 4, false)?;
+        let token_type = table("embeddings.token_type", h, true)?;
+        let ln_gamma = table("embeddings.ln_gamma", h, true)?;
+        let ln_beta = table("embeddings.ln_beta", h, true)?;
         if cur.remaining() != 0 {
             return Err(Error::Malformed(format!(
                 "{} trailing bytes after the bundle",
                 cur.remaining()
             )));
         }
+        b.embeddings = EmbeddingTables {
+            word,
+            position,
+            token_type,
+            ln_gamma,
+            ln_beta,
+            ..b.embeddings
+        };
+        b.validate()?;
         Ok(b)
+    }
+
+    /// Checks everything a client computes with and returns the validated (128-bit secure)
+    /// parameters: the shapes ([`ModelDims::check`], [`EmbeddingTables::check`], one hidden
+    /// width), a finite request scale in `[1, Q]`, distinct power-of-two buckets that fit the
+    /// slots, ascending Galois steps in `1..slots` (at most [`MessageLimits::max_galois_keys`]
+    /// of the default limits in all), every bucket's schedule with rounds of at most
+    /// [`MessageLimits::max_ciphertexts`] ciphertexts, and round sizes equal to the
+    /// schedule's. The error names the field.
+    pub fn validate(&self) -> Result<Parameters> {
+        self.dims.check()?;
+        self.embeddings.check()?;
+        if self.embeddings.hidden != self.dims.hidden {
+            return Err(bad_field(
+                "embeddings.hidden",
+                format_args!(
+                    "{} vs model width dims.hidden {}",
+                    self.embeddings.hidden, self.dims.hidden
+                ),
+            ));
+        }
+        if self.plans.is_empty() {
+            return Err(bad_field("plans", "no length bucket"));
+        }
+        let params = Parameters::new(&self.params)?;
+        let rs = self.request_scale;
+        if !(rs.is_finite() && rs >= 1.0 && rs.log2() <= params.log_q()) {
+            return Err(bad_field(
+                "request_scale",
+                format_args!("{rs} (must be finite, in [1, 2^{:.1}])", params.log_q()),
+            ));
+        }
+        let limits = MessageLimits::default();
+        let slots = params.max_slots();
+        let mut steps = BTreeSet::new();
+        for (i, p) in self.plans.iter().enumerate() {
+            let field = |name: &str| format!("plans[{i}].{name}");
+            if p.bucket < 2 || !p.bucket.is_power_of_two() || p.bucket > slots {
+                return Err(bad_field(
+                    &field("bucket"),
+                    format_args!("{} (must be a power of two in 2..={slots})", p.bucket),
+                ));
+            }
+            if self.plans[..i].iter().any(|o| o.bucket == p.bucket) {
+                return Err(bad_field(
+                    &field("bucket"),
+                    format_args!("{} listed twice", p.bucket),
+                ));
+            }
+            let g = &p.galois_steps;
+            if let Some(s) = g.iter().find(|&&s| s == 0 || s >= slots) {
+                return Err(bad_field(
+                    &field("galois_steps"),
+                    format_args!("step {s} outside 1..{slots}"),
+                ));
+            }
+            if g.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(bad_field(&field("galois_steps"), "not strictly ascending"));
+            }
+            steps.extend(g.iter().copied());
+            if steps.len() > limits.max_galois_keys {
+                return Err(bad_field(
+                    &field("galois_steps"),
+                    format_args!(
+                        "more than {} distinct steps in all buckets",
+                        limits.max_galois_keys
+                    ),
+                ));
+            }
+            let sched = self.schedule(&params, p.bucket)?;
+            // Each layout holds at most `max_ciphertexts` (see `BucketLayouts::new`): a
+            // round's sum cannot overflow.
+            let want: Vec<usize> = sched
+                .rounds()
+                .iter()
+                .map(|r| r.items.iter().map(|it| it.ciphertexts).sum())
+                .collect();
+            if let Some(n) = want.iter().find(|&&n| n > limits.max_ciphertexts) {
+                return Err(bad_field(
+                    "dims.ffn",
+                    format_args!(
+                        "a round of {n} ciphertexts at bucket {} (at most {})",
+                        p.bucket, limits.max_ciphertexts
+                    ),
+                ));
+            }
+            if p.round_ciphertexts != want {
+                let got = &p.round_ciphertexts;
+                let k = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+                return Err(bad_field(
+                    &field("round_ciphertexts"),
+                    format_args!(
+                        "round {}: {:?}, the schedule's {:?} ({} rounds, the schedule has {})",
+                        k + 1,
+                        got.get(k),
+                        want.get(k),
+                        got.len(),
+                        want.len()
+                    ),
+                ));
+            }
+        }
+        Ok(params)
     }
 
     /// The compiled buckets, ascending.

@@ -22,9 +22,9 @@ mod schedule;
 mod session;
 mod wire;
 
-pub use bundle::{BucketPlan, ClientBundle};
+pub use bundle::{BucketPlan, ClientBundle, MAX_HEADER_BYTES};
 pub use driver::{Answer, Exchange, Inference, Outgoing, PhaseTiming, Transport, infer};
-pub use embedding::{EmbeddingTables, ModelDims};
+pub use embedding::{EmbeddingTables, MAX_LAYERS, MAX_SOFTMAX_POWER, ModelDims};
 pub use error::{Error, ErrorClass, Result};
 pub use schedule::{
     At, BucketLayouts, ItemKind, Levels, PIPELINE_DEPTH, Port, Round, RoundItem, Schedule, Segment,

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embedding::ModelDims;
 use crate::error::{Error, Result};
+use crate::wire::MessageLimits;
 
 /// Levels the program consumes between two client rounds in the worst segment
 /// (`attention_ffn_in`: `T`'s output layer, `e ⊙ T`, attention · V (2), the output projection
@@ -51,8 +52,22 @@ pub struct BucketLayouts {
 }
 
 impl BucketLayouts {
-    /// Layouts for `bucket` rows in ciphertexts of `slots` slots.
+    /// Layouts for `bucket` rows in ciphertexts of `slots` slots; the shapes must pass
+    /// [`ModelDims::check`], the bucket and the heads fit the slots, every layout at most
+    /// [`MessageLimits::max_ciphertexts`] (default) ciphertexts and the labels one.
     pub fn new(dims: &ModelDims, slots: usize, bucket: usize) -> Result<Self> {
+        dims.check()?;
+        if bucket == 0 || bucket > slots {
+            return Err(Error::Config(format!(
+                "length bucket {bucket} does not fit {slots} slots"
+            )));
+        }
+        if dims.heads > slots {
+            return Err(Error::Config(format!(
+                "dims.heads {} exceed {slots} slots",
+                dims.heads
+            )));
+        }
         let hidden = Layout::new(slots, bucket, dims.hidden, ColumnOrder::Contiguous)?;
         let heads = hidden.with_cols(
             dims.hidden,
@@ -71,6 +86,20 @@ impl BucketLayouts {
         )?;
         let ffn = hidden.with_cols(dims.ffn, ColumnOrder::Contiguous)?;
         let logits = hidden.with_cols(dims.labels.len(), ColumnOrder::Contiguous)?;
+        let max = MessageLimits::default().max_ciphertexts;
+        for (field, layout) in [
+            ("dims.hidden", &hidden),
+            ("dims.heads", &scores),
+            ("dims.reciprocal_hidden", &reciprocal),
+            ("dims.ffn", &ffn),
+        ] {
+            if layout.n_cts() > max {
+                return Err(Error::Config(format!(
+                    "{field}: {} ciphertexts at bucket {bucket}, one message carries at most {max}",
+                    layout.n_cts()
+                )));
+            }
+        }
         if logits.n_cts() != 1 {
             return Err(Error::Config(format!(
                 "{} labels do not fit one ciphertext at bucket {bucket}",
@@ -89,9 +118,10 @@ impl BucketLayouts {
     }
 
     /// Slots a bucket needs: every head-interleaved layout must fit its padded heads, and the
-    /// labels must fit one ciphertext.
+    /// labels must fit one ciphertext (saturating at `usize::MAX`).
     pub fn slots_needed(dims: &ModelDims, bucket: usize) -> usize {
-        bucket * dims.heads.next_power_of_two().max(dims.labels.len())
+        let heads = dims.heads.checked_next_power_of_two().unwrap_or(usize::MAX);
+        bucket.saturating_mul(heads.max(dims.labels.len()))
     }
 }
 
@@ -292,16 +322,13 @@ pub struct Schedule {
 impl Schedule {
     /// The schedule of `bucket` for a chain of rescaling factors `moduli` (`q_0` first),
     /// encoding scale `delta` and request scale `request_scale`, in ciphertexts of `slots`
-    /// slots.
+    /// slots (the shapes checked by [`BucketLayouts::new`]).
     pub fn new(
         dims: &ModelDims,
         (bucket, masking): (usize, AvMasking),
         (slots, moduli): (usize, &[f64]),
         (delta, request_scale): (f64, f64),
     ) -> Result<Self> {
-        if dims.layers == 0 {
-            return Err(Error::Config("no encoder layers".into()));
-        }
         let top = moduli.len().checked_sub(1).ok_or(Error::NotEnoughLevels {
             needed: PIPELINE_DEPTH,
             available: 0,

@@ -102,10 +102,11 @@ fn relu(x: f64) -> f64 {
 }
 
 impl ClientSession {
-    /// A client with a fresh secret key (OS randomness) for the bundle's parameters.
+    /// A client with a fresh secret key (OS randomness) for the bundle's parameters; the
+    /// bundle must pass [`ClientBundle::validate`].
     #[cfg(feature = "os-rng")]
     pub fn new(bundle: ClientBundle) -> Result<Self> {
-        let params = Parameters::new(&bundle.params)?;
+        let params = bundle.validate()?;
         let sk = KeyGenerator::new(&params).secret_key();
         Self::with_randomness(bundle, params, sk, Randomness::Os)
     }
@@ -115,7 +116,7 @@ impl ClientSession {
     /// `crypto.getRandomValues`), or a fixed seed for reproducible runs and tests (anyone who
     /// knows the seed can decrypt).
     pub fn from_seed(bundle: ClientBundle, seed: [u8; 32]) -> Result<Self> {
-        let params = Parameters::new(&bundle.params)?;
+        let params = bundle.validate()?;
         let sk =
             KeyGenerator::from_seed(&params, derive_seed(&seed, b"secret key", 0)).secret_key();
         Self::with_randomness(bundle, params, sk, Randomness::Seeded { seed, messages: 0 })
@@ -125,7 +126,7 @@ impl ClientSession {
     /// encryptions draw OS randomness.
     #[cfg(feature = "os-rng")]
     pub fn with_secret_key(bundle: ClientBundle, sk: SecretKey) -> Result<Self> {
-        let params = Parameters::new(&bundle.params)?;
+        let params = bundle.validate()?;
         if sk.params() != &params {
             return Err(Error::Ckks(ckks::Error::ParametersMismatch {
                 found: sk.params().id(),
@@ -135,7 +136,7 @@ impl ClientSession {
         Self::with_randomness(bundle, params, sk, Randomness::Os)
     }
 
-    /// `params`: the bundle's, validated; `sk` made under them.
+    /// `params`: the bundle's, from [`ClientBundle::validate`]; `sk` made under them.
     fn with_randomness(
         bundle: ClientBundle,
         params: Parameters,
@@ -542,7 +543,7 @@ impl ClientSession {
                     })
                     .collect();
                 self.state = ClientState::Idle;
-                Ok(prediction(logits, &self.bundle.dims.labels))
+                prediction(logits, &self.bundle.dims.labels)
             }
             _ => Err(Error::UnexpectedMessage {
                 got: "logits",
@@ -570,8 +571,19 @@ fn check_request(ct: &Ciphertext, want: At) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Softmax and argmax of decrypted logits.
-pub fn prediction(logits: Vec<f64>, labels: &[String]) -> ClientPrediction {
+/// Softmax and argmax of decrypted logits, one per label; other counts and non-finite
+/// logits are refused.
+pub fn prediction(logits: Vec<f64>, labels: &[String]) -> Result<ClientPrediction> {
+    if logits.is_empty() || logits.len() != labels.len() {
+        return Err(Error::WrongCount {
+            what: "logits (one per label)".into(),
+            expected: labels.len(),
+            got: logits.len(),
+        });
+    }
+    if let Some(x) = logits.iter().find(|x| !x.is_finite()) {
+        return Err(Error::Malformed(format!("logit {x} is not finite")));
+    }
     let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
     let total: f64 = exps.iter().sum();
@@ -579,10 +591,10 @@ pub fn prediction(logits: Vec<f64>, labels: &[String]) -> ClientPrediction {
         .iter()
         .enumerate()
         .fold(0, |best, (i, &l)| if l > logits[best] { i } else { best });
-    ClientPrediction {
+    Ok(ClientPrediction {
         probabilities: exps.iter().map(|e| e / total).collect(),
-        label: labels.get(label_id).cloned().unwrap_or_default(),
+        label: labels[label_id].clone(),
         label_id,
         logits,
-    }
+    })
 }
