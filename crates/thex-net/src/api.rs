@@ -70,6 +70,13 @@ pub struct ServerInfo {
     pub idle_timeout_s: f64,
     /// Sessions whose client leaves a round unanswered for this long are dropped (seconds).
     pub round_timeout_s: f64,
+    /// The server speaks TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// Every route but `/v1/info` and `/v1/bundle` needs an API token
+    /// (`Authorization: Bearer TOKEN`).
+    #[serde(default)]
+    pub tokens: bool,
 }
 
 /// The tokenizer file a server distributes with its bundle.
@@ -116,7 +123,7 @@ pub struct SessionCreated {
     pub session: String,
     /// Buckets the uploaded keys cover.
     pub buckets: Vec<usize>,
-    /// Server-side size estimate of the keys held for this session, in bytes.
+    /// Memory of this session's expanded keys on the server, in bytes.
     pub key_bytes: usize,
 }
 
@@ -129,8 +136,11 @@ pub struct ServerStats {
     pub key_bytes: usize,
     /// Inferences finished since start.
     pub inferences: u64,
-    /// Sessions dropped by the idle reaper since start.
+    /// Sessions dropped by the reaper since start (timeouts, broken sessions).
     pub reaped: u64,
+    /// Connections closed at once because the connection limit was reached.
+    #[serde(default)]
+    pub refused_connections: u64,
 }
 
 /// Error body of every failed request.

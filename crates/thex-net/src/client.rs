@@ -23,7 +23,7 @@ use crate::api::{
 use crate::error::{NetError, Result};
 
 /// How a [`Client`] connects.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ClientOptions {
     /// Where the bundle and tokenizer are cached by hash (none: download every time).
     pub cache_dir: Option<PathBuf>,
@@ -36,6 +36,12 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Largest response body accepted.
     pub max_response_bytes: u64,
+    /// API token sent with every request (`Authorization: Bearer`), for servers started
+    /// with `--tokens`.
+    pub token: Option<String>,
+    /// PEM file of the certificate authorities an `https://` server's certificate must
+    /// chain to (none: the Mozilla roots bundled with the client).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -46,8 +52,71 @@ impl Default for ClientOptions {
             buckets: Vec::new(),
             timeout: Duration::from_secs(900),
             max_response_bytes: 1 << 30,
+            token: None,
+            ca_file: None,
         }
     }
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("cache_dir", &self.cache_dir)
+            .field("key_file", &self.key_file)
+            .field("buckets", &self.buckets)
+            .field("timeout", &self.timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// A warning for a plain `http://` URL whose host is not loopback: the ciphertexts and the
+/// session id (the session's credential) would travel unencrypted and unauthenticated.
+pub fn plain_http_warning(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        format!(
+            "warning: {url} is plain HTTP beyond loopback: anyone on the path can read the \
+             session id and tamper with messages; use https://"
+        )
+    })
+}
+
+/// The TLS settings of the agent: the CAs of `ca_file`, else the bundled Mozilla roots.
+fn tls_config(ca_file: Option<&Path>) -> Result<ureq::tls::TlsConfig> {
+    let roots = match ca_file {
+        None => ureq::tls::RootCerts::WebPki,
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| NetError::io(path, e))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| NetError::Config(format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(NetError::Config(format!(
+                    "{}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            ureq::tls::RootCerts::new_with_certs(&certs)
+        }
+    };
+    Ok(ureq::tls::TlsConfig::builder().root_certs(roots).build())
 }
 
 /// What [`Client::connect_with`] did.
@@ -152,6 +221,8 @@ struct Http {
     base: String,
     agent: Agent,
     max_response_bytes: u64,
+    /// `Bearer TOKEN`, sent with every request.
+    authorization: Option<Zeroizing<String>>,
 }
 
 /// An HTTP answer: headers and the whole body.
@@ -210,8 +281,16 @@ impl Http {
         })
     }
 
+    /// Adds the API token, if any.
+    fn authorized<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(auth) => r.header("authorization", auth.as_str()),
+            None => r,
+        }
+    }
+
     fn get(&self, what: &str, path: &str) -> Result<HttpAnswer> {
-        self.send(what, path, None, |a, u| a.get(u).call())
+        self.send(what, path, None, |a, u| self.authorized(a.get(u)).call())
     }
 
     fn post(
@@ -222,9 +301,13 @@ impl Http {
         body: &[u8],
     ) -> Result<HttpAnswer> {
         self.send(what, path, session, |a, u| {
-            a.post(u)
+            // The server checks the session and the body's exact size first: with
+            // `Expect: 100-continue` a refusal arrives before the body is sent.
+            let r = a
+                .post(u)
                 .header("content-type", "application/octet-stream")
-                .send(body)
+                .header("expect", "100-continue");
+            self.authorized(r).send(body)
         })
     }
 
@@ -364,9 +447,14 @@ impl Client {
                 .http_status_as_error(false)
                 .timeout_connect(Some(Duration::from_secs(10)))
                 .timeout_global(Some(options.timeout))
+                .tls_config(tls_config(options.ca_file.as_deref())?)
                 .build()
                 .into(),
             max_response_bytes: options.max_response_bytes,
+            authorization: options
+                .token
+                .as_ref()
+                .map(|t| Zeroizing::new(format!("Bearer {t}"))),
         };
         let answer = http.get("server info", routes::INFO)?;
         let info: ServerInfo = serde_json::from_slice(&answer.body)
@@ -532,7 +620,7 @@ impl Client {
         let path = routes::with_id(routes::SESSION, &self.session);
         self.http
             .send("session close", &path, Some(&self.session), |a, u| {
-                a.delete(u).call()
+                self.http.authorized(a.delete(u)).call()
             })
             .map(|_| ())
     }

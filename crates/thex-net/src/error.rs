@@ -54,6 +54,9 @@ pub enum NetError {
         /// Why.
         reason: String,
     },
+    /// A setting cannot be used (tokens, TLS files, limits).
+    #[error("configuration: {0}")]
+    Config(String),
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {

@@ -32,10 +32,10 @@ mod served;
 #[cfg(feature = "server")]
 mod server;
 
-pub use client::{Client, ClientOptions, ConnectReport};
+pub use client::{Client, ClientOptions, ConnectReport, plain_http_warning};
 pub use error::{NetError, Result};
 #[cfg(feature = "server")]
 pub use served::{ServedModel, TokenizerFile};
 #[cfg(feature = "server")]
-pub use server::{ServerHandle, ServerLimits};
+pub use server::{ApiTokens, ServerConfig, ServerHandle, ServerLimits, TlsIdentity};
 pub use thex_client::{Exchange, Inference, PhaseTiming};

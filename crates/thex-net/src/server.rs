@@ -1,37 +1,51 @@
-//! The HTTP server: one compiled model, many client sessions.
+//! The HTTP server: one compiled model, many client sessions, every peer treated as hostile.
 //!
-//! Each session holds one client's evaluation keys in a [`ServerSession`] behind its own
-//! mutex; the session map is behind another. The homomorphic work (parsing ciphertexts,
-//! `start`/`resume`, serializing) runs on tokio's blocking pool, never on the async workers,
-//! and a session runs one request at a time (a concurrent one gets `409`). A reaper task
-//! drops sessions idle for longer than [`ServerLimits::idle_timeout`], including those whose
-//! client vanished in the middle of an inference.
+//! Each request is bounded before its body is read: the API token and the session are
+//! checked first, the session is marked busy (one request at a time, a second gets `409`),
+//! and the body must declare the exact size the protocol allows at that moment (the input of
+//! one of the session's buckets, the reply to the pending round, or the exact evaluation-key
+//! set of the requested buckets); it must then arrive within a time that grows with its size.
+//! A key upload reserves its body and the expanded keys' memory before it is read, and the
+//! reservation lives until the keys are parsed, even if the client hangs up. The homomorphic
+//! work runs on tokio's blocking pool (`compute_threads`) behind a bounded queue; a full
+//! queue answers `503`. Connections are capped and must send their headers in time. A reaper
+//! drops sessions idle (or with an unanswered round) past their timeout and sessions whose
+//! computation panicked.
 
-use std::collections::HashMap;
+mod access;
+mod http;
+mod listen;
+mod registry;
+mod tls;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ckks::Parameters;
-use rand::RngCore;
-use thex_client::{ErrorClass, EvaluationKeys, Message, MessageLimits, Outgoing, Step};
-use thex_engine::{EngineError, ServerSession};
-use tokio::sync::oneshot;
+use thex_client::{EvaluationKeys, MessageLimits, Outgoing, Step, check_size};
+use thex_engine::ServerSession;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+pub use access::ApiTokens;
+pub use tls::TlsIdentity;
 
 use crate::api::{
-    ErrorBody, PROTOCOL, SERVER_SECONDS_HEADER, SHA256_HEADER, ServerInfo, ServerStats,
-    SessionCreated, routes,
+    PROTOCOL, SERVER_SECONDS_HEADER, SHA256_HEADER, ServerInfo, ServerStats, SessionCreated, routes,
 };
 use crate::error::{NetError, Result};
 use crate::served::ServedModel;
+use access::{Client, authorize};
+use http::{ApiError, BodyDeadline, RequestLog, content_length, read_body};
+use listen::ListenLimits;
+use registry::{Busy, Quotas, Session, Sessions};
 
 /// Resource limits of a server.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,19 +54,31 @@ pub struct ServerLimits {
     pub max_body_bytes: usize,
     /// Most open sessions; more get `503`.
     pub max_sessions: usize,
-    /// Most evaluation-key memory over all sessions, in bytes (estimated as twice the
-    /// uploaded seeded keys: the server expands every seed); more gets `503`.
+    /// Most memory of expanded evaluation keys over all sessions, in bytes; uploads being
+    /// read also count their body. More gets `503`.
     pub max_key_memory: usize,
-    /// Sessions without a request for this long are dropped.
+    /// Most sessions (open or being created) per API token; more get `429`.
+    pub sessions_per_client: usize,
+    /// Sessions without a validated request for this long are dropped.
     pub idle_timeout: Duration,
     /// A session whose client has not answered a pending round for this long is dropped with
     /// its inference (the client vanished mid-round).
     pub round_timeout: Duration,
+    /// Time for a request's headers to arrive (idle keep-alive connections too), and for the
+    /// first bytes of its body.
+    pub header_timeout: Duration,
+    /// Slowest accepted upload in bytes per second: a body of `n` bytes must arrive within
+    /// `header_timeout + n / min_upload_rate`.
+    pub min_upload_rate: u64,
+    /// Most open connections; more are closed at once.
+    pub max_connections: usize,
     /// Bounds checked while parsing every message (its `max_bytes` is capped by
     /// `max_body_bytes`).
     pub messages: MessageLimits,
     /// Threads for the homomorphic work (tokio's blocking pool).
     pub compute_threads: usize,
+    /// Most requests computing or waiting for a compute thread; more get `503`.
+    pub compute_queue: usize,
 }
 
 impl Default for ServerLimits {
@@ -60,56 +86,38 @@ impl Default for ServerLimits {
         Self {
             max_body_bytes: 1 << 30,
             max_sessions: 16,
-            max_key_memory: 8 << 30,
+            max_key_memory: 16 << 30,
+            sessions_per_client: 4,
             idle_timeout: Duration::from_secs(300),
             round_timeout: Duration::from_secs(120),
+            header_timeout: Duration::from_secs(10),
+            min_upload_rate: 1 << 20,
+            max_connections: 256,
             messages: MessageLimits::default(),
             compute_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            compute_queue: 32,
         }
     }
 }
 
-struct Session {
-    /// First 8 hex characters of the id, for logs (the full id is the session's credential).
-    short: String,
-    engine: Mutex<ServerSession>,
-    /// When the session last saw a request.
-    last_request: Mutex<Instant>,
-    key_bytes: usize,
+/// Everything a server is started with: limits, optional API tokens, optional TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// Resource limits.
+    pub limits: ServerLimits,
+    /// API tokens; without them every route is open (fine on loopback).
+    pub tokens: Option<ApiTokens>,
+    /// Certificate and key; without them the server speaks plain HTTP.
+    pub tls: Option<TlsIdentity>,
 }
 
-impl Session {
-    fn touch(&self) {
-        *lock(&self.last_request) = Instant::now();
+impl From<ServerLimits> for ServerConfig {
+    fn from(limits: ServerLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
     }
-    /// Seconds since the last request.
-    fn idle_seconds(&self) -> f64 {
-        lock(&self.last_request).elapsed().as_secs_f64()
-    }
-    /// Whether the session has outlived its timeout (`round` while a round waits for the
-    /// client, `idle` otherwise) and no request of it is computing; then also whether a round
-    /// was pending.
-    fn expired(&self, idle: Duration, round: Duration) -> Option<bool> {
-        let engine = self.engine.try_lock().ok()?;
-        let pending = engine.pending_round().is_some();
-        let limit = if pending { round } else { idle };
-        (lock(&self.last_request).elapsed() > limit).then_some(pending)
-    }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (plain counters and
-/// timestamps).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-#[derive(Default)]
-struct Registry {
-    sessions: HashMap<String, Arc<Session>>,
-    key_bytes: usize,
-    /// Sessions being created (keys parsing) and their reserved key memory.
-    reserved: usize,
-    reserved_bytes: usize,
 }
 
 struct Shared {
@@ -118,190 +126,85 @@ struct Shared {
     limits: ServerLimits,
     messages: MessageLimits,
     info: ServerInfo,
-    registry: Mutex<Registry>,
+    tokens: Option<ApiTokens>,
+    sessions: Arc<Sessions>,
+    compute: Arc<Semaphore>,
     inferences: AtomicU64,
     reaped: AtomicU64,
+    refused_connections: Arc<AtomicU64>,
 }
 
 impl Shared {
     fn stats(&self) -> ServerStats {
-        let r = lock(&self.registry);
-        ServerStats {
-            sessions: r.sessions.len(),
-            key_bytes: r.key_bytes,
+        let mut stats = ServerStats {
+            sessions: 0,
+            key_bytes: 0,
             inferences: self.inferences.load(Ordering::Relaxed),
             reaped: self.reaped.load(Ordering::Relaxed),
+            refused_connections: self.refused_connections.load(Ordering::Relaxed),
+        };
+        self.sessions.fill(&mut stats);
+        stats
+    }
+
+    fn client(&self, headers: &HeaderMap) -> std::result::Result<Client, ApiError> {
+        authorize(self.tokens.as_ref(), headers)
+    }
+
+    fn deadline(&self) -> BodyDeadline {
+        BodyDeadline {
+            grace: self.limits.header_timeout,
+            min_rate: self.limits.min_upload_rate,
         }
     }
 
-    fn session(&self, id: &str) -> std::result::Result<Arc<Session>, ApiError> {
-        lock(&self.registry)
-            .sessions
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, unknown_session(id)))
+    /// A place in the compute queue, or `503`.
+    fn queue(&self) -> std::result::Result<OwnedSemaphorePermit, ApiError> {
+        self.compute.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "server busy: {} requests are computing or queued; retry later",
+                    self.limits.compute_queue
+                ),
+            )
+        })
     }
 
-    fn remove(&self, id: &str) -> bool {
-        let mut r = lock(&self.registry);
-        match r.sessions.remove(id) {
-            Some(s) => {
-                r.key_bytes -= s.key_bytes;
-                true
-            }
-            None => false,
+    /// The declared size of a body, if it is one of `sizes` and within the body limit.
+    fn expect_body(
+        &self,
+        what: &'static str,
+        headers: &HeaderMap,
+        sizes: &[usize],
+    ) -> std::result::Result<usize, ApiError> {
+        let len = content_length(headers)?;
+        if len > self.limits.max_body_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{what} of {len} bytes exceeds the server's limit of {} bytes",
+                    self.limits.max_body_bytes
+                ),
+            ));
         }
+        check_size(what, len, sizes)?;
+        Ok(len)
     }
 
-    /// Drops expired sessions whose compute is not running.
-    fn reap(&self) -> usize {
+    fn reap(&self) {
         let (idle, round) = (self.limits.idle_timeout, self.limits.round_timeout);
-        let mut r = lock(&self.registry);
-        let stale: Vec<(String, bool)> = r
-            .sessions
-            .iter()
-            .filter_map(|(id, s)| Some((id.clone(), s.expired(idle, round)?)))
-            .collect();
-        for (id, round_pending) in &stale {
-            if let Some(s) = r.sessions.remove(id) {
-                r.key_bytes -= s.key_bytes;
-                tracing::info!(
-                    target: "thex_net::request",
-                    event = "reaped",
-                    session = %s.short,
-                    round_pending,
-                    idle_s = s.idle_seconds(),
-                    key_bytes = s.key_bytes,
-                    "session dropped after its timeout"
-                );
-            }
-        }
-        self.reaped.fetch_add(stale.len() as u64, Ordering::Relaxed);
-        stale.len()
-    }
-}
-
-fn unknown_session(id: &str) -> String {
-    let short: String = id.chars().take(8).collect();
-    format!(
-        "unknown session {short}…: it expired after the idle timeout, was closed, or the server restarted"
-    )
-}
-
-/// An error answer: status and message, sent as `{"error": message}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<EngineError> for ApiError {
-    /// The client's fault is a 4xx, the server's (configuration, broken invariants) a 500.
-    fn from(e: EngineError) -> Self {
-        let status = match e.class() {
-            ErrorClass::BadInput => StatusCode::BAD_REQUEST,
-            ErrorClass::OutOfOrder => StatusCode::CONFLICT,
-            ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorClass::Config | ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-impl From<thex_client::Error> for ApiError {
-    fn from(e: thex_client::Error) -> Self {
-        EngineError::from(e).into()
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(r: BytesRejection) -> Self {
-        let status = r.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "request body exceeds the server's limit".to_string()
-        } else {
-            r.body_text()
-        };
-        ApiError::new(status, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.message,
-        };
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-/// What one request did, logged as one line.
-struct RequestLog {
-    route: &'static str,
-    session: String,
-    started: Instant,
-    bytes_in: usize,
-    bytes_out: usize,
-    /// The round a reply answered (0: the input).
-    answered: Option<u32>,
-    /// What the answer is: the next round's request, or the logits.
-    next: Option<String>,
-    compute_s: f64,
-}
-
-impl RequestLog {
-    fn new(route: &'static str, bytes_in: usize) -> Self {
-        Self {
-            route,
-            session: String::new(),
-            started: Instant::now(),
-            bytes_in,
-            bytes_out: 0,
-            answered: None,
-            next: None,
-            compute_s: 0.0,
-        }
-    }
-
-    fn finish(self, result: std::result::Result<Response, ApiError>) -> Response {
-        let response = result.unwrap_or_else(|e| {
-            tracing::warn!(
-                target: "thex_net::request",
-                route = self.route,
-                session = %self.session,
-                status = e.status.as_u16(),
-                bytes_in = self.bytes_in,
-                error = %e.message,
-                total_s = self.started.elapsed().as_secs_f64(),
-                "request failed"
-            );
-            e.into_response()
-        });
-        if response.status().is_success() {
+        for (s, why) in self.sessions.reap(idle, round) {
+            self.reaped.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 target: "thex_net::request",
-                route = self.route,
-                session = %self.session,
-                status = response.status().as_u16(),
-                answered = self.answered.map_or(-1, i64::from),
-                next = self.next.as_deref().unwrap_or("-"),
-                bytes_in = self.bytes_in,
-                bytes_out = self.bytes_out,
-                compute_s = self.compute_s,
-                total_s = self.started.elapsed().as_secs_f64(),
-                "request"
+                event = "reaped",
+                session = %s.short,
+                reason = ?why,
+                key_bytes = s.key_bytes,
+                "session dropped"
             );
         }
-        response
     }
 }
 
@@ -309,7 +212,6 @@ type St = State<Arc<Shared>>;
 
 /// Builds the router over the shared state.
 fn router(shared: Arc<Shared>) -> Router {
-    let limit = shared.limits.max_body_bytes;
     Router::new()
         .route(routes::INFO, get(info))
         .route(routes::STATS, get(stats))
@@ -320,7 +222,6 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(routes::INFER, post(infer))
         .route(routes::ROUND, post(round))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
 
@@ -328,8 +229,11 @@ async fn info(State(s): St) -> Response {
     axum::Json(s.info.clone()).into_response()
 }
 
-async fn stats(State(s): St) -> Response {
-    axum::Json(s.stats()).into_response()
+async fn stats(State(s): St, headers: HeaderMap) -> Response {
+    match s.client(&headers) {
+        Ok(_) => axum::Json(s.stats()).into_response(),
+        Err(e) => RequestLog::new("GET stats").finish(Err(e)),
+    }
 }
 
 fn binary(bytes: Vec<u8>, sha256: &str) -> Response {
@@ -345,17 +249,20 @@ fn binary(bytes: Vec<u8>, sha256: &str) -> Response {
 }
 
 async fn bundle(State(s): St) -> Response {
-    let mut log = RequestLog::new("GET bundle", 0);
+    let mut log = RequestLog::new("GET bundle");
     log.bytes_out = s.served.bundle.len();
     let r = binary(s.served.bundle.to_vec(), &s.served.bundle_sha256);
     log.finish(Ok(r))
 }
 
-async fn tokenizer(State(s): St) -> Response {
-    let mut log = RequestLog::new("GET tokenizer", 0);
-    let t = &s.served.tokenizer;
-    log.bytes_out = t.bytes.len();
-    log.finish(Ok(binary(t.bytes.clone(), &t.info.sha256)))
+async fn tokenizer(State(s): St, headers: HeaderMap) -> Response {
+    let mut log = RequestLog::new("GET tokenizer");
+    let result = s.client(&headers).map(|_| {
+        let t = &s.served.tokenizer;
+        log.bytes_out = t.bytes.len();
+        binary(t.bytes.clone(), &t.info.sha256)
+    });
+    log.finish(result)
 }
 
 /// Parses `buckets=16,32` (absent: every compiled bucket).
@@ -389,53 +296,6 @@ fn parse_buckets(
     Ok(out)
 }
 
-/// Releases a session reservation when dropped (also when the request is cancelled).
-struct Reservation {
-    shared: Arc<Shared>,
-    bytes: usize,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut r = lock(&self.shared.registry);
-        r.reserved -= 1;
-        r.reserved_bytes -= self.bytes;
-    }
-}
-
-fn reserve(shared: &Arc<Shared>, bytes: usize) -> std::result::Result<Reservation, ApiError> {
-    let mut r = lock(&shared.registry);
-    let l = &shared.limits;
-    if r.sessions.len() + r.reserved >= l.max_sessions {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("session limit reached ({} sessions)", l.max_sessions),
-        ));
-    }
-    if r.key_bytes + r.reserved_bytes + bytes > l.max_key_memory {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "key memory limit: {} bytes held, {bytes} more requested, limit {}",
-                r.key_bytes + r.reserved_bytes,
-                l.max_key_memory
-            ),
-        ));
-    }
-    r.reserved += 1;
-    r.reserved_bytes += bytes;
-    Ok(Reservation {
-        shared: shared.clone(),
-        bytes,
-    })
-}
-
-fn new_session_id() -> String {
-    let mut id = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut id);
-    hex::encode(id)
-}
-
 fn json_created(created: &SessionCreated) -> std::result::Result<(Response, usize), ApiError> {
     let body = serde_json::to_vec(created)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -448,46 +308,54 @@ fn json_created(created: &SessionCreated) -> std::result::Result<(Response, usiz
     Ok(((StatusCode::CREATED, headers, body).into_response(), n))
 }
 
+/// `POST /v1/sessions`: the key set of the requested buckets is known before the upload, so
+/// its exact size is checked and the memory of the expanded keys reserved before any byte is
+/// read; the keys are parsed against that exact set (a missing, extra or other key costs no
+/// expansion).
 async fn create_session(
     State(s): St,
     RawQuery(query): RawQuery,
-    body: std::result::Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    let mut log = RequestLog::new("POST sessions", 0);
+    let mut log = RequestLog::new("POST sessions");
     let result = async {
-        let body = body?;
-        log.bytes_in = body.len();
+        let client = s.client(&headers)?;
         let buckets = parse_buckets(query.as_deref(), s.served.model.buckets())?;
-        let key_bytes = 2 * body.len();
-        let reservation = reserve(&s, key_bytes)?;
+        let elements = s.served.model.galois_elements(&buckets)?;
+        let exact = EvaluationKeys::serialized_len(&s.params, elements.len());
+        let expanded = EvaluationKeys::expanded_len(&s.params, elements.len());
+        let len = s.expect_body("evaluation keys", &headers, &[exact])?;
+        let reservation = s.sessions.reserve(client, expanded + len)?;
+        let bytes = read_body(body, len, s.deadline()).await?;
+        log.bytes_in = bytes.len();
+        let permit = s.queue()?;
         let t = Instant::now();
         let shared = s.clone();
         let keys_buckets = buckets.clone();
-        let engine = tokio::task::spawn_blocking(move || {
-            let keys = EvaluationKeys::from_bytes(&shared.params, &body, shared.messages)?;
-            ServerSession::new(shared.served.model.clone(), keys, &keys_buckets)
+        // The reservation moves into the computation: a cancelled request cannot free it
+        // while the keys are still being parsed.
+        let (engine, reservation) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let keys = EvaluationKeys::from_bytes_exact(
+                &shared.params,
+                &bytes,
+                shared.messages,
+                &elements,
+            )?;
+            drop(bytes);
+            let engine = ServerSession::new(shared.served.model.clone(), keys, &keys_buckets)?;
+            Ok::<_, ApiError>((engine, reservation))
         })
         .await
         .map_err(join_error)??;
         log.compute_s = t.elapsed().as_secs_f64();
-        let id = new_session_id();
-        let session = Arc::new(Session {
-            short: id[..8].to_string(),
-            engine: Mutex::new(engine),
-            last_request: Mutex::new(Instant::now()),
-            key_bytes,
-        });
+        let (id, session) = reservation.commit(engine, expanded);
         log.session = session.short.clone();
-        {
-            let mut r = lock(&s.registry);
-            r.sessions.insert(id.clone(), session);
-            r.key_bytes += key_bytes;
-        }
-        drop(reservation);
         let (response, n) = json_created(&SessionCreated {
             session: id,
             buckets,
-            key_bytes,
+            key_bytes: expanded,
         })?;
         log.bytes_out = n;
         Ok(response)
@@ -496,14 +364,13 @@ async fn create_session(
     log.finish(result)
 }
 
-async fn delete_session(State(s): St, Path(id): Path<String>) -> Response {
-    let mut log = RequestLog::new("DELETE session", 0);
+async fn delete_session(State(s): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let mut log = RequestLog::new("DELETE session");
     log.session = id.chars().take(8).collect();
-    let result = if s.remove(&id) {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, unknown_session(&id)))
-    };
+    let result = s
+        .client(&headers)
+        .and_then(|client| s.sessions.remove(&id, client))
+        .map(|_| StatusCode::NO_CONTENT.into_response());
     log.finish(result)
 }
 
@@ -524,9 +391,8 @@ struct StepOut {
     seconds: f64,
 }
 
-/// Hands the message (the input, else a round reply) to the session
-/// ([`ServerSession::receive`]) and serializes the next step, holding the session's lock; a
-/// second request meanwhile gets `409`.
+/// Hands the message to the session ([`ServerSession::receive`]) and serializes the next
+/// step.
 fn compute(
     shared: &Shared,
     session: &Session,
@@ -534,21 +400,7 @@ fn compute(
     kind: Outgoing,
 ) -> std::result::Result<StepOut, ApiError> {
     let t = Instant::now();
-    let mut engine = match session.engine.try_lock() {
-        Ok(c) => c,
-        Err(TryLockError::WouldBlock) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "session busy: another request of this session is being computed",
-            ));
-        }
-        Err(TryLockError::Poisoned(_)) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "session broken by an earlier failure; open a new session",
-            ));
-        }
-    };
+    let mut engine = session.engine.lock().map_err(|_| broken())?;
     let answered = engine.pending_round().unwrap_or(0);
     let step = engine.receive(kind, body, shared.messages)?;
     let next_round = match &step {
@@ -566,26 +418,65 @@ fn compute(
     })
 }
 
+fn broken() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "session broken by an earlier failure; open a new session",
+    )
+}
+
+/// The exact sizes the session takes for a message of this kind now (`409` in the wrong
+/// state).
+fn message_sizes(busy: &Busy, kind: Outgoing) -> std::result::Result<Vec<usize>, ApiError> {
+    let engine = busy.session().engine.lock().map_err(|_| broken())?;
+    Ok(engine.message_sizes(kind)?)
+}
+
 async fn run_step(
     s: Arc<Shared>,
     id: String,
-    route: &'static str,
-    body: std::result::Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
     kind: Outgoing,
 ) -> Response {
-    let mut log = RequestLog::new(route, 0);
+    let (route, what) = match kind {
+        Outgoing::Input => ("POST infer", "encrypted input"),
+        Outgoing::Reply => ("POST round", "round reply"),
+    };
+    let mut log = RequestLog::new(route);
     log.session = id.chars().take(8).collect();
     let result = async {
-        let body = body?;
-        log.bytes_in = body.len();
-        let session = s.session(&id)?;
-        session.touch();
-        let (shared, sess) = (s.clone(), session.clone());
-        let out = tokio::task::spawn_blocking(move || compute(&shared, &sess, &body, kind))
-            .await
-            .map_err(join_error)?;
-        session.touch();
-        let out = out?;
+        let client = s.client(&headers)?;
+        let session = s.sessions.get(&id, client)?;
+        let busy = session.claim().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "session busy: another request of this session is being read or computed",
+            )
+        })?;
+        let len = s.expect_body(what, &headers, &message_sizes(&busy, kind)?)?;
+        let bytes = read_body(body, len, s.deadline()).await?;
+        log.bytes_in = bytes.len();
+        let permit = s.queue()?;
+        let shared = s.clone();
+        // The busy mark moves into the computation: it ends with it, not with the request.
+        let out = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let out = compute(&shared, busy.session(), &bytes, kind);
+            if out.is_ok() {
+                busy.session().touch();
+            }
+            out
+        })
+        .await;
+        let out = match out {
+            Ok(out) => out?,
+            Err(e) => {
+                // A panic left the session's state unknown: drop it now.
+                let _ = s.sessions.remove(&id, client);
+                return Err(join_error(e));
+            }
+        };
         log.compute_s = out.seconds;
         log.bytes_out = out.bytes.len();
         log.answered = Some(out.answered);
@@ -608,20 +499,12 @@ async fn run_step(
     log.finish(result)
 }
 
-async fn infer(
-    State(s): St,
-    Path(id): Path<String>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
-    run_step(s, id, "POST infer", body, Outgoing::Input).await
+async fn infer(State(s): St, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    run_step(s, id, headers, body, Outgoing::Input).await
 }
 
-async fn round(
-    State(s): St,
-    Path(id): Path<String>,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Response {
-    run_step(s, id, "POST round", body, Outgoing::Reply).await
+async fn round(State(s): St, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    run_step(s, id, headers, body, Outgoing::Reply).await
 }
 
 /// A running server on a background thread with its own tokio runtime.
@@ -646,8 +529,25 @@ impl std::fmt::Debug for SharedDebug {
 
 impl ServerHandle {
     /// Binds `addr` (port 0 picks a free port) and serves `served` until
-    /// [`ServerHandle::shutdown`] or drop. Bind errors are returned here.
-    pub fn start(served: ServedModel, addr: SocketAddr, limits: ServerLimits) -> Result<Self> {
+    /// [`ServerHandle::shutdown`] or drop. Bind errors are returned here. Plain HTTP on an
+    /// address other than loopback logs a warning: ciphertexts and the session id (the
+    /// session's credential) would travel in the clear.
+    pub fn start(
+        served: ServedModel,
+        addr: SocketAddr,
+        config: impl Into<ServerConfig>,
+    ) -> Result<Self> {
+        let ServerConfig {
+            limits,
+            tokens,
+            tls,
+        } = config.into();
+        if limits.compute_queue < limits.compute_threads.max(1) {
+            return Err(NetError::Config(format!(
+                "compute queue {} is shorter than the {} compute threads",
+                limits.compute_queue, limits.compute_threads
+            )));
+        }
         let listener = StdListener::bind(addr).map_err(|e| NetError::Transport {
             url: addr.to_string(),
             message: format!("cannot listen: {e}"),
@@ -674,15 +574,38 @@ impl ServerHandle {
             max_body_bytes: limits.max_body_bytes,
             idle_timeout_s: limits.idle_timeout.as_secs_f64(),
             round_timeout_s: limits.round_timeout.as_secs_f64(),
+            tls: tls.is_some(),
+            tokens: tokens.is_some(),
         };
+        if tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                target: "thex_net::request",
+                %addr,
+                "serving plain HTTP beyond loopback: ciphertexts and session ids travel in \
+                 the clear (use --tls-cert and --tls-key)"
+            );
+        }
+        let quotas = Quotas {
+            max_sessions: limits.max_sessions,
+            max_key_memory: limits.max_key_memory,
+            sessions_per_client: limits.sessions_per_client,
+        };
+        let listen = ListenLimits {
+            max_connections: limits.max_connections,
+            header_timeout: limits.header_timeout,
+        };
+        let refused = Arc::new(AtomicU64::new(0));
         let shared = Arc::new(Shared {
             served,
             params,
             messages,
             info,
-            registry: Mutex::new(Registry::default()),
+            tokens,
+            sessions: Arc::new(Sessions::new(quotas)),
+            compute: Arc::new(Semaphore::new(limits.compute_queue)),
             inferences: AtomicU64::new(0),
             reaped: AtomicU64::new(0),
+            refused_connections: refused.clone(),
             limits,
         });
         let (tx, rx) = oneshot::channel::<()>();
@@ -713,11 +636,9 @@ impl ServerHandle {
                             reaper_state.reap();
                         }
                     });
-                    let served = axum::serve(listener, router(state))
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.await;
-                        })
-                        .await;
+                    let acceptor = tls.map(|t| t.acceptor);
+                    let served =
+                        listen::serve(listener, router(state), listen, acceptor, refused, rx).await;
                     reaper.abort();
                     served
                 });
@@ -738,9 +659,14 @@ impl ServerHandle {
         self.addr
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://ADDR` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.0.info.tls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Sessions, key memory and counters now.
@@ -810,56 +736,5 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{q}");
             assert!(e.message.contains(needle), "{q}: {}", e.message);
         }
-    }
-
-    #[test]
-    fn engine_errors_map_to_client_or_server_statuses() {
-        use thex_client::Error;
-        let status = |e: EngineError| ApiError::from(e).status;
-        let protocol = |e: Error| ApiError::from(e).status;
-        assert_eq!(
-            protocol(Error::Malformed("x".into())),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            protocol(Error::WrongRound {
-                got: 2,
-                expected: 1
-            }),
-            StatusCode::CONFLICT
-        );
-        assert_eq!(
-            protocol(Error::StaleReply { round: 1 }),
-            StatusCode::CONFLICT
-        );
-        assert_eq!(
-            protocol(Error::LimitExceeded {
-                what: "message bytes",
-                value: 2,
-                limit: 1
-            }),
-            StatusCode::PAYLOAD_TOO_LARGE
-        );
-        assert_eq!(
-            status(EngineError::UnsupportedModel("x".into())),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-        assert_eq!(
-            status(EngineError::Internal("x".into())),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-        assert_eq!(
-            protocol(Error::Internal("x".into())),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-    }
-
-    #[test]
-    fn session_ids_are_128_random_bits() {
-        let a = new_session_id();
-        let b = new_session_id();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

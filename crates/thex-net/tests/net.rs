@@ -249,7 +249,11 @@ fn bad_requests_get_clear_4xx_answers() {
     // Garbage and truncated evaluation keys.
     let r = post(&format!("{base}/v1/sessions"), b"garbage");
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("malformed"), "{}", r.error());
+    assert!(
+        r.error().contains("evaluation keys of 7 bytes"),
+        "{}",
+        r.error()
+    );
     let mut s = raw_session(&server);
     let keys = s.keys.clone();
     let r = post(&format!("{base}/v1/sessions"), &keys[..keys.len() / 2]);
@@ -261,12 +265,22 @@ fn bad_requests_get_clear_4xx_answers() {
     // Garbage and truncated inputs.
     let r = post(&s.url("infer"), &[0xde, 0xad, 0xbe, 0xef]);
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("malformed"), "{}", r.error());
+    assert!(
+        r.error().contains("encrypted input of 4 bytes"),
+        "{}",
+        r.error()
+    );
     let input = s.client.encrypt_ids(&ids(TEXT)).unwrap();
     let bytes = input.to_bytes(s.client.params());
     let r = post(&s.url("infer"), &bytes[..bytes.len() - 7]);
     assert_eq!(r.status, 400, "{}", r.error());
-    assert!(r.error().contains("truncated"), "{}", r.error());
+    assert!(r.error().contains("expected"), "{}", r.error());
+    // The right size, but garbage: the parser refuses it.
+    let mut garbage = bytes.clone();
+    garbage[..4].copy_from_slice(b"XXXX");
+    let r = post(&s.url("infer"), &garbage);
+    assert_eq!(r.status, 400, "{}", r.error());
+    assert!(r.error().contains("malformed"), "{}", r.error());
 
     // A reply when no round is pending.
     let r = post(&s.url("round"), &bytes);
@@ -290,7 +304,7 @@ fn bad_requests_get_clear_4xx_answers() {
     };
     let r = post(&s.url("round"), &short.to_bytes(s.client.params()));
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("expected 1, got 0"), "{}", r.error());
+    assert!(r.error().contains("round reply of"), "{}", r.error());
     // A second input while a round is pending.
     let r = post(&s.url("infer"), &bytes);
     assert_eq!(r.status, 409, "{}", r.error());
@@ -303,10 +317,10 @@ fn bad_requests_get_clear_4xx_answers() {
     // The honest reply is still accepted.
     let r = post(&s.url("round"), &reply.to_bytes(s.client.params()));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    // Replaying it is not (the server moved on to round 2).
+    // Replaying it is not (the server moved on to round 2, whose reply has another size).
     let r = post(&s.url("round"), &reply.to_bytes(s.client.params()));
-    assert_eq!(r.status, 409, "{}", r.error());
-    assert!(r.error().contains("round 1"), "{}", r.error());
+    assert_eq!(r.status, 413, "{}", r.error());
+    assert!(r.error().contains("round reply of"), "{}", r.error());
 }
 
 #[test]
@@ -320,11 +334,12 @@ fn oversized_bodies_get_413() {
     let r = post(&format!("{base}/v1/sessions"), &big);
     assert_eq!(r.status, 413);
     assert!(r.error().contains("exceeds"), "{}", r.error());
+    // An unknown session is refused before its body is read.
     let r = post(
         &format!("{base}/v1/sessions/{}/infer", "ab".repeat(16)),
         &big,
     );
-    assert_eq!(r.status, 413);
+    assert_eq!(r.status, 404);
 }
 
 #[test]
@@ -335,6 +350,16 @@ fn ciphertexts_and_keys_of_other_parameters_get_400() {
     assert_ne!(foreign.params().id(), s.client.params().id());
     let input = foreign.encrypt_ids(&ids(TEXT)).unwrap();
     let r = post(&s.url("infer"), &input.to_bytes(foreign.params()));
+    assert!(matches!(r.status, 400 | 413), "{}", r.error());
+    assert!(r.error().contains("encrypted input of"), "{}", r.error());
+    // Our own input, of the exact size, claiming other parameters (header bytes 7..15).
+    let mut other_id = s
+        .client
+        .encrypt_ids(&ids(TEXT))
+        .unwrap()
+        .to_bytes(s.client.params());
+    other_id[7] ^= 1;
+    let r = post(&s.url("infer"), &other_id);
     assert_eq!(r.status, 400);
     assert!(r.error().contains("parameters"), "{}", r.error());
     // Well-formed evaluation keys of the foreign parameters (one rotation key suffices).
@@ -346,8 +371,8 @@ fn ciphertexts_and_keys_of_other_parameters_get_400() {
         galois: kg.galois_keys(&sk, &[1], false).unwrap(),
     };
     let r = post(&format!("{}/v1/sessions", s.base), &keys.to_bytes(&fparams));
-    assert_eq!(r.status, 400);
-    assert!(r.error().contains("parameters"), "{}", r.error());
+    assert!(matches!(r.status, 400 | 413), "{}", r.error());
+    assert!(r.error().contains("evaluation keys of"), "{}", r.error());
 
     // A reply of the foreign parameters to a pending round of ours.
     let req = s.start(TEXT);
@@ -357,8 +382,8 @@ fn ciphertexts_and_keys_of_other_parameters_get_400() {
         items: vec![vec![]],
     };
     let r = post(&s.url("round"), &fake.to_bytes(foreign.params()));
-    assert_eq!(r.status, 400);
-    assert!(r.error().contains("parameters"), "{}", r.error());
+    assert!(matches!(r.status, 400 | 413), "{}", r.error());
+    assert!(r.error().contains("round reply of"), "{}", r.error());
 }
 
 #[test]
@@ -412,7 +437,9 @@ fn vanished_client_is_reaped_and_others_continue() {
     let s = server.stats();
     assert_eq!((s.sessions, s.reaped), (1, 1));
     // Only the other client's keys are still held.
-    assert_eq!(s.key_bytes, 2 * other.connect_report().key_bytes);
+    let params = Parameters::new(&served().1.model.client_bundle().params).unwrap();
+    let galois = served().1.model.galois_elements(&[]).unwrap().len();
+    assert_eq!(s.key_bytes, EvaluationKeys::expanded_len(&params, galois));
     let r = post(&vanished.url("round"), b"late");
     assert_eq!(r.status, 404);
     assert!(r.error().contains("unknown session"));

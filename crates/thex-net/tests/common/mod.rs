@@ -200,12 +200,31 @@ fn finish(url: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -
     }
 }
 
-/// `POST url` with a binary body.
+/// `POST url` with a binary body (announced with `Expect: 100-continue`, so that a refusal
+/// before the body is read arrives as an answer).
 pub fn post(url: &str, body: &[u8]) -> Raw {
-    finish(url, agent().post(url).send(body))
+    post_as(url, body, None)
+}
+
+/// [`post`] with an API token.
+pub fn post_as(url: &str, body: &[u8], token: Option<&str>) -> Raw {
+    let mut r = agent().post(url).header("expect", "100-continue");
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    finish(url, r.send(body))
 }
 
 /// `GET url`.
 pub fn get(url: &str) -> Raw {
-    finish(url, agent().get(url).call())
+    get_as(url, None)
+}
+
+/// [`get`] with an API token.
+pub fn get_as(url: &str, token: Option<&str>) -> Raw {
+    let mut r = agent().get(url);
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    finish(url, r.call())
 }

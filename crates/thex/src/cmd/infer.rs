@@ -33,6 +33,13 @@ pub struct InferArgs {
     /// Print JSON: label, probabilities, logits, rounds, bytes up/down, time per phase.
     #[arg(long)]
     json: bool,
+    /// API token of a server started with --tokens.
+    #[arg(long, env = "THEX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the certificate authority an https:// server's certificate chains to
+    /// (default: the bundled Mozilla roots).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// `$XDG_CACHE_HOME/thex/client`, else `~/.cache/thex/client`.
@@ -78,8 +85,13 @@ pub fn infer(args: InferArgs) -> anyhow::Result<()> {
         },
         key_file: args.key,
         buckets: args.buckets,
+        token: args.token,
+        ca_file: args.ca,
         ..Default::default()
     };
+    if let Some(w) = thex_net::plain_http_warning(&args.server) {
+        eprintln!("{w}");
+    }
     let mut client = Client::prepare(&args.server, &options)
         .with_context(|| format!("connecting to {}", args.server))?;
     let buckets = if options.buckets.is_empty() {

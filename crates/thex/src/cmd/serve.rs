@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use thex_engine::{EngineParams, ResolvedPlan};
-use thex_net::{ServedModel, ServerHandle, ServerLimits};
+use thex_net::{ApiTokens, ServedModel, ServerConfig, ServerHandle, ServerLimits, TlsIdentity};
 
 /// Arguments of `thex serve`.
 #[derive(Debug, Args)]
@@ -45,9 +45,38 @@ pub struct ServeArgs {
     /// Largest request body in MiB (evaluation keys included).
     #[arg(long, default_value_t = ServerLimits::default().max_body_bytes >> 20)]
     max_body_mib: usize,
-    /// Most evaluation-key memory over all sessions, in MiB.
+    /// Most memory of expanded evaluation keys over all sessions, in MiB.
     #[arg(long, default_value_t = ServerLimits::default().max_key_memory >> 20)]
     max_key_mib: usize,
+    /// Threads for the homomorphic work (default: one per CPU).
+    #[arg(long, default_value_t = ServerLimits::default().compute_threads)]
+    threads: usize,
+    /// Most requests computing or waiting for a thread; more get 503.
+    #[arg(long, default_value_t = ServerLimits::default().compute_queue)]
+    compute_queue: usize,
+    /// Most open connections; more are closed at once.
+    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a request's headers (and a TLS handshake) may take.
+    #[arg(long, default_value_t = ServerLimits::default().header_timeout.as_secs())]
+    header_timeout: u64,
+    /// Slowest accepted upload, in KiB/s (a body of n bytes must arrive within the header
+    /// timeout plus n / rate).
+    #[arg(long, default_value_t = ServerLimits::default().min_upload_rate >> 10)]
+    min_upload_kib: u64,
+    /// File of API tokens, one per line (`#` comments): every route but /v1/info and
+    /// /v1/bundle then needs `Authorization: Bearer TOKEN` (thex infer --token).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Most sessions per API token.
+    #[arg(long, default_value_t = ServerLimits::default().sessions_per_client)]
+    sessions_per_token: usize,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Runs `thex serve` until the process is stopped.
@@ -116,9 +145,42 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_sessions: args.max_sessions,
         max_key_memory: args.max_key_mib << 20,
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        compute_threads: args.threads.max(1),
+        compute_queue: args.compute_queue,
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        min_upload_rate: args.min_upload_kib << 10,
+        sessions_per_client: args.sessions_per_token,
         ..ServerLimits::default()
     };
-    let server = ServerHandle::start(served, args.addr, limits)?;
+    let tokens = args
+        .tokens
+        .as_deref()
+        .map(ApiTokens::from_file)
+        .transpose()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    if tls.is_none() && !args.addr.ip().is_loopback() {
+        eprintln!(
+            "warning: plain HTTP on {}: clients' ciphertexts and session ids cross the network \
+             unencrypted and unauthenticated; serve with --tls-cert/--tls-key",
+            args.addr
+        );
+    }
+    if tokens.is_none() && !args.addr.ip().is_loopback() {
+        eprintln!(
+            "warning: no --tokens: anyone who reaches {} can open sessions",
+            args.addr
+        );
+    }
+    let config = ServerConfig {
+        limits,
+        tokens,
+        tls,
+    };
+    let server = ServerHandle::start(served, args.addr, config)?;
     // Scripts read the URL from the last line; a closed stdout must not stop the server.
     let mut out = std::io::stdout();
     let _ = writeln!(out, "bundle sha256 {bundle_hash}");
