@@ -393,7 +393,7 @@ fn hostile_traffic_leaves_the_server_up_and_within_its_limits() {
                         "POST /v1/sessions?buckets=16 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ATTACKER2}\r\nContent-Length: {}\r\n\r\n",
                         keys.len()
                     );
-                    let cut = if round % 2 == 0 { keys.len() / 2 } else { keys.len() };
+                    let cut = if round.is_multiple_of(2) { keys.len() / 2 } else { keys.len() };
                     let _ = c.write_all(head.as_bytes());
                     let _ = c.write_all(&keys[..cut]);
                     report.record("cancelled upload", if cut == keys.len() { "after the body" } else { "mid-body" });
