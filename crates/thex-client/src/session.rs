@@ -485,10 +485,12 @@ impl ClientSession {
             .par_iter()
             .enumerate()
             .map(|(i, ct)| {
-                check_request(ct, want.request).map_err(|problem| Error::BadCiphertext {
-                    what: format!("{:?}", it.kind),
-                    index: i,
-                    problem,
+                check_request(ct, want.request, self.params.max_slots()).map_err(|problem| {
+                    Error::BadCiphertext {
+                        what: format!("{:?}", it.kind),
+                        index: i,
+                        problem,
+                    }
                 })?;
                 let v = self.decrypt_slots(ct)?;
                 let w = &weights[i * slots..(i + 1) * slots];
@@ -529,11 +531,13 @@ impl ClientSession {
                     });
                 }
                 let sched = self.schedule(bucket)?;
-                check_request(&out.ct, sched.logits()).map_err(|problem| Error::BadCiphertext {
-                    what: "logits".into(),
-                    index: 0,
-                    problem,
-                })?;
+                check_request(&out.ct, sched.logits(), self.params.max_slots()).map_err(
+                    |problem| Error::BadCiphertext {
+                        what: "logits".into(),
+                        index: 0,
+                        problem,
+                    },
+                )?;
                 let v = self.decrypt_slots(&out.ct)?;
                 let layout = &sched.layouts().logits;
                 let logits: Vec<f64> = (0..self.bundle.dims.labels.len())
@@ -553,10 +557,14 @@ impl ClientSession {
     }
 }
 
-/// Checks a ciphertext from the server against the schedule: degree 1, its level and scale.
-fn check_request(ct: &Ciphertext, want: At) -> std::result::Result<(), String> {
+/// Checks a ciphertext from the server against the schedule: degree 1, every slot, its level
+/// and scale.
+fn check_request(ct: &Ciphertext, want: At, slots: usize) -> std::result::Result<(), String> {
     if ct.degree() != 1 {
         return Err(format!("degree {}", ct.degree()));
+    }
+    if ct.slots() != slots {
+        return Err(format!("{} slots, expected {slots}", ct.slots()));
     }
     if ct.level() != want.level {
         return Err(format!("level {}, expected {}", ct.level(), want.level));

@@ -1048,3 +1048,53 @@ fn message_sizes_are_exact_and_checked_before_parsing() {
     assert_eq!(srv.pending_round(), Some(1));
     assert!(srv.receive(Outgoing::Reply, &reply, limits).is_ok());
 }
+
+/// A hostile server's request off the schedule — a degree-2 ciphertext, one level lower, another
+/// scale, fewer slots — is refused before anything is decrypted, and the session with it.
+#[test]
+fn client_refuses_requests_off_the_schedule() {
+    let s = setup();
+    let (mut c, mut srv) = (client(s), server(s));
+    let params = c.params().clone();
+    let req = first_request(&mut srv, &mut c);
+    let eval = ckks::Evaluator::new(&params);
+    let ct = &req.items[0].cts[0];
+    let patched = |offset: usize, bytes: &[u8]| {
+        let mut b = ct.to_bytes(&params);
+        b[offset..offset + bytes.len()].copy_from_slice(bytes);
+        ckks::Ciphertext::from_bytes(&params, &b).unwrap()
+    };
+    // Serialized ciphertext: 15-byte header, degree + 1 (1 byte), scale (f64), slots (u32).
+    let forged = [
+        ("degree", eval.multiply(ct, ct).unwrap()),
+        ("level", {
+            // A fresh encryption one level above the request's, at its scale.
+            let sk = SecretKey::from_bytes_secret(&params, &s.sk).unwrap();
+            let pt = ckks::Encoder::new(&params)
+                .encode(&vec![0.1; params.max_slots()], ct.level() + 1, ct.scale())
+                .unwrap();
+            ckks::Decryptor::from_seed(&sk, [9; 32])
+                .encrypt_seeded(&pt)
+                .unwrap()
+                .expand(&params)
+        }),
+        ("scale", patched(16, &(ct.scale() * 2.0).to_le_bytes())),
+        (
+            "slots",
+            patched(24, &((params.max_slots() / 2) as u32).to_le_bytes()),
+        ),
+    ];
+    for (what, bad) in forged {
+        let mut forged_req = req.clone();
+        forged_req.items[0].cts[0] = bad;
+        let mut victim = client(s);
+        victim.encrypt_ids(&ids(9, 5)).unwrap();
+        match victim.answer(&forged_req) {
+            Err(Error::BadCiphertext { problem, .. }) => {
+                assert!(problem.contains(what), "{what}: {problem}")
+            }
+            other => panic!("{what}: expected BadCiphertext, got {other:?}"),
+        }
+        assert!(victim.is_refused(), "{what}");
+    }
+}
