@@ -447,13 +447,7 @@ async fn run_step(
     log.session = id.chars().take(8).collect();
     let result = async {
         let client = s.client(&headers)?;
-        let session = s.sessions.get(&id, client)?;
-        let busy = session.claim().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "session busy: another request of this session is being read or computed",
-            )
-        })?;
+        let busy = s.sessions.claim(&id, client)?;
         let len = s.expect_body(what, &headers, &message_sizes(&busy, kind)?)?;
         let bytes = read_body(body, len, s.deadline()).await?;
         log.bytes_in = bytes.len();
@@ -472,8 +466,8 @@ async fn run_step(
         let out = match out {
             Ok(out) => out?,
             Err(e) => {
-                // A panic left the session's state unknown: drop it now.
-                let _ = s.sessions.remove(&id, client);
+                // A panic left the session's state unknown (its mutex poisoned): the reaper
+                // drops it at its next pass.
                 return Err(join_error(e));
             }
         };

@@ -17,7 +17,7 @@ use thex_net::{
     TlsIdentity,
 };
 
-use common::{get, get_as, post, post_as, served};
+use common::{delete, get, get_as, post, post_as, served};
 
 fn start(config: impl Into<ServerConfig>) -> ServerHandle {
     ServerHandle::start(served().1.clone(), "127.0.0.1:0".parse().unwrap(), config).unwrap()
@@ -187,6 +187,10 @@ fn failed_requests_keep_no_session_alive_and_slow_bodies_time_out() {
     );
     s.write_all(&vec![0u8; size / 2]).unwrap();
     let t = Instant::now();
+    // Meanwhile the session is busy: it cannot be closed under the running request.
+    let session_url = format!("{}/v1/sessions/{id}", server.url());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(delete(&session_url).status, 409);
     let head = response_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(t.elapsed() < Duration::from_secs(10));

@@ -54,7 +54,7 @@ impl Session {
     }
 
     /// Marks the session busy for one request; `None` if another one holds it.
-    pub fn claim(self: &Arc<Self>) -> Option<Busy> {
+    fn claim(self: &Arc<Self>) -> Option<Busy> {
         self.busy
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
@@ -133,21 +133,36 @@ impl Sessions {
         (r.sessions.len(), r.key_bytes)
     }
 
-    /// The session `id` of `client`; another client's session is as unknown as a missing one.
-    pub fn get(&self, id: &str, client: Client) -> Result<Arc<Session>, ApiError> {
-        lock(&self.registry)
+    /// Marks session `id` of `client` busy for one request (`404` if unknown — another
+    /// client's session is as unknown as a missing one —, `409` if busy). Done under the
+    /// registry's lock, so a session cannot be removed between its lookup and its claim.
+    pub fn claim(&self, id: &str, client: Client) -> Result<Busy, ApiError> {
+        let r = lock(&self.registry);
+        let session = r
             .sessions
             .get(id)
             .filter(|s| s.owner == client)
-            .cloned()
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, unknown_session(id)))
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, unknown_session(id)))?;
+        session.claim().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "session busy: another request of this session is being read or computed",
+            )
+        })
     }
 
-    /// Removes session `id` of `client`.
+    /// Removes session `id` of `client`, unless a request of it is running (`409`): its keys
+    /// stay counted as long as they are in use.
     pub fn remove(&self, id: &str, client: Client) -> Result<Arc<Session>, ApiError> {
         let mut r = lock(&self.registry);
         match r.sessions.get(id) {
             Some(s) if s.owner == client => {
+                if s.busy.load(Ordering::Acquire) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "session busy: a request of it is running; close it afterwards",
+                    ));
+                }
                 let s = r.sessions.remove(id).expect("present");
                 release(&mut r, &s);
                 Ok(s)

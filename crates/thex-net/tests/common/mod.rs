@@ -215,6 +215,11 @@ pub fn post_as(url: &str, body: &[u8], token: Option<&str>) -> Raw {
     finish(url, r.send(body))
 }
 
+/// `DELETE url`.
+pub fn delete(url: &str) -> Raw {
+    finish(url, agent().delete(url).call())
+}
+
 /// `GET url`.
 pub fn get(url: &str) -> Raw {
     get_as(url, None)
