@@ -54,6 +54,12 @@ impl Layout {
                 value: format!("{rows}x{cols}"),
             });
         }
+        // Checked before rounding up: `next_power_of_two` wraps for rows above 2^63.
+        if rows > slots {
+            return Err(Error::Unsupported(format!(
+                "{rows} rows do not fit in {slots} slots"
+            )));
+        }
         let row_stride = rows.next_power_of_two();
         if row_stride > slots {
             return Err(Error::Unsupported(format!(
@@ -64,12 +70,17 @@ impl Layout {
         let n_cts = match order {
             ColumnOrder::Contiguous => cols.div_ceil(chunks),
             ColumnOrder::HeadInterleaved { heads, head_dim } => {
-                if heads == 0 || heads * head_dim != cols {
+                if heads == 0 || heads.checked_mul(head_dim) != Some(cols) {
                     return Err(Error::DimensionMismatch {
                         what: "heads * head_dim vs columns",
                         expected: cols,
-                        got: heads * head_dim,
+                        got: heads.saturating_mul(head_dim),
                     });
+                }
+                if heads > chunks {
+                    return Err(Error::Unsupported(format!(
+                        "{heads} heads do not fit in {chunks} chunks per ciphertext with {rows} rows"
+                    )));
                 }
                 let hp = heads.next_power_of_two();
                 if hp > chunks {
@@ -327,6 +338,22 @@ pub(crate) fn check_slots<B: SlotBackend + ?Sized>(b: &B, layout: &Layout) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_shapes_are_refused_without_wrapping() {
+        // Rows above 2^63 would round up to 0; heads × head_dim can wrap to the width.
+        assert!(Layout::new(1 << 13, (1 << 63) + 5, 8, ColumnOrder::Contiguous).is_err());
+        let wrapping = ColumnOrder::HeadInterleaved {
+            heads: 2,
+            head_dim: (1 << 63) + 4,
+        };
+        assert!(Layout::new(1 << 13, 16, 8, wrapping).is_err());
+        let many_heads = ColumnOrder::HeadInterleaved {
+            heads: (1 << 63) + 1,
+            head_dim: 1,
+        };
+        assert!(Layout::new(1 << 13, 16, (1 << 63) + 1, many_heads).is_err());
+    }
 
     #[test]
     fn pack_round_trip_all_orders() {

@@ -473,7 +473,7 @@ impl Message for ReluRequest {
             let tag = r.u8()?;
             let kind = ItemKind::from_tag(tag)
                 .ok_or_else(|| Error::Malformed(format!("unknown item kind {tag}")))?;
-            let layer = small(r.u32()?, "layer", 4096)?;
+            let layer = small(r.u32()?, "layer", crate::MAX_LAYERS)?;
             let cts = r.cts(params)?;
             items.push(ReluItem { kind, layer, cts });
         }
@@ -541,14 +541,14 @@ impl Message for EvaluationKeys {
     }
     fn read_body(r: &mut Reader<'_>, params: &Parameters) -> Result<Self> {
         let relin = RelinKey::from_bytes(params, r.blob()?)?;
-        // The ckks reader checks the key count against the remaining bytes before allocating;
-        // the message size limit bounds the rest.
-        let galois = GaloisKeys::from_bytes(params, r.blob()?)?;
-        small(
-            galois.galois_elements().len() as u32,
-            "Galois keys",
-            r.limits.max_galois_keys,
-        )?;
+        let blob = r.blob()?;
+        // The key count (after the 15-byte object header) is bounded before any key is
+        // expanded; the ckks reader checks it against the remaining bytes.
+        if let Some(count) = blob.get(15..19) {
+            let count = u32::from_le_bytes(count.try_into().expect("4 bytes"));
+            small(count, "Galois keys", r.limits.max_galois_keys)?;
+        }
+        let galois = GaloisKeys::from_bytes(params, blob)?;
         Ok(Self { relin, galois })
     }
 }
