@@ -351,3 +351,15 @@ fn plain_http_beyond_loopback_is_flagged() {
     assert!(w.contains("plain HTTP"), "{w}");
     assert!(thex_net::plain_http_warning("http://example.com/v1").is_some());
 }
+
+#[test]
+fn a_client_idle_past_the_header_timeout_opens_a_fresh_connection() {
+    let server = start(ServerLimits {
+        header_timeout: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let mut client = Client::connect(&server.url()).unwrap();
+    // The server has closed the keep-alive connection by now.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(client.infer("w7 w8").unwrap().rounds, 4 * common::LAYERS);
+}
