@@ -111,17 +111,8 @@ impl ClientBundle {
         }
         let mut b: ClientBundle = serde_json::from_slice(cur.take(len)?)
             .map_err(|e| Error::Malformed(format!("bundle header: {e}")))?;
-        let e = &b.embeddings;
-        let h = e.hidden;
-        if h == 0 {
-            return Err(bad_field("embeddings.hidden", "is 0"));
-        }
-        let words = e.vocab.checked_mul(h).ok_or_else(|| {
-            bad_field(
-                "embeddings.vocab",
-                format_args!("{} × hidden {h} overflows", e.vocab),
-            )
-        })?;
+        let h = b.embeddings.hidden;
+        let words = b.embeddings.word_values()?;
         let mut table = |field: &str, max: usize, exact: bool| -> Result<Vec<f32>> {
             let n = cur.len64()?;
             if n > max || (exact && n != max) || n % h != 0 {

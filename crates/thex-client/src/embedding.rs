@@ -149,10 +149,9 @@ impl EmbeddingTables {
         Ok(())
     }
 
-    /// Checks the shapes [`EmbeddingTables::embed`] indexes by: a positive width and
-    /// vocabulary, `vocab × hidden` word values, whole position rows (at least one), one
-    /// row of token type, gamma and beta, and a padding id inside the vocabulary.
-    pub fn check_shapes(&self) -> Result<()> {
+    /// The length of the word table, `vocab × hidden`, once both are positive and their
+    /// product does not overflow.
+    pub fn word_values(&self) -> Result<usize> {
         let h = self.hidden;
         if h == 0 {
             return Err(bad_field("embeddings.hidden", "is 0"));
@@ -160,12 +159,20 @@ impl EmbeddingTables {
         if self.vocab == 0 {
             return Err(bad_field("embeddings.vocab", "is 0"));
         }
-        let words = self.vocab.checked_mul(h).ok_or_else(|| {
+        self.vocab.checked_mul(h).ok_or_else(|| {
             bad_field(
                 "embeddings.vocab",
                 format_args!("{} × hidden {h} overflows", self.vocab),
             )
-        })?;
+        })
+    }
+
+    /// Checks the shapes [`EmbeddingTables::embed`] indexes by: a positive width and
+    /// vocabulary, `vocab × hidden` word values, whole position rows (at least one), one
+    /// row of token type, gamma and beta, and a padding id inside the vocabulary.
+    pub fn check_shapes(&self) -> Result<()> {
+        let h = self.hidden;
+        let words = self.word_values()?;
         if self.word.len() != words {
             return Err(bad_field(
                 "embeddings.word",

@@ -171,8 +171,6 @@ fn failed_requests_keep_no_session_alive_and_slow_bodies_time_out() {
         .unwrap()
         .session;
     let infer = format!("{}/v1/sessions/{id}/infer", server.url());
-    let input_len = served().1.model.client_bundle().buckets().len(); // one bucket
-    assert_eq!(input_len, 1);
     // A body that stops halfway: 408 after the grace time, the session stays free.
     let size = {
         let mut c = ClientSession::new(served().1.model.client_bundle()).unwrap();

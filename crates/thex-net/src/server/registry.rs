@@ -113,6 +113,18 @@ struct Registry {
     per_client: HashMap<Client, usize>,
 }
 
+impl Registry {
+    /// One session or reservation of `client` fewer.
+    fn uncount(&mut self, client: Client) {
+        if let Some(n) = self.per_client.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&client);
+            }
+        }
+    }
+}
+
 /// Every session of a server.
 #[derive(Debug)]
 pub(crate) struct Sessions {
@@ -126,11 +138,6 @@ impl Sessions {
             quotas,
             registry: Mutex::new(Registry::default()),
         }
-    }
-
-    pub fn stats(&self) -> (usize, usize) {
-        let r = lock(&self.registry);
-        (r.sessions.len(), r.key_bytes)
     }
 
     /// Marks session `id` of `client` busy for one request (`404` if unknown — another
@@ -235,20 +242,15 @@ impl Sessions {
     /// Snapshot of the counters the registry owns (the rest of [`ServerStats`] is the
     /// caller's).
     pub fn fill(&self, stats: &mut ServerStats) {
-        let (sessions, key_bytes) = self.stats();
-        stats.sessions = sessions;
-        stats.key_bytes = key_bytes;
+        let r = lock(&self.registry);
+        stats.sessions = r.sessions.len();
+        stats.key_bytes = r.key_bytes;
     }
 }
 
 fn release(r: &mut Registry, s: &Session) {
     r.key_bytes -= s.key_bytes;
-    if let Some(n) = r.per_client.get_mut(&s.owner) {
-        *n -= 1;
-        if *n == 0 {
-            r.per_client.remove(&s.owner);
-        }
-    }
+    r.uncount(s.owner);
 }
 
 /// A reserved session slot and key memory (see [`Sessions::reserve`]).
@@ -287,12 +289,7 @@ impl Drop for Reservation {
         let mut r = lock(&self.sessions.registry);
         r.reserved -= 1;
         r.reserved_bytes -= self.bytes;
-        if let Some(n) = r.per_client.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                r.per_client.remove(&self.client);
-            }
-        }
+        r.uncount(self.client);
     }
 }
 
