@@ -1,21 +1,13 @@
 //! `thex serve` and `thex infer --json` through the real binary, over loopback HTTP, on a
 //! small synthetic THE-X model (128-bit secure parameters, one length bucket).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use common::Server;
 use thex_model::synthetic::{SMALL, write_dir};
-
-/// The server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn thex(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_thex"))
@@ -24,42 +16,14 @@ fn thex(args: &[&str]) -> Output {
         .expect("run thex")
 }
 
-/// Starts `thex serve` on a free port with `extra` options (default: `--buckets 16`);
-/// returns the process, its URL and the bundle hash it announces.
+/// Starts `thex serve` on a free port with `extra` options (default: `--buckets 16`).
 fn serve(model: &Path, log: &Path, extra: &[&str]) -> (Server, String, String) {
     let extra = if extra.is_empty() {
         &["--buckets", "16"][..]
     } else {
         extra
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_thex"))
-        .args(["serve", "--model", model.to_str().unwrap()])
-        .args(["--addr", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start thex serve");
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let (mut url, mut hash) = (None, String::new());
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        if let Some(h) = line.strip_prefix("bundle sha256 ") {
-            hash = h.to_string();
-        }
-        if let Some(u) = line.strip_prefix("listening ") {
-            url = Some(u.to_string());
-            break;
-        }
-    }
-    let url = url.unwrap_or_else(|| {
-        panic!(
-            "thex serve did not start:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    });
-    (server, url, hash)
+    common::serve(model, log, extra)
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {

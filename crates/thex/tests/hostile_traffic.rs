@@ -10,11 +10,12 @@
 //! latency against a quiet baseline) is printed, and written as JSON to
 //! `$THEX_HOSTILE_REPORT` if set. The attack lasts `$THEX_HOSTILE_SECONDS` (default 20).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ use thex_client::{ClientBundle, ClientSession, Message, Step};
 use thex_model::synthetic::{SMALL, write_dir};
 use thex_net::{Client, ClientOptions};
 
+use common::Server;
+
 const ATTACKER: &str = "attacker-token-0123456789abcdef";
 /// A second hostile token for the key-format attacks, so that the first one's full quota
 /// does not stop them before the parser.
@@ -34,16 +37,6 @@ const MAX_SESSIONS: usize = 6;
 const PER_TOKEN: usize = 2;
 const IDLE_S: u64 = 8;
 const HEADER_S: u64 = 2;
-
-/// The server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -99,26 +92,32 @@ fn read_response(s: &mut TcpStream) -> Option<(u16, Vec<u8>)> {
     Some((status, body))
 }
 
-/// `POST path` with `Expect: 100-continue`: the body (declared as `declared` bytes, sent as
-/// `body`) goes out only if the server asks for it. Returns the final status, or `None` if
-/// the server closed the connection.
+/// `POST path` (see [`request`]); the final status, or `None` if the server closed the
+/// connection.
 fn post(addr: SocketAddr, path: &str, body: &[u8], declared: usize, token: &str) -> Option<u16> {
-    post_answer(addr, path, body, declared, token).map(|a| a.0)
+    request(addr, "POST", path, body, declared, token).map(|a| a.0)
 }
 
-/// [`post`], with the answer's body.
-fn post_answer(
+/// One request on its own connection, declaring `declared` body bytes. A body goes out with
+/// `Expect: 100-continue`, only if the server asks for it. Returns the final status and body.
+fn request(
     addr: SocketAddr,
+    method: &str,
     path: &str,
     body: &[u8],
     declared: usize,
     token: &str,
 ) -> Option<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+    let expect = if declared > 0 {
+        "Expect: 100-continue\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Length: {declared}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {declared}\r\n{expect}Connection: close\r\n\r\n"
     );
     s.write_all(head.as_bytes()).ok()?;
     let answer = read_response(&mut s)?;
@@ -163,63 +162,45 @@ fn key_layout(params: &Parameters, galois: usize) -> KeyLayout {
     KeyLayout { residues, elements }
 }
 
-/// One request on its own connection (`body` sent at once); the status and body.
-fn exchange(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ATTACKER}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).ok()?;
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let status = std::str::from_utf8(&answer[..split])
-        .ok()?
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((status, answer[split + 4..].to_vec()))
-}
-
 /// Opens a session with `keys` for bucket 16; its id.
 fn session_id(addr: SocketAddr, keys: &[u8]) -> Option<String> {
-    let (status, body) = exchange(addr, "POST", "/v1/sessions?buckets=16", keys)?;
+    let (status, body) = request(
+        addr,
+        "POST",
+        "/v1/sessions?buckets=16",
+        keys,
+        keys.len(),
+        ATTACKER,
+    )?;
     let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
     (status == 201).then(|| v["session"].as_str().map(str::to_string))?
 }
 
 fn start_server(model: &Path, log: &Path, tokens: &Path, key_mib: usize) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_thex"))
-        .args(["serve", "--model", model.to_str().unwrap()])
-        .args(["--addr", "127.0.0.1:0", "--buckets", "16,32"])
-        .args(["--tokens", tokens.to_str().unwrap()])
-        .args(["--max-sessions", &MAX_SESSIONS.to_string()])
-        .args(["--sessions-per-token", &PER_TOKEN.to_string()])
-        .args(["--max-key-mib", &key_mib.to_string()])
-        .args(["--idle-timeout", &IDLE_S.to_string()])
-        .args(["--header-timeout", &HEADER_S.to_string()])
-        .args(["--max-connections", "64", "--threads", "2"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start thex serve");
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let url = BufReader::new(stdout)
-        .lines()
-        .map_while(|l| l.ok())
-        .find_map(|l| l.strip_prefix("listening ").map(str::to_string))
-        .unwrap_or_else(|| {
-            panic!(
-                "thex serve did not start:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        });
+    let (server, url, _) = common::serve(
+        model,
+        log,
+        &[
+            "--buckets",
+            "16,32",
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--max-sessions",
+            &MAX_SESSIONS.to_string(),
+            "--sessions-per-token",
+            &PER_TOKEN.to_string(),
+            "--max-key-mib",
+            &key_mib.to_string(),
+            "--idle-timeout",
+            &IDLE_S.to_string(),
+            "--header-timeout",
+            &HEADER_S.to_string(),
+            "--max-connections",
+            "64",
+            "--threads",
+            "2",
+        ],
+    );
     (server, url)
 }
 
@@ -244,7 +225,7 @@ fn hostile_traffic_leaves_the_server_up_and_within_its_limits() {
     let bundle_probe = {
         let (server, url) = start_server(&model, &tmp.path().join("probe.log"), &tokens, 1 << 20);
         let addr: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
-        let (_, bytes) = exchange(addr, "GET", "/v1/bundle", b"").unwrap();
+        let (_, bytes) = request(addr, "GET", "/v1/bundle", b"", 0, ATTACKER).unwrap();
         drop(server);
         ClientBundle::from_bytes(&bytes).unwrap()
     };
@@ -451,7 +432,9 @@ fn hostile_traffic_leaves_the_server_up_and_within_its_limits() {
                 // A real inference: the first reply sent twice at once, then replayed; the
                 // rest answered honestly to the logits.
                 let input = client.encrypt_ids(&[2, 7, 8, 3]).unwrap().to_bytes(&params);
-                let Some((200, body)) = exchange(addr, "POST", &infer, &input) else {
+                let Some((200, body)) =
+                    request(addr, "POST", &infer, &input, input.len(), ATTACKER)
+                else {
                     report.record("attacker inference", "refused");
                     break;
                 };
@@ -460,7 +443,9 @@ fn hostile_traffic_leaves_the_server_up_and_within_its_limits() {
                 while let Step::NeedRelu(req) = &step {
                     let reply = client.answer(req).unwrap().to_bytes(&params);
                     if !first {
-                        let (status, body) = exchange(addr, "POST", &round_path, &reply).unwrap();
+                        let (status, body) =
+                            request(addr, "POST", &round_path, &reply, reply.len(), ATTACKER)
+                                .unwrap();
                         assert_eq!(status, 200);
                         step = Step::from_bytes(&params, &body, Default::default()).unwrap();
                         continue;
@@ -470,7 +455,7 @@ fn hostile_traffic_leaves_the_server_up_and_within_its_limits() {
                         .map(|_| {
                             let (path, reply) = (round_path.clone(), reply.clone());
                             std::thread::spawn(move || {
-                                post_answer(addr, &path, &reply, reply.len(), ATTACKER)
+                                request(addr, "POST", &path, &reply, reply.len(), ATTACKER)
                             })
                         })
                         .collect();
@@ -514,8 +499,8 @@ fn hostile_traffic_leaves_the_server_up_and_within_its_limits() {
     }
     let busy_n = busy.len();
     let busy_median = median(&mut busy);
-    let alive = exchange(addr, "GET", "/v1/info", b"").is_some_and(|a| a.0 == 200);
-    let stats: serde_json::Value = exchange(addr, "GET", "/v1/stats", b"")
+    let alive = request(addr, "GET", "/v1/info", b"", 0, ATTACKER).is_some_and(|a| a.0 == 200);
+    let stats: serde_json::Value = request(addr, "GET", "/v1/stats", b"", 0, ATTACKER)
         .and_then(|(_, body)| serde_json::from_slice(&body).ok())
         .unwrap_or_default();
     let mut server = server;
