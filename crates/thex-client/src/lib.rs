@@ -12,9 +12,11 @@
 //! - [`infer`]: one inference over any [`Transport`] (HTTP in `thex-net`, in-process in
 //!   `thex-engine`), with bytes and time per phase ([`Inference`]).
 //! - The wire format of every message ([`Message`]).
+//! - [`sha256_hex`]: the content address of the bundle and the tokenizer file.
 //! - [`BertTokenizer`] (from `thex-tokenizer`): the text to token ids, on the client.
 
 mod bundle;
+mod digest;
 mod driver;
 mod embedding;
 mod error;
@@ -23,13 +25,14 @@ mod session;
 mod wire;
 
 pub use bundle::{BucketPlan, ClientBundle, MAX_HEADER_BYTES};
+pub use digest::{is_sha256_hex, sha256_hex};
 pub use driver::{Answer, Exchange, Inference, Outgoing, PhaseTiming, Transport, infer};
 pub use embedding::{EmbeddingTables, MAX_LAYERS, MAX_SOFTMAX_POWER, ModelDims};
 pub use error::{Error, ErrorClass, Result};
 pub use schedule::{
     At, BucketLayouts, ItemKind, Levels, PIPELINE_DEPTH, Port, Round, RoundItem, Schedule, Segment,
 };
-pub use session::{ClientPrediction, ClientSession, prediction};
+pub use session::{ClientPrediction, ClientSession, Decrypted, prediction};
 pub use thex_tokenizer::{BertTokenizer, TokenizerError};
 pub use wire::{
     EncryptedInput, EncryptedLogits, EvaluationKeys, Message, MessageLimits, NONCE_BYTES, ReluItem,

@@ -30,6 +30,21 @@ pub struct ClientPrediction {
     pub label: String,
 }
 
+/// One request item as the client decrypted it: what a curious client learns from a round
+/// (recorded only after [`ClientSession::record_transcript`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decrypted {
+    /// The round (from 1).
+    pub round: u32,
+    /// The encoder layer.
+    pub layer: usize,
+    /// The item's kind.
+    pub kind: ItemKind,
+    /// The decrypted values, unpacked by the item's layout (`bucket × columns`; the scores in
+    /// diagonal form, see `he_linalg::attention::scores_to_heads`).
+    pub values: Matrix,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ClientState {
     Idle,
@@ -86,6 +101,7 @@ pub struct ClientSession {
     schedules: BTreeMap<usize, Schedule>,
     state: ClientState,
     randomness: Randomness,
+    transcript: Option<Vec<Decrypted>>,
 }
 
 impl std::fmt::Debug for ClientSession {
@@ -154,8 +170,24 @@ impl ClientSession {
             schedules,
             state: ClientState::Idle,
             randomness,
+            transcript: None,
             bundle,
         })
+    }
+
+    /// From now on, keeps every request item this session decrypts (see
+    /// [`ClientSession::take_transcript`]): for measuring what the rounds reveal.
+    pub fn record_transcript(&mut self) {
+        self.transcript.get_or_insert_with(Vec::new);
+    }
+
+    /// The items decrypted since the last call (empty unless
+    /// [`ClientSession::record_transcript`]).
+    pub fn take_transcript(&mut self) -> Vec<Decrypted> {
+        self.transcript
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The CKKS parameters.
@@ -424,6 +456,28 @@ impl ClientSession {
                 self.answer_item(it, want, (sched, tokens, last), batch)
             })
             .collect::<Result<Vec<_>>>()?;
+        if self.transcript.is_some() {
+            let decrypted = req
+                .items
+                .iter()
+                .map(|it| {
+                    let slots = it
+                        .cts
+                        .iter()
+                        .map(|ct| self.decrypt_slots(ct))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Decrypted {
+                        round: req.round,
+                        layer,
+                        kind: it.kind,
+                        values: it.kind.layout(sched.layouts()).unpack(&slots)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.transcript
+                .get_or_insert_with(Vec::new)
+                .extend(decrypted);
+        }
         self.state = ClientState::Running {
             bucket,
             tokens,

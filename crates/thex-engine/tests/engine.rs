@@ -596,10 +596,10 @@ fn client_bundle_round_trips_and_rejects_corruption() {
     let back = ClientBundle::from_bytes(&bytes).unwrap();
     assert_eq!(back, s.bundle);
     assert_eq!(
-        thex_model::sha256_hex(&bytes),
-        thex_model::sha256_hex(&back.to_bytes())
+        thex_client::sha256_hex(&bytes),
+        thex_client::sha256_hex(&back.to_bytes())
     );
-    assert_eq!(thex_model::sha256_hex(&bytes).len(), 64);
+    assert_eq!(thex_client::sha256_hex(&bytes).len(), 64);
     // The bundle's plan is the server's: the client generates exactly the planned keys.
     assert_eq!(
         s.keys.galois.galois_elements().len(),

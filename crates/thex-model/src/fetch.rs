@@ -341,11 +341,6 @@ pub fn verify_dir(
     }
 }
 
-/// The SHA-256 of `bytes`, as 64 lowercase hex digits.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// sha256 of a file as lowercase hex, reporting progress.
 pub fn sha256_file(
     path: &Path,

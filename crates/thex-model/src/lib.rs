@@ -45,7 +45,6 @@ pub mod bert;
 pub mod config;
 pub mod error;
 pub mod fetch;
-pub use fetch::sha256_hex;
 pub mod layers;
 pub mod model_dir;
 pub mod pipeline;

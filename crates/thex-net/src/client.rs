@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use ckks::{Parameters, SecretKey};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use thex_client::{
-    Answer, BertTokenizer, ClientBundle, ClientSession, Inference, Message, MessageLimits,
-    Outgoing, Transport, infer,
+    Answer, BertTokenizer, ClientBundle, ClientSession, Decrypted, Inference, Message,
+    MessageLimits, Outgoing, Transport, infer, is_sha256_hex, sha256_hex,
 };
 use ureq::Agent;
 use ureq::http::Response;
@@ -138,11 +137,6 @@ pub struct ConnectReport {
     pub keygen_seconds: f64,
     /// Seconds to upload them and have the server load them.
     pub upload_seconds: f64,
-}
-
-/// Whether `s` is a SHA-256 in lowercase hex.
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Reads a response body of at most `limit` bytes.
@@ -321,7 +315,6 @@ impl Http {
         expected: &str,
         cache: Option<&Path>,
     ) -> Result<(Vec<u8>, bool)> {
-        let sha256_hex = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
         if let Some(file) = cache
             && let Ok(bytes) = std::fs::read(file)
             && sha256_hex(&bytes) == expected
@@ -589,6 +582,22 @@ impl Client {
         &self.session[..8.min(self.session.len())]
     }
 
+    /// The bundle the server published (parameters, shapes, buckets, embedding tables).
+    pub fn bundle(&self) -> &ClientBundle {
+        self.engine.bundle()
+    }
+
+    /// From now on, keeps what this client decrypts in every round
+    /// ([`ClientSession::record_transcript`]).
+    pub fn record_transcript(&mut self) {
+        self.engine.record_transcript();
+    }
+
+    /// What this client decrypted since the last call ([`ClientSession::take_transcript`]).
+    pub fn take_transcript(&mut self) -> Vec<Decrypted> {
+        self.engine.take_transcript()
+    }
+
     /// The label names of the model.
     pub fn labels(&self) -> &[String] {
         &self.engine.bundle().dims.labels
@@ -636,26 +645,5 @@ impl Client {
             session: &self.session,
         };
         infer(&mut self.engine, &mut transport, ids, on_round)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_sha256_hex_names_a_cache_file() {
-        assert!(is_sha256_hex(&"0123456789abcdef".repeat(4)));
-        for bad in [
-            "",
-            "../../etc/passwd",
-            &"a".repeat(63),
-            &"a".repeat(65),
-            &"A".repeat(64),
-            &format!("{}/", "a".repeat(63)),
-            &format!("{}é", "a".repeat(62)),
-        ] {
-            assert!(!is_sha256_hex(bad), "{bad}");
-        }
     }
 }

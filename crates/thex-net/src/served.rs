@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use thex_client::sha256_hex;
 use thex_engine::{EngineParams, ResolvedPlan, ServerModel};
-use thex_model::{LoadOptions, LoadedModel, load_model_dir, sha256_hex};
+use thex_model::{LoadOptions, LoadedModel, load_model_dir};
 
 use crate::api::{TokenizerInfo, TokenizerKind};
 use crate::error::{NetError, Result};
