@@ -587,6 +587,11 @@ impl Client {
         self.engine.bundle()
     }
 
+    /// The server's tokenizer.
+    pub fn tokenizer(&self) -> &BertTokenizer {
+        &self.tokenizer
+    }
+
     /// From now on, keeps what this client decrypts in every round
     /// ([`ClientSession::record_transcript`]).
     pub fn record_transcript(&mut self) {

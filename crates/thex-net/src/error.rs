@@ -74,7 +74,7 @@ pub enum NetError {
     #[error("engine: {0}")]
     Engine(#[from] thex_engine::EngineError),
     /// Error of the client session or of a message (malformed, out of order, out of range).
-    #[error("{0}")]
+    #[error(transparent)]
     Client(#[from] thex_client::Error),
     /// The server's tokenizer file cannot be used.
     #[error("tokenizer: {0}")]

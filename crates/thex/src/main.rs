@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod attack;
 mod cmd;
 mod default_model;
 mod encrypted_eval;
@@ -37,6 +38,9 @@ enum Command {
     /// Benchmarks with medians and ratios against a baseline run in the same process or script.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Attacks on a running server that measure what the protocol reveals to a client.
+    #[command(subcommand)]
+    Attack(cmd::attack::AttackCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Infer(a) => cmd::infer::infer(a),
         Command::Demo(a) => cmd::demo::demo(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Attack(c) => cmd::attack::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per top-level subcommand; each only parses arguments and formats output.
 
+pub mod attack;
 pub mod bench;
 pub mod bench_e2e;
 pub mod demo;

@@ -33,6 +33,19 @@ pub enum ModelCommand {
     },
     /// List the models `thex model fetch --name` knows.
     List,
+    /// Write a THE-X model of random weights in a benchmark shape (for tests, benchmarks and
+    /// attacks on a shape without its trained weights).
+    Synthetic {
+        /// `bert-tiny` (2 layers, hidden 128, 2 heads) or `small` (2 layers, hidden 32).
+        #[arg(long, value_parser = ["bert-tiny", "small"])]
+        shape: String,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory to write.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs a `thex model` subcommand.
@@ -72,6 +85,16 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
                 );
                 println!("{}", outcome.dir.display());
             }
+            Ok(())
+        }
+        ModelCommand::Synthetic { shape, seed, dir } => {
+            let shape = match shape.as_str() {
+                "bert-tiny" => thex_model::synthetic::BERT_TINY,
+                _ => thex_model::synthetic::SMALL,
+            };
+            thex_model::synthetic::write_dir(shape, seed, &dir)
+                .with_context(|| format!("writing {}", dir.display()))?;
+            println!("{}", dir.display());
             Ok(())
         }
         ModelCommand::List => {
