@@ -1,5 +1,6 @@
-//! `thex attack extract` against a real `thex serve` on a small synthetic model: the paper's
-//! rounds give the client layer 1's weights (the model from `thex model synthetic`).
+//! `thex attack extract` against a real `thex serve` on a small synthetic model (from `thex
+//! model synthetic`): the paper's rounds give the client every layer's FFN input map and
+//! layer 1's attention forms.
 
 mod common;
 
@@ -62,14 +63,17 @@ fn extraction_recovers_layer_one_from_the_thex_rounds() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    for name in ["W1", "b1", "Tw1", "Tb1"] {
-        assert_eq!(
-            names.iter().filter(|n| **n == name).count(),
-            1,
-            "{name}: {names:?}"
-        );
+    let count = |name: &str| names.iter().filter(|n| **n == name).count();
+    // The FFN input map of every layer, the rest of layer 1.
+    for (name, n) in [
+        ("W1", SMALL.layers),
+        ("b1", SMALL.layers),
+        ("Tw1", 1),
+        ("Tb1", 1),
+        ("WqWkT", SMALL.heads),
+    ] {
+        assert_eq!(count(name), n, "{name}: {names:?}");
     }
-    assert_eq!(names.iter().filter(|n| **n == "WqWkT").count(), SMALL.heads);
     for m in matrices {
         let err = m["relative_error"].as_f64().unwrap();
         assert!(

@@ -3,14 +3,17 @@
 //!
 //! Inputs carry a trailing 1 (so biases are fitted with the weights). Only the span of the
 //! observed inputs is identifiable (layer-1 inputs are LayerNorm outputs, which lie in a
-//! hyperplane): every fit returns the component on that span, and [`Whitening::project`]
-//! gives the same component of a reference matrix for comparison.
+//! hyperplane): the bilinear fit returns the component on that span, orthogonal to the rest.
 
 use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 
-/// Eigenvalues below this fraction of the largest are treated as outside the inputs' span.
+/// Eigenvalues below this fraction of the largest are treated as outside the inputs' span
+/// (the LayerNorm hyperplane of layer inputs holds to single precision, not exactly).
 const RANK_TOLERANCE: f64 = 1e-9;
+/// The same for the column-scaled inputs of a linear fit: only numerically null directions are
+/// dropped, since a well-scaled residual stream can still be strongly correlated.
+const LINEAR_RANK_TOLERANCE: f64 = 1e-13;
 
 /// Maps inputs `x` (`N × p`) to coordinates where their second moment is the identity on
 /// their span: `x' = x·W` with `W = V_k Λ_k^{-1/2}` (`p × k`).
@@ -26,6 +29,11 @@ pub struct Whitening {
 impl Whitening {
     /// From the rows of `x` (`N × p`, `f64`).
     pub fn of(x: &Tensor) -> Result<Self> {
+        Self::with_tolerance(x, RANK_TOLERANCE)
+    }
+
+    /// From the rows of `x`, dropping eigenvalues below `tolerance` times the largest.
+    fn with_tolerance(x: &Tensor, tolerance: f64) -> Result<Self> {
         let (n, p) = x.dims2()?;
         if n == 0 {
             bail!("no observations to fit");
@@ -33,9 +41,7 @@ impl Whitening {
         let gram = (x.t()?.matmul(x)? / n as f64)?;
         let (values, vectors) = symmetric_eigen(&gram.to_vec2::<f64>()?);
         let max = values.iter().copied().fold(0f64, f64::max);
-        let keep: Vec<usize> = (0..p)
-            .filter(|&i| values[i] > RANK_TOLERANCE * max)
-            .collect();
+        let keep: Vec<usize> = (0..p).filter(|&i| values[i] > tolerance * max).collect();
         if keep.is_empty() {
             bail!("the inputs are all zero");
         }
@@ -64,14 +70,21 @@ impl Whitening {
     }
 }
 
-/// The least-squares `B` (`p × c`) with `U ≈ X·B`, on the span of the rows of `X`.
+/// The least-squares `B` (`p × c`) with `U ≈ X·B`. The columns of `X` are scaled to unit RMS
+/// first, so the rank test compares directions rather than units (a residual stream of
+/// magnitude 1e5 next to the bias input 1 is well determined, not rank-deficient); where `X`
+/// is rank-deficient, `B` is the minimum-norm solution in those scaled coordinates.
 pub fn fit_linear(x: &Tensor, u: &Tensor) -> Result<Tensor> {
-    let white = Whitening::of(x)?;
-    let xw = white.apply(x)?;
     let n = x.dims2()?.0 as f64;
+    let rms = (x.sqr()?.sum_keepdim(0)? / n)?.sqrt()?;
+    // An all-zero column carries nothing: leave it unscaled.
+    let rms = rms.maximum(f64::MIN_POSITIVE)?;
+    let scaled = x.broadcast_div(&rms)?;
+    let white = Whitening::with_tolerance(&scaled, LINEAR_RANK_TOLERANCE)?;
+    let xw = white.apply(&scaled)?;
     // The whitened Gram matrix is N·I, so the normal equations solve in one product.
     let coef = (xw.t()?.matmul(u)? / n)?;
-    Ok(white.w.matmul(&coef)?)
+    Ok(white.w.matmul(&coef)?.broadcast_div(&rms.t()?)?)
 }
 
 /// How a bilinear fit converged.
@@ -298,18 +311,42 @@ mod tests {
     }
 
     #[test]
-    fn linear_fit_recovers_the_map_on_the_inputs_span() {
+    fn linear_fit_reproduces_the_map_on_the_inputs_span() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let x = hyperplane_rows(&mut rng, 200, 12);
         let b = random(&mut rng, &[13, 5]);
         let u = x.matmul(&b).unwrap();
         let fitted = fit_linear(&x, &u).unwrap();
-        let white = Whitening::of(&x).unwrap();
-        assert_eq!(white.rank(), 12, "one direction is outside the hyperplane");
-        let want = white.project(&b).unwrap();
-        assert!(relative_error(&fitted, &want).unwrap() < 1e-9);
+        assert_eq!(
+            Whitening::of(&x).unwrap().rank(),
+            12,
+            "one direction is outside the hyperplane"
+        );
+        assert!(relative_error(&x.matmul(&fitted).unwrap(), &u).unwrap() < 1e-9);
         // The whole map is not identifiable, and the fit does not pretend it is.
         assert!(relative_error(&fitted, &b).unwrap() > 1e-3);
+    }
+
+    #[test]
+    fn linear_fit_recovers_a_bias_next_to_large_inputs() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let (rows, dim) = (300, 10);
+        let data: Vec<f64> = (0..rows)
+            .flat_map(|_| {
+                let mut r: Vec<f64> = (0..dim).map(|_| 1e8 * rng.gen_range(-1.0..1.0)).collect();
+                r.push(1.0);
+                r
+            })
+            .collect();
+        let x = Tensor::from_vec(data, (rows, dim + 1), &Device::Cpu).unwrap();
+        // Unscaled, the bias input falls below the rank tolerance.
+        assert!(Whitening::of(&x).unwrap().rank() < dim + 1);
+        let b = random(&mut rng, &[dim + 1, 4]);
+        let u = x.matmul(&b).unwrap();
+        let fitted = fit_linear(&x, &u).unwrap();
+        let bias = |m: &Tensor| m.narrow(0, dim, 1).unwrap();
+        assert!(relative_error(&bias(&fitted), &bias(&b)).unwrap() < 1e-6);
+        assert!(relative_error(&fitted, &b).unwrap() < 1e-6);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! From each query the client knows its layer input `X` and decrypts, in layer 1, the scores
 //! `y = c·Q·Kᵀ + shift` (public `c`, `shift`), the reciprocal network's `z₁ = s·w + b` (the row
 //! sums `s` of its own softmax reply), and `S₁` with `u = S₁·W₁ + b₁` (LayerNorm folded into
-//! `W₁`, `b₁`). Least squares then gives `W₁`/`b₁`, the reciprocal network's first layer and,
-//! per head, the bilinear form `[W_Q; b_Q]·[W_K; b_K]ᵀ` of the scores.
+//! `W₁`, `b₁`; every layer has this round). Least squares then gives `W₁`/`b₁` of every layer,
+//! the reciprocal network's first layer and, per head of layer 1, the bilinear form
+//! `[W_Q; b_Q]·[W_K; b_K]ᵀ` of the scores.
 //!
 //! Errors are measured against the model's matrices, except for the one direction no input
 //! reaches: layer-1 inputs are LayerNorm outputs, which lie in a hyperplane, so the score
@@ -55,37 +56,40 @@ pub struct Extraction {
     pub bilinear: Convergence,
 }
 
-/// Fits every matrix layer 1 reveals from `obs` and compares it with `truth`.
+/// Fits every matrix the observations reveal and compares it with `truth`.
 pub fn extract(obs: &[Observation], dims: &ModelDims, truth: &Reference) -> Result<Extraction> {
     if obs.is_empty() {
         bail!("no queries to fit");
     }
     let mut matrices = Vec::new();
-    let mut push = |name, head, relative_error| {
+    let mut push = |name, layer, head, relative_error| {
         matrices.push(Recovered {
             name,
-            layer: 0,
+            layer,
             head,
             relative_error,
         })
     };
 
-    // FFN input: u = S₁·W₁ + b₁.
-    let s1 = stack_rows(&obs.iter().map(|o| &o.s1).collect::<Vec<_>>())?;
-    let u = stack_rows(&obs.iter().map(|o| &o.u).collect::<Vec<_>>())?;
-    let got = fit_linear(&s1, &u)?;
-    let want = &truth.ffn;
+    // FFN input of every layer: u = S₁·W₁ + b₁.
     let h = dims.hidden;
-    push(
-        "W1",
-        None,
-        relative_error(&got.narrow(0, 0, h)?, &want.narrow(0, 0, h)?)?,
-    );
-    push(
-        "b1",
-        None,
-        relative_error(&got.narrow(0, h, 1)?, &want.narrow(0, h, 1)?)?,
-    );
+    for (layer, want) in truth.ffn.iter().enumerate() {
+        let s1 = stack_rows(&obs.iter().map(|o| &o.ffn[layer].0).collect::<Vec<_>>())?;
+        let u = stack_rows(&obs.iter().map(|o| &o.ffn[layer].1).collect::<Vec<_>>())?;
+        let got = fit_linear(&s1, &u)?;
+        push(
+            "W1",
+            layer,
+            None,
+            relative_error(&got.narrow(0, 0, h)?, &want.narrow(0, 0, h)?)?,
+        );
+        push(
+            "b1",
+            layer,
+            None,
+            relative_error(&got.narrow(0, h, 1)?, &want.narrow(0, h, 1)?)?,
+        );
+    }
 
     // Reciprocal network: z₁[t, head·t + k] = s[t, head]·w[k] + b[k].
     let t = dims.reciprocal_hidden;
@@ -106,11 +110,13 @@ pub fn extract(obs: &[Observation], dims: &ModelDims, truth: &Reference) -> Resu
     let want = &truth.reciprocal;
     push(
         "Tw1",
+        0,
         None,
         relative_error(&got.narrow(0, 0, 1)?, &want.narrow(0, 0, 1)?)?,
     );
     push(
         "Tb1",
+        0,
         None,
         relative_error(&got.narrow(0, 1, 1)?, &want.narrow(0, 1, 1)?)?,
     );
@@ -140,7 +146,12 @@ pub fn extract(obs: &[Observation], dims: &ModelDims, truth: &Reference) -> Resu
     let (q, n, p) = x.dims3()?;
     let span = Whitening::of(&x.reshape((q * n, p))?)?;
     for (head, want) in truth.scores.iter().enumerate() {
-        push("WqWkT", Some(head), relative_error(&got.get(head)?, want)?);
+        push(
+            "WqWkT",
+            0,
+            Some(head),
+            relative_error(&got.get(head)?, want)?,
+        );
     }
     Ok(Extraction {
         matrices,

@@ -7,7 +7,8 @@ use he_linalg::Matrix;
 use he_linalg::attention::scores_to_heads;
 use thex_client::{BucketLayouts, ClientBundle, Decrypted, ItemKind};
 
-/// Layer 1 (index 0) of one query, every row of the bucket real (the attack fills it).
+/// What one query reveals: layer 1 (index 0) in full, and the FFN input of every layer;
+/// every row of the bucket is real (the attack fills it).
 #[derive(Debug, Clone)]
 pub struct Observation {
     /// The layer input the client encrypted, with a trailing 1 (`n × (hidden + 1)`).
@@ -18,10 +19,9 @@ pub struct Observation {
     pub row_sums: Matrix,
     /// The reciprocal network's first pre-activations (`n × heads·t`, head-interleaved).
     pub z1: Matrix,
-    /// The residual stream after attention, with a trailing 1 (`n × (hidden + 1)`).
-    pub s1: Matrix,
-    /// The FFN pre-activations (`n × ffn`).
-    pub u: Matrix,
+    /// Per layer, the residual stream after attention with a trailing 1 (`n × (hidden + 1)`)
+    /// and the FFN pre-activations (`n × ffn`).
+    pub ffn: Vec<(Matrix, Matrix)>,
 }
 
 /// Appends a column of ones.
@@ -42,13 +42,14 @@ pub fn observe(
     if ids.len() != layouts.bucket {
         bail!("{} ids for bucket {}", ids.len(), layouts.bucket);
     }
-    let item = |kind: ItemKind| -> Result<&Matrix> {
+    let item_of = |layer: usize, kind: ItemKind| -> Result<&Matrix> {
         transcript
             .iter()
-            .find(|d| d.layer == 0 && d.kind == kind)
+            .find(|d| d.layer == layer && d.kind == kind)
             .map(|d| &d.values)
-            .with_context(|| format!("the transcript has no {kind:?} of layer 0"))
+            .with_context(|| format!("the transcript has no {kind:?} of layer {layer}"))
     };
+    let item = |kind| item_of(0, kind);
     let x = bundle.embeddings.embed(ids)?;
     let factor = dims.softmax_scale / (dims.head_dim as f64).sqrt();
     let raw = scores_to_heads(&layouts.scores, item(ItemKind::Softmax)?)?;
@@ -67,8 +68,14 @@ pub fn observe(
         scores,
         row_sums,
         z1: item(ItemKind::ReciprocalHidden1)?.clone(),
-        s1: with_ones(item(ItemKind::Residual)?),
-        u: item(ItemKind::Ffn)?.clone(),
+        ffn: (0..dims.layers)
+            .map(|l| {
+                Ok((
+                    with_ones(item_of(l, ItemKind::Residual)?),
+                    item_of(l, ItemKind::Ffn)?.clone(),
+                ))
+            })
+            .collect::<Result<_>>()?,
     })
 }
 

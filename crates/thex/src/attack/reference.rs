@@ -6,11 +6,11 @@ use he_linalg::Matrix;
 use thex_client::EmbeddingTables;
 use thex_engine::ModelWeights;
 
-/// Layer 1's matrices in the form the rounds reveal them, inputs with a trailing 1.
+/// The matrices in the form the rounds reveal them, inputs with a trailing 1.
 #[derive(Debug, Clone)]
 pub struct Reference {
-    /// `[diag(γ₁)·W₁; β₁·W₁ + b₁]` (`(hidden + 1) × ffn`).
-    pub ffn: Tensor,
+    /// Per layer, `[diag(γ₁)·W₁; β₁·W₁ + b₁]` (`(hidden + 1) × ffn`).
+    pub ffn: Vec<Tensor>,
     /// The reciprocal network's first layer `[w; b]` (`2 × t`).
     pub reciprocal: Tensor,
     /// Per head, `[W_Q; b_Q]·[W_K; b_K]ᵀ` of the head's columns, on the span of the layer's
@@ -59,10 +59,17 @@ impl Reference {
         };
         let d = &w.dims;
         let (h, f) = (d.hidden, d.ffn);
-        let w1 = Matrix::from_fn(h, f, |i, j| l.ln1_gamma[i] * l.w1.get(i, j));
-        let b1: Vec<f64> = (0..f)
-            .map(|j| l.b1[j] + (0..h).map(|i| l.ln1_beta[i] * l.w1.get(i, j)).sum::<f64>())
-            .collect();
+        let ffn = w
+            .layers
+            .iter()
+            .map(|l| {
+                let w1 = Matrix::from_fn(h, f, |i, j| l.ln1_gamma[i] * l.w1.get(i, j));
+                let b1: Vec<f64> = (0..f)
+                    .map(|j| l.b1[j] + (0..h).map(|i| l.ln1_beta[i] * l.w1.get(i, j)).sum::<f64>())
+                    .collect();
+                with_bias_row(&w1, &b1)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let r = &w.reciprocal;
         let reciprocal = Tensor::from_vec(
             r.w1.iter().chain(&r.b1).copied().collect::<Vec<_>>(),
@@ -80,7 +87,7 @@ impl Reference {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            ffn: with_bias_row(&w1, &b1)?,
+            ffn,
             reciprocal,
             scores,
         })
