@@ -9,7 +9,7 @@ use std::process::Command;
 use thex_model::synthetic::SMALL;
 
 #[test]
-fn extraction_recovers_layer_one_from_the_thex_rounds() {
+fn extraction_recovers_the_weights_from_the_thex_rounds() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     let out = Command::new(env!("CARGO_BIN_EXE_thex"))

@@ -77,7 +77,7 @@ impl Whitening {
 pub fn fit_linear(x: &Tensor, u: &Tensor) -> Result<Tensor> {
     let n = x.dims2()?.0 as f64;
     let rms = (x.sqr()?.sum_keepdim(0)? / n)?.sqrt()?;
-    // An all-zero column carries nothing: leave it unscaled.
+    // An all-zero column stays zero (and is dropped by the rank test).
     let rms = rms.maximum(f64::MIN_POSITIVE)?;
     let scaled = x.broadcast_div(&rms)?;
     let white = Whitening::with_tolerance(&scaled, LINEAR_RANK_TOLERANCE)?;
