@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::embedding::{EmbeddingTables, ModelDims};
 use crate::error::{Error, Result};
-use crate::schedule::Schedule;
+use crate::schedule::{Rounds, Schedule};
 use crate::wire::{Cursor, MessageLimits};
 
 /// Summary of one compiled bucket (for reports and the client bundle).
@@ -29,7 +29,8 @@ pub struct BucketPlan {
     /// every layer shares counted once; what pre-encoding keeps in memory).
     #[serde(default)]
     pub weight_bytes: usize,
-    /// Ciphertexts in each round's request (the same count goes back up), round by round.
+    /// Ciphertexts in each round's request, round by round (the reply carries as many, or
+    /// twice as many for the ReLU items of blinded rounds).
     pub round_ciphertexts: Vec<usize>,
     /// How attention · V is masked; sets the layer input level (see [`Schedule`]).
     pub attention_values: AvMasking,
@@ -43,6 +44,8 @@ pub struct ClientBundle {
     pub params: ParametersLiteral,
     /// Scale of every ciphertext the client decrypts.
     pub request_scale: f64,
+    /// Whether the server blinds the rounds (the client's reply has two parts per ReLU item).
+    pub rounds: Rounds,
     /// Model shapes and softmax constants.
     pub dims: ModelDims,
     /// Per length bucket: Galois steps and round sizes.
@@ -54,7 +57,7 @@ pub struct ClientBundle {
 /// Magic of a serialized client bundle.
 pub const BUNDLE_MAGIC: [u8; 4] = *b"THXB";
 /// Version of the client bundle format.
-pub const BUNDLE_VERSION: u16 = 3;
+pub const BUNDLE_VERSION: u16 = 4;
 /// Largest JSON header a client reads (real ones take a few kilobytes).
 pub const MAX_HEADER_BYTES: usize = 1 << 20;
 
@@ -230,11 +233,22 @@ impl ClientBundle {
             // Every layer has the same round sizes: the first layer's are compared with each
             // layer's without building every round (up to 4 × 4096 of them). Each layout
             // holds at most `max_ciphertexts` (see `BucketLayouts::new`): no sum overflows.
-            let per_layer: Vec<usize> = (1..=(sched.n_rounds() / sched.layers()) as u32)
+            let rounds: Vec<_> = (1..=(sched.n_rounds() / sched.layers()) as u32)
                 .filter_map(|n| sched.round(n))
+                .collect();
+            let per_layer: Vec<usize> = rounds
+                .iter()
                 .map(|r| r.items.iter().map(|it| it.ciphertexts).sum())
                 .collect();
-            if let Some(n) = per_layer.iter().find(|&&n| n > limits.max_ciphertexts) {
+            let replies = rounds
+                .iter()
+                .map(|r| r.items.iter().map(|it| it.reply_ciphertexts).sum());
+            if let Some(n) = per_layer
+                .iter()
+                .copied()
+                .chain(replies)
+                .find(|&n| n > limits.max_ciphertexts)
+            {
                 return Err(bad_field(
                     "dims.ffn",
                     format_args!(
@@ -295,6 +309,11 @@ impl ClientBundle {
     /// The schedule of a compiled bucket under the bundle's (validated) parameters.
     pub fn schedule(&self, params: &Parameters, bucket: usize) -> Result<Schedule> {
         let masking = self.plan(bucket)?.attention_values;
-        Schedule::for_params(&self.dims, params, (bucket, masking), self.request_scale)
+        Schedule::for_params(
+            &self.dims,
+            params,
+            (bucket, masking, self.rounds),
+            self.request_scale,
+        )
     }
 }

@@ -30,7 +30,8 @@ pub use driver::{Answer, Exchange, Inference, Outgoing, PhaseTiming, Transport, 
 pub use embedding::{EmbeddingTables, MAX_LAYERS, MAX_SOFTMAX_POWER, ModelDims};
 pub use error::{Error, ErrorClass, Result};
 pub use schedule::{
-    At, BucketLayouts, ItemKind, Levels, PIPELINE_DEPTH, Port, Round, RoundItem, Schedule, Segment,
+    At, BucketLayouts, ItemKind, Levels, PIPELINE_DEPTH, Port, Round, RoundItem, Rounds, Schedule,
+    Segment,
 };
 pub use session::{ClientPrediction, ClientSession, Decrypted, prediction};
 pub use thex_tokenizer::{BertTokenizer, TokenizerError};

@@ -17,6 +17,13 @@
 //!
 //! The input level depends on how attention · V is masked ([`AvMasking`]): `L - 2` when the
 //! weights are split by rows, `L - 1` when V is token-masked (V then meets `P` at its level).
+//!
+//! With [`Rounds::Blinded`] the server multiplies every request item by its own random sign and
+//! magnitude per slot before the client decrypts it, and divides them out of the reply: one
+//! level each way ([`Levels::blinding`]). The table above then reads with `L` the level after
+//! unblinding and `D` the level request items leave the segments at ([`Levels::items`]); the
+//! chain has two more primes, the client decrypts one level below `D` and its fresh replies
+//! sit one level above the ones named above.
 
 use he_linalg::attention::{AvMasking, scores_layout};
 use he_linalg::{ColumnOrder, Layout};
@@ -25,6 +32,55 @@ use serde::{Deserialize, Serialize};
 use crate::embedding::ModelDims;
 use crate::error::{Error, Result};
 use crate::wire::MessageLimits;
+
+/// How the server protects what the client decrypts in the rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rounds {
+    /// THE-X's rounds: the client decrypts the activations themselves.
+    Thex,
+    /// Every value the client decrypts carries a random sign and magnitude the server drew
+    /// for that request and slot; for ReLU items the client returns `f(v')` and `f(-v')` and
+    /// the server selects and unblinds them, so the client never sees an activation's sign.
+    #[default]
+    Blinded,
+}
+
+impl Rounds {
+    /// Levels blinding costs on each side of a round (one to blind, one to unblind).
+    pub fn blinding_levels(self) -> usize {
+        match self {
+            Rounds::Thex => 0,
+            Rounds::Blinded => 1,
+        }
+    }
+
+    /// Levels of the chain above the decrypt level: [`PIPELINE_DEPTH`] plus the blinding's.
+    pub fn depth(self) -> usize {
+        PIPELINE_DEPTH + 2 * self.blinding_levels()
+    }
+
+    /// The word the CLI and the JSON reports use (`thex`, `blinded`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounds::Thex => "thex",
+            Rounds::Blinded => "blinded",
+        }
+    }
+}
+
+impl std::str::FromStr for Rounds {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "thex" => Ok(Rounds::Thex),
+            "blinded" => Ok(Rounds::Blinded),
+            other => Err(Error::Config(format!(
+                "rounds {other:?}: expected \"blinded\" or \"thex\""
+            ))),
+        }
+    }
+}
 
 /// Levels the program consumes between two client rounds in the worst segment
 /// (`attention_ffn_in`: `T`'s output layer, `e ⊙ T`, attention · V (2), the output projection
@@ -163,6 +219,11 @@ impl ItemKind {
             _ => return None,
         })
     }
+    /// Whether the client's function zeroes negative values (every item but the residual
+    /// refresh): under [`Rounds::Blinded`] the reply then has two parts, `f(v')` and `f(-v')`.
+    pub fn is_relu(self) -> bool {
+        !matches!(self, ItemKind::Residual)
+    }
     /// The layout of this item's ciphertexts.
     pub fn layout(self, l: &BucketLayouts) -> &Layout {
         match self {
@@ -194,13 +255,13 @@ pub struct At {
 /// The named levels of one bucket's program (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Levels {
-    /// Fresh replies that feed the deep segments (`e`, `h₂`): the top level `L`.
+    /// Fresh replies that feed the deep segments (`e`, `h₂`) after unblinding: `L`.
     pub top: usize,
     /// Every layer's input `X` (the client's input too).
     pub input: usize,
     /// Q, K and V where the projections leave them.
     pub qkv: usize,
-    /// Q and K where Q·Kᵀ takes them (three levels above [`Levels::decrypt`]).
+    /// Q and K where Q·Kᵀ takes them (three levels above [`Levels::items`]).
     pub qk: usize,
     /// `P = e ⊙ T(s)`, where attention · V takes it.
     pub probs: usize,
@@ -210,48 +271,64 @@ pub struct Levels {
     pub context: usize,
     /// The residual stream `S₁` (the FFN input projection's input).
     pub residual: usize,
-    /// Every ciphertext the client decrypts.
+    /// Where the segments leave every request item, and the logits.
+    pub items: usize,
+    /// Every ciphertext the client decrypts ([`Levels::items`] less the blinding).
     pub decrypt: usize,
-    /// The reciprocal network's first hidden ReLU reply (one map before a decryption).
+    /// The reciprocal network's first hidden ReLU reply after unblinding (one map before a
+    /// decryption).
     pub reciprocal_reply: usize,
-    /// FFN and residual replies of every layer but the last (the output projection to the
-    /// next layer's input, one level above it).
+    /// FFN and residual replies of every layer but the last after unblinding (the output
+    /// projection to the next layer's input, one level above it).
     pub ffn_reply: usize,
-    /// FFN and residual replies of the last layer (one map before the logits).
+    /// FFN and residual replies of the last layer after unblinding (one map before the
+    /// logits).
     pub last_reply: usize,
+    /// Levels the blinding takes on each side of a round ([`Rounds::blinding_levels`]): the
+    /// client's fresh replies sit this much above the reply levels named here.
+    pub blinding: usize,
 }
 
 impl Levels {
-    /// The levels for a chain with top level `top`, when attention · V uses `masking`.
-    fn new(top: usize, masking: AvMasking) -> Result<Self> {
-        let input = top
+    /// The levels for a chain with top level `top`, when attention · V uses `masking` and the
+    /// rounds are `rounds`.
+    fn new(top: usize, masking: AvMasking, rounds: Rounds) -> Result<Self> {
+        let blinding = rounds.blinding_levels();
+        let not_enough = Error::NotEnoughLevels {
+            needed: rounds.depth(),
+            available: top,
+        };
+        if top < rounds.depth() {
+            return Err(not_enough);
+        }
+        let fresh_top = top - blinding;
+        let input = fresh_top
             .checked_sub(match masking {
                 AvMasking::WeightRows => 2,
                 AvMasking::ValueTokens => 1,
             })
-            .filter(|&lx| lx >= 3 && top >= PIPELINE_DEPTH)
-            .ok_or(Error::NotEnoughLevels {
-                needed: PIPELINE_DEPTH,
-                available: top,
-            })?;
-        let decrypt = top - PIPELINE_DEPTH;
+            .filter(|&lx| lx >= 3)
+            .ok_or(not_enough)?;
+        let items = fresh_top - PIPELINE_DEPTH;
         // A·V takes P two levels below the top (e fresh, T one below) and V one below the
         // input; it leaves C two levels below P, or one below V if V is lower.
-        let (probs, values) = (top - 2, input - 1);
+        let (probs, values) = (fresh_top - 2, input - 1);
         let context = (probs - 1).min(values) - 1;
         Ok(Self {
-            top,
+            top: fresh_top,
             input,
             qkv: input - 1,
-            qk: decrypt + 3,
+            qk: items + 3,
             probs,
             values,
             context,
             residual: context - 1,
-            decrypt,
-            reciprocal_reply: decrypt + 1,
+            items,
+            decrypt: items - blinding,
+            reciprocal_reply: items + 1,
             ffn_reply: input + 1,
-            last_reply: decrypt + 1,
+            last_reply: items + 1,
+            blinding,
         })
     }
 }
@@ -291,8 +368,11 @@ pub struct RoundItem {
     pub request: At,
     /// Level and scale of the reply's fresh ciphertexts.
     pub reply: At,
-    /// Ciphertexts of the item (request and reply).
+    /// Ciphertexts of the request item.
     pub ciphertexts: usize,
+    /// Ciphertexts of the reply item: as many, or twice as many for a ReLU item of blinded
+    /// rounds (`f(v')` first, then `f(-v')`).
+    pub reply_ciphertexts: usize,
 }
 
 /// One client round.
@@ -311,6 +391,8 @@ pub struct Round {
 pub struct Schedule {
     layers: usize,
     masking: AvMasking,
+    rounds: Rounds,
+    softmax_power: u32,
     layouts: BucketLayouts,
     levels: Levels,
     /// Rescaling factor of each level (`q_0` first).
@@ -320,24 +402,27 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of `bucket` for a chain of rescaling factors `moduli` (`q_0` first),
-    /// encoding scale `delta` and request scale `request_scale`, in ciphertexts of `slots`
-    /// slots (the shapes checked by [`BucketLayouts::new`]).
+    /// The schedule of `bucket` with attention · V masked by `masking` and `rounds`, for a
+    /// chain of rescaling factors `moduli` (`q_0` first), encoding scale `delta` and request
+    /// scale `request_scale`, in ciphertexts of `slots` slots (the shapes checked by
+    /// [`BucketLayouts::new`]).
     pub fn new(
         dims: &ModelDims,
-        (bucket, masking): (usize, AvMasking),
+        (bucket, masking, rounds): (usize, AvMasking, Rounds),
         (slots, moduli): (usize, &[f64]),
         (delta, request_scale): (f64, f64),
     ) -> Result<Self> {
         let top = moduli.len().checked_sub(1).ok_or(Error::NotEnoughLevels {
-            needed: PIPELINE_DEPTH,
+            needed: rounds.depth(),
             available: 0,
         })?;
         Ok(Self {
             layers: dims.layers,
             masking,
+            rounds,
+            softmax_power: dims.softmax_power,
             layouts: BucketLayouts::new(dims, slots, bucket)?,
-            levels: Levels::new(top, masking)?,
+            levels: Levels::new(top, masking, rounds)?,
             moduli: moduli.to_vec(),
             delta,
             request_scale,
@@ -348,13 +433,13 @@ impl Schedule {
     pub fn for_params(
         dims: &ModelDims,
         params: &ckks::Parameters,
-        (bucket, masking): (usize, AvMasking),
+        (bucket, masking, rounds): (usize, AvMasking, Rounds),
         request_scale: f64,
     ) -> Result<Self> {
         let moduli: Vec<f64> = params.q_moduli().iter().map(|&q| q as f64).collect();
         Self::new(
             dims,
-            (bucket, masking),
+            (bucket, masking, rounds),
             (params.max_slots(), &moduli),
             (params.default_scale(), request_scale),
         )
@@ -371,6 +456,19 @@ impl Schedule {
     /// How attention · V is masked.
     pub fn attention_values(&self) -> AvMasking {
         self.masking
+    }
+    /// Whether the rounds are blinded.
+    pub fn round_mode(&self) -> Rounds {
+        self.rounds
+    }
+    /// The power the client's function raises an item's values to (the softmax surrogate's
+    /// for [`ItemKind::Softmax`], 1 otherwise): a positive factor `r` of the request comes
+    /// back as `r^power`.
+    pub fn reply_power(&self, kind: ItemKind) -> u32 {
+        match kind {
+            ItemKind::Softmax => self.softmax_power,
+            _ => 1,
+        }
     }
     /// The layouts.
     pub fn layouts(&self) -> &BucketLayouts {
@@ -402,9 +500,9 @@ impl Schedule {
     pub fn input(&self) -> At {
         self.fresh(self.levels.input)
     }
-    /// The encrypted logits.
+    /// The encrypted logits (never blinded).
     pub fn logits(&self) -> At {
-        self.request(self.levels.decrypt)
+        self.request(self.levels.items)
     }
     fn fresh(&self, level: usize) -> At {
         At {
@@ -444,11 +542,16 @@ impl Schedule {
         let last = layer + 1 == self.layers;
         let items = LAYER_ROUNDS[r % LAYER_ROUNDS.len()]
             .iter()
-            .map(|&kind| RoundItem {
-                kind,
-                request: self.request(self.levels.decrypt),
-                reply: self.fresh(self.reply_level(kind, last)),
-                ciphertexts: kind.layout(&self.layouts).n_cts(),
+            .map(|&kind| {
+                let n = kind.layout(&self.layouts).n_cts();
+                let split = self.rounds == Rounds::Blinded && kind.is_relu();
+                RoundItem {
+                    kind,
+                    request: self.request(self.levels.decrypt),
+                    reply: self.fresh(self.reply_level(kind, last)),
+                    ciphertexts: n,
+                    reply_ciphertexts: if split { 2 * n } else { n },
+                }
             })
             .collect();
         Some(Round {
@@ -465,23 +568,24 @@ impl Schedule {
             .collect()
     }
 
-    /// The level of a reply item: the lowest from which the server's next segment still ends
-    /// at the decrypt level.
+    /// The level of a reply item: the lowest from which the server's next segment, after
+    /// unblinding, still ends at the items level.
     fn reply_level(&self, kind: ItemKind, last_layer: bool) -> usize {
         let l = &self.levels;
-        match kind {
-            ItemKind::ReciprocalHidden1 => l.reciprocal_reply,
-            ItemKind::Ffn | ItemKind::Residual if last_layer => l.last_reply,
-            ItemKind::Ffn | ItemKind::Residual => l.ffn_reply,
-            ItemKind::Softmax | ItemKind::ReciprocalHidden2 => l.top,
-        }
+        l.blinding
+            + match kind {
+                ItemKind::ReciprocalHidden1 => l.reciprocal_reply,
+                ItemKind::Ffn | ItemKind::Residual if last_layer => l.last_reply,
+                ItemKind::Ffn | ItemKind::Residual => l.ffn_reply,
+                ItemKind::Softmax | ItemKind::ReciprocalHidden2 => l.top,
+            }
     }
 
     /// Every server segment of one inference, in order.
     pub fn segments(&self) -> Vec<Segment> {
         let mut out = Vec::new();
         let rounds = self.rounds();
-        let dec = self.request(self.levels.decrypt);
+        let dec = self.logits();
         for layer in 0..self.layers {
             let r = &rounds[layer * LAYER_ROUNDS.len()..(layer + 1) * LAYER_ROUNDS.len()];
             // A round's items as the ports of its requests or of its replies.
@@ -548,7 +652,7 @@ mod tests {
         let s = |m| {
             Schedule::new(
                 &dims(2),
-                (16, m),
+                (16, m, Rounds::Thex),
                 (1024, &moduli),
                 (2f64.powi(36), 2f64.powi(30)),
             )
@@ -569,7 +673,7 @@ mod tests {
         assert!(matches!(
             Schedule::new(
                 &dims(2),
-                (16, AvMasking::WeightRows),
+                (16, AvMasking::WeightRows, Rounds::Thex),
                 (1024, &short),
                 (1.0, 1.0)
             ),
@@ -582,7 +686,7 @@ mod tests {
         let moduli = vec![2f64.powi(50); PIPELINE_DEPTH + 2];
         let s = Schedule::new(
             &dims(3),
-            (32, AvMasking::WeightRows),
+            (32, AvMasking::WeightRows, Rounds::Thex),
             (1024, &moduli),
             (2f64.powi(36), 2f64.powi(30)),
         )
@@ -618,5 +722,53 @@ mod tests {
             }
         }
         assert_eq!(segments.last().unwrap().outputs[0].0, Port::Logits);
+    }
+
+    #[test]
+    fn blinded_rounds_take_a_level_each_way_and_double_the_relu_replies() {
+        let moduli = vec![2f64.powi(50); Rounds::Blinded.depth() + 1];
+        let at = |rounds| {
+            Schedule::new(
+                &dims(2),
+                (16, AvMasking::WeightRows, rounds),
+                (1024, &moduli),
+                (2f64.powi(36), 2f64.powi(30)),
+            )
+        };
+        let blinded = at(Rounds::Blinded).unwrap();
+        let l = blinded.levels();
+        // The program between the blind and the unblind is THE-X's, two levels higher.
+        assert_eq!((l.top, l.items, l.decrypt, l.blinding), (7, 1, 0, 1));
+        assert_eq!((l.input, l.qk, l.residual), (5, 4, 2));
+        assert_eq!(blinded.logits().level, l.items);
+        for r in blinded.rounds() {
+            for it in &r.items {
+                assert_eq!(it.request.level, 0);
+                let twice = if it.kind.is_relu() { 2 } else { 1 };
+                assert_eq!(
+                    it.reply_ciphertexts,
+                    twice * it.ciphertexts,
+                    "{:?}",
+                    it.kind
+                );
+            }
+        }
+        let first = blinded.round(1).unwrap().items[0];
+        assert_eq!((first.kind, first.reply.level), (ItemKind::Softmax, 8));
+        assert_eq!(blinded.reply_power(ItemKind::Softmax), 3);
+        assert_eq!(blinded.reply_power(ItemKind::Ffn), 1);
+        // One prime fewer is too short for blinding.
+        let short = vec![2f64.powi(50); Rounds::Blinded.depth()];
+        assert!(matches!(
+            Schedule::new(
+                &dims(2),
+                (16, AvMasking::WeightRows, Rounds::Blinded),
+                (1024, &short),
+                (1.0, 1.0)
+            ),
+            Err(Error::NotEnoughLevels { .. })
+        ));
+        assert_eq!("blinded".parse::<Rounds>().unwrap(), Rounds::Blinded);
+        assert!("none".parse::<Rounds>().is_err());
     }
 }

@@ -517,6 +517,9 @@ impl ClientSession {
         Ok(layout.pack(&m)?.concat())
     }
 
+    /// One item's reply: every request ciphertext decrypted, the item's function applied with
+    /// its row weights and re-encrypted fresh; for a ReLU item of blinded rounds the
+    /// ciphertexts of `f(v)` and then those of `f(-v)`.
     fn answer_item(
         &self,
         it: &ReluItem,
@@ -533,34 +536,41 @@ impl ClientSession {
         }
         let weights = Self::item_weights(it.kind, sched, tokens, last)?;
         let slots = self.params.max_slots();
-        let power = self.bundle.dims.softmax_power as i32;
-        // Ciphertexts are independent: decrypt, apply and re-encrypt them in parallel.
-        it.cts
+        let power = sched.reply_power(it.kind) as i32;
+        let f = |x: f64| match it.kind {
+            ItemKind::Softmax => relu(x.powi(power)),
+            ItemKind::Residual => x,
+            _ => relu(x),
+        };
+        let n = it.cts.len();
+        let parts = want.reply_ciphertexts / n.max(1);
+        // Ciphertexts are independent: decrypt them in parallel, then apply and re-encrypt
+        // each part (the negated values second) in parallel.
+        let decrypted = it
+            .cts
             .par_iter()
             .enumerate()
             .map(|(i, ct)| {
-                check_request(ct, want.request, self.params.max_slots()).map_err(|problem| {
-                    Error::BadCiphertext {
-                        what: format!("{:?}", it.kind),
-                        index: i,
-                        problem,
-                    }
+                check_request(ct, want.request, slots).map_err(|problem| Error::BadCiphertext {
+                    what: format!("{:?}", it.kind),
+                    index: i,
+                    problem,
                 })?;
-                let v = self.decrypt_slots(ct)?;
+                self.decrypt_slots(ct)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        (0..parts * n)
+            .into_par_iter()
+            .map(|j| {
+                let (part, i) = (j / n, j % n);
+                let sign = if part == 0 { 1.0 } else { -1.0 };
                 let w = &weights[i * slots..(i + 1) * slots];
-                let out: Vec<f64> = v
+                let out: Vec<f64> = decrypted[i]
                     .iter()
                     .zip(w)
-                    .map(|(&x, &m)| {
-                        let y = match it.kind {
-                            ItemKind::Softmax => relu(x.powi(power)),
-                            ItemKind::Residual => x,
-                            _ => relu(x),
-                        };
-                        if m == 0.0 { 0.0 } else { y * m }
-                    })
+                    .map(|(&x, &m)| if m == 0.0 { 0.0 } else { f(sign * x) * m })
                     .collect();
-                self.encrypt_fresh(&out, want.reply, (batch, i as u64))
+                self.encrypt_fresh(&out, want.reply, (batch, j as u64))
             })
             .collect()
     }

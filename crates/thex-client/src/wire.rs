@@ -384,7 +384,7 @@ impl ReluReply {
         let items: usize = round
             .items
             .iter()
-            .map(|it| seeded_list_len(params, it.ciphertexts, it.reply.level))
+            .map(|it| seeded_list_len(params, it.reply_ciphertexts, it.reply.level))
             .sum();
         HEADER_BYTES + 4 + NONCE_BYTES + 4 + items
     }

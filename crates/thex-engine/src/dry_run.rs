@@ -29,6 +29,7 @@ impl ServerModel {
             self.folded(),
             sched,
             self.plan(bucket)?,
+            self.resolved().config.blind_bits,
         )
     }
 }
@@ -65,6 +66,7 @@ fn dry_run(
     folded: &[FoldedLayer],
     sched: &Schedule,
     plan: &BucketPlan,
+    blind_bits: u32,
 ) -> Result<()> {
     let zeros = vec![0.0; clear.slots()];
     let fresh = |n: usize, at: At| -> Result<Vec<_>> {
@@ -78,6 +80,7 @@ fn dry_run(
         b: clear,
         sched,
         taps: None,
+        blind_bits,
     };
     let mut x = PackedMatrix::new(l.hidden.clone(), fresh(l.hidden.n_cts(), sched.input())?)?;
     let mut round = 1u32;
@@ -86,7 +89,7 @@ fn dry_run(
         let mut outcome = segments.attention_scores(&prog, layer, x)?;
         x = loop {
             match outcome {
-                Outcome::Request(items, carry) => {
+                Outcome::Request(items, paused) => {
                     let want = sched
                         .round(round)
                         .ok_or_else(|| mismatch(format!("round {round} past the schedule")))?;
@@ -110,11 +113,10 @@ fn dry_run(
                             )));
                         }
                         check_at(clear, m.cts(), it.request, &what)?;
-                        let layout = kind.layout(l).clone();
-                        replies.push(PackedMatrix::new(layout, fresh(it.ciphertexts, it.reply)?)?);
+                        replies.push(fresh(it.reply_ciphertexts, it.reply)?);
                     }
                     round += 1;
-                    outcome = segments.resume(&prog, layer, carry, replies)?.1;
+                    outcome = segments.resume(&prog, layer, paused, replies)?.1;
                 }
                 Outcome::NextLayer(next) => break next,
                 Outcome::Logits(ct) => {
@@ -211,7 +213,7 @@ mod tests {
         let sched = m.schedule(16).unwrap();
         let plan = m.plan(16).unwrap();
         let run = |s: &Schedule, p: &BucketPlan| {
-            dry_run(&clear().unwrap(), m.weights(), m.folded(), s, p)
+            dry_run(&clear().unwrap(), m.weights(), m.folded(), s, p, 6)
         };
         run(sched, plan).unwrap();
         // A plan that undercounts key switches.

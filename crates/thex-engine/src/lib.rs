@@ -15,9 +15,12 @@
 //!
 //! Per encoder layer there are four client rounds: the softmax surrogate `ReLU(y^p)`, the two
 //! hidden ReLUs of the reciprocal network `T`, and the FFN ReLU (with the residual stream
-//! refreshed in the same round). [`thex_client::Schedule`] names the level and scale of every
+//! refreshed in the same round). By default the rounds are blinded ([`blinding`]): the client
+//! decrypts every value times a random sign and magnitude only the server knows.
+//! [`thex_client::Schedule`] names the level and scale of every
 //! value of a bucket's program; the compiler, the server and the client all read it.
 
+pub mod blinding;
 mod calibrate;
 mod dry_run;
 mod error;

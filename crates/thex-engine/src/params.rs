@@ -4,8 +4,9 @@ use ckks::{Parameters, ParametersLiteral, SecretDistribution};
 use he_linalg::attention::AvMasking;
 use serde::{Deserialize, Serialize};
 
+use crate::blinding::{DEFAULT_BLIND_BITS, MAX_BLIND_BITS};
 use crate::error::{EngineError, Result};
-use thex_client::PIPELINE_DEPTH;
+use thex_client::Rounds;
 
 /// The default length buckets: sequences are padded up to the next of these.
 pub const DEFAULT_BUCKETS: [usize; 3] = [16, 32, 64];
@@ -37,7 +38,7 @@ pub struct EngineParams {
     /// of at most 50 bits keep the NTTs on the fast 52-bit (IFMA) kernels: 60-bit primes made
     /// an inference about 25% slower.
     pub log_q0: u32,
-    /// Levels above [`PIPELINE_DEPTH`]: the client decrypts at this level (0 by default: only
+    /// Levels above [`thex_client::PIPELINE_DEPTH`] (and the blinding's): the client decrypts at this level (0 by default: only
     /// q_0 is left; each extra level costs one more prime in every ciphertext and product).
     pub extra_levels: usize,
     /// log2(N); `None` picks the smallest 128-bit secure ring that fits.
@@ -56,6 +57,13 @@ pub struct EngineParams {
     /// and FFN output.
     #[serde(default)]
     pub attention_values: Option<AvMasking>,
+    /// Whether the client decrypts blinded values ([`Rounds::Blinded`], two more primes in
+    /// the chain) or the activations themselves ([`Rounds::Thex`], the paper's protocol).
+    pub rounds: Rounds,
+    /// Blinded rounds: bits the random magnitude of each decrypted value spans (its reply
+    /// factor lies in `[2^-bits, 1]`, see [`crate::blinding`]); the smallest-factor slots lose
+    /// up to this many bits of precision.
+    pub blind_bits: u32,
 }
 
 /// Default [`EngineParams::ntt_weights_max_bytes`]: 8 GiB.
@@ -73,6 +81,8 @@ impl Default for EngineParams {
             pre_encode: true,
             ntt_weights_max_bytes: DEFAULT_NTT_WEIGHTS_MAX_BYTES,
             attention_values: None,
+            rounds: Rounds::Blinded,
+            blind_bits: DEFAULT_BLIND_BITS,
         }
     }
 }
@@ -106,6 +116,12 @@ impl EngineParams {
                 self.log_scale
             ));
         }
+        if !(1..=MAX_BLIND_BITS).contains(&self.blind_bits) {
+            return bad(format!(
+                "blind_bits {} (need 1..={MAX_BLIND_BITS})",
+                self.blind_bits
+            ));
+        }
         Ok(())
     }
 
@@ -115,10 +131,10 @@ impl EngineParams {
     }
 
     /// The parameter literal for ring degree 2^`log_n`: `q_0`, then
-    /// `PIPELINE_DEPTH + extra_levels` primes of `log_scale` bits, two 50-bit special primes
-    /// (or `log_q0` bits if larger).
+    /// [`thex_client::PIPELINE_DEPTH`] + 2 for blinded rounds + `extra_levels` primes of `log_scale` bits, two
+    /// 50-bit special primes (or `log_q0` bits if larger).
     pub fn literal(&self, log_n: u32) -> ParametersLiteral {
-        let levels = PIPELINE_DEPTH + self.extra_levels;
+        let levels = self.rounds.depth() + self.extra_levels;
         let mut log_q = vec![self.log_q0];
         log_q.extend(std::iter::repeat_n(self.log_scale, levels));
         let p = self.log_q0.clamp(50, 60);
@@ -153,7 +169,7 @@ impl EngineParams {
             }
         }
         Err(EngineError::NoParameters {
-            depth: PIPELINE_DEPTH + self.extra_levels,
+            depth: self.rounds.depth() + self.extra_levels,
             slots_needed,
             reason: reasons.join("; "),
         })
@@ -163,12 +179,14 @@ impl EngineParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use thex_client::PIPELINE_DEPTH;
 
     #[test]
-    fn default_choice_is_n14_with_six_levels_and_secure() {
+    fn default_choice_is_n14_with_eight_levels_and_secure() {
         let p = EngineParams::default().choose(2048).unwrap();
         assert_eq!(p.log_n(), 14);
-        assert_eq!(p.max_level(), PIPELINE_DEPTH);
+        // THE-X's six levels between rounds, one to blind and one to unblind.
+        assert_eq!(p.max_level(), PIPELINE_DEPTH + 2);
         // Every prime fits the 52-bit IFMA NTT kernels.
         assert!(
             p.q_moduli()
@@ -187,7 +205,7 @@ mod tests {
         };
         assert!(matches!(
             e.choose(16),
-            Err(EngineError::NoParameters { depth: 6, .. })
+            Err(EngineError::NoParameters { depth: 8, .. })
         ));
         let e = EngineParams {
             extra_levels: 40,

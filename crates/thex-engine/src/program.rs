@@ -584,8 +584,12 @@ impl ServerModel {
         let folded = fold(&weights)?;
         let mut schedules = BTreeMap::new();
         for (&b, &masking) in &plan.attention_values {
-            let sched =
-                Schedule::for_params(&weights.dims, &params, (b, masking), plan.request_scale())?;
+            let sched = Schedule::for_params(
+                &weights.dims,
+                &params,
+                (b, masking, plan.config.rounds),
+                plan.request_scale(),
+            )?;
             schedules.insert(b, sched);
         }
         let mut model = Self {
@@ -801,6 +805,7 @@ impl ServerModel {
         ClientBundle {
             params: self.params.literal().clone(),
             request_scale: self.request_scale(),
+            rounds: self.resolved.config.rounds,
             dims: self.weights.dims.clone(),
             plans: self.plans.values().cloned().collect(),
             embeddings: self.embeddings.clone(),

@@ -15,7 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::params::EngineParams;
 
 /// Format version of a saved [`ResolvedPlan`].
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 /// The largest value the client decrypts, measured on the plaintext model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

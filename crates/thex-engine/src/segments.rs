@@ -6,6 +6,7 @@
 use he_linalg::attention::row_sums;
 use he_linalg::{EncodedLinear, PackedMatrix, SlotBackend, ops, scales_match};
 
+use crate::blinding::{Blinder, Factors, unblind};
 use crate::error::{EngineError, Result};
 use crate::program::{LayerProgram, LayerTail};
 use thex_client::{ItemKind, Schedule};
@@ -33,12 +34,19 @@ pub(crate) enum Carry<C> {
     Ffn,
 }
 
+/// What the server keeps while a request is out: the layer's values, and each item's kind
+/// with its blinding factors (blinded rounds).
+pub(crate) struct Paused<C> {
+    carry: Carry<C>,
+    items: Vec<(ItemKind, Option<Factors>)>,
+}
+
 /// Where a segment ends.
 #[allow(clippy::large_enum_variant)] // one per segment, moved once
 pub(crate) enum Outcome<C> {
-    /// A request to the client (every ciphertext at its request level) and what the layer
+    /// A request to the client (every ciphertext at its request level) and what the server
     /// keeps meanwhile.
-    Request(Vec<(ItemKind, PackedMatrix<C>)>, Carry<C>),
+    Request(Vec<(ItemKind, PackedMatrix<C>)>, Paused<C>),
     /// The next layer's input.
     NextLayer(PackedMatrix<C>),
     /// The encrypted logits, at the schedule's logits level.
@@ -54,6 +62,8 @@ pub(crate) struct Segments<'a, B: SlotBackend> {
     pub b: &'a B,
     pub sched: &'a Schedule,
     pub taps: TapSink<'a, B::Ct>,
+    /// [`crate::EngineParams::blind_bits`].
+    pub blind_bits: u32,
 }
 
 impl<B: SlotBackend> Segments<'_, B>
@@ -66,13 +76,16 @@ where
         }
     }
 
-    /// Every ciphertext of `items` dropped to the level the client decrypts at.
+    /// Every ciphertext of `items` dropped to the items level and, in blinded rounds,
+    /// blinded with fresh factors to the level the client decrypts at.
     fn request(
         &self,
         items: Vec<(ItemKind, PackedMatrix<B::Ct>)>,
         carry: Carry<B::Ct>,
     ) -> Result<Outcome<B::Ct>> {
-        let level = self.sched.levels().decrypt;
+        let level = self.sched.levels().items;
+        let mut blinder = Blinder::for_request(self.sched, self.blind_bits);
+        let mut kept = Vec::with_capacity(items.len());
         let items = items
             .into_iter()
             .map(|(kind, m)| {
@@ -82,10 +95,48 @@ where
                     .iter()
                     .map(|c| self.b.drop_to_level(c, level))
                     .collect::<he_linalg::Result<Vec<_>>>()?;
-                Ok((kind, PackedMatrix::new(layout, cts)?))
+                let m = PackedMatrix::new(layout, cts)?;
+                let (m, factors) = match blinder.as_mut() {
+                    Some(bl) => {
+                        let (m, f) = bl.blind(self.b, self.sched, kind, m)?;
+                        (m, Some(f))
+                    }
+                    None => (m, None),
+                };
+                kept.push((kind, factors));
+                Ok((kind, m))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Outcome::Request(items, carry))
+        Ok(Outcome::Request(items, Paused { carry, items: kept }))
+    }
+
+    /// The client's reply ciphertexts per item, unblinded if they were blinded, as matrices.
+    fn unblind_replies(
+        &self,
+        items: Vec<(ItemKind, Option<Factors>)>,
+        fresh: Vec<Vec<B::Ct>>,
+    ) -> Result<Vec<PackedMatrix<B::Ct>>> {
+        if fresh.len() != items.len() {
+            return Err(EngineError::Internal(format!(
+                "{} reply items for {} requested",
+                fresh.len(),
+                items.len()
+            )));
+        }
+        items
+            .into_iter()
+            .zip(fresh)
+            .map(|((kind, factors), cts)| {
+                let cts = match factors {
+                    Some(f) => unblind(self.b, self.sched, kind, cts, &f)?,
+                    None => cts,
+                };
+                Ok(PackedMatrix::new(
+                    kind.layout(self.sched.layouts()).clone(),
+                    cts,
+                )?)
+            })
+            .collect()
     }
 
     /// `attention_scores`: layer input `x` → Q, K, V and the softmax request `y`.
@@ -109,18 +160,19 @@ where
         self.request(vec![(ItemKind::Softmax, y)], Carry::Softmax { x, v })
     }
 
-    /// The segment after a round: the client's `fresh` replies (in the round's item order)
-    /// and what the layer kept → the segment's name and where it ends.
+    /// The segment after a round: the client's `fresh` reply ciphertexts (per item, in the
+    /// round's item order) and what the server kept → the segment's name and where it ends.
     pub fn resume(
         &mut self,
         prog: &LayerProgram<B::Pt>,
         layer: usize,
-        carry: Carry<B::Ct>,
-        fresh: Vec<PackedMatrix<B::Ct>>,
+        paused: Paused<B::Ct>,
+        fresh: Vec<Vec<B::Ct>>,
     ) -> Result<(&'static str, Outcome<B::Ct>)> {
         let b = self.b;
         let l = self.sched.layouts();
-        let mut fresh = fresh.into_iter();
+        let Paused { carry, items } = paused;
+        let mut fresh = self.unblind_replies(items, fresh)?.into_iter();
         let mut next = || {
             fresh
                 .next()
@@ -212,7 +264,7 @@ where
     }
 
     /// The client's copy of `S₁`: at the residual level it has one level to spare above the
-    /// decrypt level (W₁ consumes it for `u`), in which it takes the request scale.
+    /// items level (W₁ consumes it for `u`), in which it takes the request scale.
     fn residual_copy(&self, s1: PackedMatrix<B::Ct>) -> Result<PackedMatrix<B::Ct>> {
         let (b, sched) = (self.b, self.sched);
         let (from, to) = (ops::scale(b, &s1), sched.request_scale());

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::program::{LayerProgram, ServerModel};
-use crate::segments::{Carry, Outcome, Segments};
+use crate::segments::{Outcome, Paused, Segments};
 use thex_client::{
     At, EncryptedInput, EncryptedLogits, Error as ProtocolError, EvaluationKeys, Message,
     MessageLimits, NONCE_BYTES, Outgoing, ReluItem, ReluReply, ReluRequest, Step, check_size,
@@ -25,7 +25,7 @@ struct Running {
     round: u32,
     nonce: [u8; NONCE_BYTES],
     prog: Arc<LayerProgram<CkksPlaintext>>,
-    carry: Carry<Ciphertext>,
+    paused: Paused<Ciphertext>,
 }
 
 /// A named intermediate value recorded for debugging and tests.
@@ -221,6 +221,7 @@ impl ServerSession {
             b: &self.backend,
             sched,
             taps: if recording { Some(&mut sink) } else { None },
+            blind_bits: self.model.resolved().config.blind_bits,
         };
         f(&mut segments)
     }
@@ -324,7 +325,7 @@ impl ServerSession {
         outcome: Outcome<Ciphertext>,
     ) -> Result<Step> {
         match outcome {
-            Outcome::Request(items, carry) => {
+            Outcome::Request(items, paused) => {
                 let items = items
                     .into_iter()
                     .map(|(kind, m)| ReluItem {
@@ -342,7 +343,7 @@ impl ServerSession {
                     round,
                     nonce,
                     prog,
-                    carry,
+                    paused,
                 });
                 Ok(Step::NeedRelu(ReluRequest {
                     round,
@@ -387,10 +388,9 @@ impl ServerSession {
         }
         let mut fresh = Vec::with_capacity(round.items.len());
         for (cts, it) in reply.items.into_iter().zip(&round.items) {
-            let layout = it.kind.layout(sched.layouts());
             let what = format!("{:?}", it.kind);
-            let cts = check_fresh(self.model.params(), cts, it.ciphertexts, it.reply, &what)?;
-            fresh.push(PackedMatrix::new(layout.clone(), cts)?);
+            let n = it.reply_ciphertexts;
+            fresh.push(check_fresh(self.model.params(), cts, n, it.reply, &what)?);
         }
         // Validated: the round is consumed whatever happens next.
         let Running {
@@ -398,12 +398,12 @@ impl ServerSession {
             layer,
             round,
             prog,
-            carry,
+            paused,
             ..
         } = self.state.take().expect("checked above");
         let t0 = Instant::now();
         let result = self
-            .run_segment(bucket, |s| s.resume(&prog, layer, carry, fresh))
+            .run_segment(bucket, |s| s.resume(&prog, layer, paused, fresh))
             .and_then(|(segment, outcome)| {
                 self.compute
                     .push((format!("layer{layer}.{segment}"), t0.elapsed()));

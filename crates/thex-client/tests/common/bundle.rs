@@ -4,7 +4,7 @@
 
 use ckks::{Parameters, ParametersLiteral, SecretDistribution};
 use he_linalg::attention::AvMasking;
-use thex_client::{BucketPlan, ClientBundle, EmbeddingTables, ModelDims};
+use thex_client::{BucketPlan, ClientBundle, EmbeddingTables, ModelDims, Rounds};
 
 /// A valid bundle: hidden 8 (2 heads of 4), FFN 16, one layer, 2 labels, vocabulary 6,
 /// 8 positions, buckets 4 and 8, log QP = 30 + 6·25 + 30 = 210 ≤ 218.
@@ -22,6 +22,8 @@ pub fn small_bundle() -> ClientBundle {
             error_std: 3.2,
         },
         request_scale: 2f64.powi(20),
+        // THE-X's rounds: blinding takes two more primes than this ring's bound allows.
+        rounds: Rounds::Thex,
         dims: ModelDims {
             hidden,
             heads: 2,
