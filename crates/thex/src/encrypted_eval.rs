@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use thex_client::ClientSession;
+use thex_client::{ClientSession, Rounds};
 use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
 use thex_model::LoadedModel;
 use thex_train::{Dataset, EvalReport};
@@ -31,6 +31,8 @@ pub struct EncryptedEvalReport {
     pub mean_logit_error: f64,
     /// Client rounds per inference.
     pub rounds: usize,
+    /// The round protocol of every record (`blinded` or `thex`).
+    pub protocol: Rounds,
     /// Mean seconds per encrypted inference.
     pub mean_seconds: f64,
     /// Mean bytes per inference, client to server (keys excluded).
@@ -86,6 +88,13 @@ pub struct Record {
     pub bytes_down: usize,
     /// Client rounds.
     pub rounds: usize,
+    /// The round protocol (records written before blinded rounds existed are THE-X's).
+    #[serde(default = "thex_rounds")]
+    pub protocol: Rounds,
+}
+
+fn thex_rounds() -> Rounds {
+    Rounds::Thex
 }
 
 /// Recorded plaintext logits may differ from this run's by this much (CPU kernels); more means
@@ -123,9 +132,19 @@ fn check_records(
     data: &Dataset,
     ids: &[Vec<u32>],
     plain: &[thex_model::Prediction],
+    protocol: Rounds,
 ) -> anyhow::Result<()> {
     let mut seen = vec![false; data.examples.len()];
     for r in records {
+        anyhow::ensure!(
+            r.protocol == protocol,
+            "the records of sentence {} were made with {} rounds, this run uses {} rounds (use \
+             another records file or --rounds {})",
+            r.index + 1,
+            r.protocol.name(),
+            protocol.name(),
+            r.protocol.name()
+        );
         let i = r.index;
         let fits = i < data.examples.len()
             && r.label == data.examples[i].label
@@ -163,8 +182,8 @@ pub fn evaluate(
     model: &LoadedModel,
     data: &Dataset,
     records_path: Option<&Path>,
-    summary_only: bool,
-    quiet: bool,
+    (summary_only, quiet): (bool, bool),
+    protocol: Rounds,
 ) -> anyhow::Result<EncryptedEvalReport> {
     let labels = model
         .model
@@ -205,7 +224,7 @@ pub fn evaluate(
         Some(p) => read_records(p)?,
         None => Vec::new(),
     };
-    check_records(&records, data, &ids, &plain)?;
+    check_records(&records, data, &ids, &plain, protocol)?;
     let done: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
     let todo: Vec<usize> = match summary_only {
         true => Vec::new(),
@@ -232,6 +251,7 @@ pub fn evaluate(
             &model.model,
             &EngineParams {
                 buckets: all_buckets,
+                rounds: protocol,
                 ..EngineParams::default()
             },
         )?;
@@ -269,6 +289,7 @@ pub fn evaluate(
                     bytes_up: 0,
                     bytes_down: 0,
                     rounds: 0,
+                    protocol,
                 };
                 match run_local(&mut client, &mut server, &ids[i]) {
                     Ok(r) => {
@@ -309,7 +330,7 @@ pub fn evaluate(
         }
         bar.finish_and_clear();
     }
-    Ok(report(&records, data, &plain, buckets))
+    Ok(report(&records, data, &plain, (buckets, protocol)))
 }
 
 /// Whether the encrypted inference produced the plaintext model's label.
@@ -322,7 +343,7 @@ fn report(
     records: &[Record],
     data: &Dataset,
     plain: &[thex_model::Prediction],
-    buckets: Vec<(usize, usize)>,
+    (buckets, protocol): (Vec<(usize, usize)>, Rounds),
 ) -> EncryptedEvalReport {
     let n = records.len().max(1) as f64;
     // A failed inference predicts no label (a class of its own for the MCC).
@@ -354,6 +375,7 @@ fn report(
         max_logit_error: errors.iter().copied().fold(0.0, f64::max),
         mean_logit_error: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
         rounds: records.iter().map(|r| r.rounds).max().unwrap_or(0),
+        protocol,
         mean_seconds: mean(|r| r.seconds),
         mean_bytes_up: mean(|r| r.bytes_up as f64),
         mean_bytes_down: mean(|r| r.bytes_down as f64),
@@ -381,6 +403,7 @@ mod tests {
             bytes_up: 10,
             bytes_down: 20,
             rounds: 12,
+            protocol: Rounds::Blinded,
         }
     }
 
@@ -409,7 +432,7 @@ mod tests {
             record(1, 1, None, 1),
             record(2, 1, Some(0), 1),
         ];
-        let r = report(&records, &data, &plain, vec![(16, 3)]);
+        let r = report(&records, &data, &plain, (vec![(16, 3)], Rounds::Blinded));
         assert_eq!(r.failures, 1);
         assert!((r.agreement - 1.0 / 3.0).abs() < 1e-12);
         assert!((r.eval.accuracy - 1.0 / 3.0).abs() < 1e-12);

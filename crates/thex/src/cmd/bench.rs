@@ -75,11 +75,15 @@ pub enum BenchCommand {
         /// Skip the THE-X model directory (only the BERT-tiny shape).
         #[arg(long)]
         tiny_only: bool,
+        /// Round protocols to measure, each on every configuration (`blinded`, `thex`).
+        #[arg(long, value_delimiter = ',', default_values = ["blinded", "thex"])]
+        rounds: Vec<thex_client::Rounds>,
         /// Inferences per configuration; the median is reported.
         #[arg(long, default_value_t = 1)]
         repeats: usize,
-        /// Print JSON (`{"runs":[{"model","tokens","total_s","rounds","bytes_up","bytes_down",
-        /// "key_bytes","phases",...}]}`) instead of a table.
+        /// Print JSON (`{"runs":[{"model","tokens","protocol","total_s","rounds","bytes_up",
+        /// "bytes_down","key_bytes","phases",...}],"blinding":[{"model","tokens","time_ratio",
+        /// "bytes_ratio","key_bytes_ratio"}]}`) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -145,6 +149,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             tokens,
             tiny_tokens,
             tiny_only,
+            rounds,
             repeats,
             json,
         } => {
@@ -160,17 +165,25 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             let spinner = crate::progress::spinner(json);
             let mut runs = Vec::new();
             for (name, m, tokens) in &targets {
-                runs.extend(super::bench_e2e::measure(
-                    name,
-                    m,
-                    tokens,
-                    repeats,
-                    &mut |msg| spinner.set_message(msg.to_string()),
-                )?);
+                for &t in tokens {
+                    for &protocol in &rounds {
+                        runs.extend(super::bench_e2e::measure(
+                            name,
+                            m,
+                            (&[t], protocol),
+                            repeats,
+                            &mut |msg| spinner.set_message(msg.to_string()),
+                        )?);
+                    }
+                }
             }
             spinner.finish_and_clear();
             if json {
-                println!("{}", serde_json::json!({ "runs": runs }));
+                let blinding = super::bench_e2e::blinding_costs(&runs);
+                println!(
+                    "{}",
+                    serde_json::json!({ "runs": runs, "blinding": blinding })
+                );
             } else {
                 super::bench_e2e::print_table(&runs);
             }

@@ -12,7 +12,7 @@ use he_linalg::attention::AvMasking;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use thex_client::{ClientSession, Message};
+use thex_client::{ClientSession, Message, Rounds};
 use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
 use thex_model::{Batch, ThexModel};
 
@@ -23,6 +23,8 @@ pub struct E2eRun {
     pub model: String,
     /// Tokens of the input (= the length bucket).
     pub tokens: usize,
+    /// The round protocol: `blinded` or `thex`.
+    pub protocol: Rounds,
     /// Median wall time of one inference in seconds (client and server, all rounds).
     pub total_s: f64,
     /// Client rounds of one inference.
@@ -59,11 +61,12 @@ pub struct E2eRun {
     pub repeats: usize,
 }
 
-/// Measures `model` at each of `tokens` (each a power of two, compiled as its own bucket).
+/// Measures `model` at each of `tokens` (each a power of two, compiled as its own bucket)
+/// with the rounds `protocol`.
 pub fn measure(
     name: &str,
     model: &ThexModel,
-    tokens: &[usize],
+    (tokens, protocol): (&[usize], Rounds),
     repeats: usize,
     on_progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Vec<E2eRun>> {
@@ -74,15 +77,17 @@ pub fn measure(
             t.is_power_of_two() && t >= 4,
             "--tokens {t}: each length must be a power of two >= 4 (a length bucket)"
         );
-        on_progress(&format!("{name} @ {t} tokens: compiling"));
+        let what = format!("{name} @ {t} tokens, {} rounds", protocol.name());
+        on_progress(&format!("{what}: compiling"));
         let engine = EngineParams {
             buckets: vec![t],
+            rounds: protocol,
             ..EngineParams::default()
         };
         let start = Instant::now();
         let server_model = Arc::new(ServerModel::compile(model, &engine)?);
         let compile_s = start.elapsed().as_secs_f64();
-        on_progress(&format!("{name} @ {t} tokens: keys"));
+        on_progress(&format!("{what}: keys"));
         let start = Instant::now();
         let mut client = ClientSession::new(server_model.client_bundle())?;
         let keys = client.evaluation_keys(&[t])?;
@@ -94,11 +99,7 @@ pub fn measure(
         let mut results = Vec::new();
         let mut max_logit_error: Option<f64> = None;
         for r in 0..repeats.max(1) {
-            on_progress(&format!(
-                "{name} @ {t} tokens: inference {}/{}",
-                r + 1,
-                repeats.max(1)
-            ));
+            on_progress(&format!("{what}: inference {}/{}", r + 1, repeats.max(1)));
             let mut ids = vec![101.min(vocab - 1)];
             ids.extend((2..t).map(|_| rng.gen_range(5.min(vocab - 1)..vocab)));
             ids.push(102.min(vocab - 1));
@@ -132,6 +133,7 @@ pub fn measure(
         runs.push(E2eRun {
             model: name.to_string(),
             tokens: t,
+            protocol,
             total_s: med.total_seconds,
             rounds: med.rounds,
             bytes_up: med.bytes_up,
@@ -167,12 +169,49 @@ pub fn load_model(dir: Option<PathBuf>, quiet: bool) -> anyhow::Result<(String, 
     Ok((name, loaded.model))
 }
 
-/// Prints runs as a table.
+/// Blinded against THE-X rounds on the same model and tokens, where a run has both.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlindingCost {
+    /// Model name.
+    pub model: String,
+    /// Tokens.
+    pub tokens: usize,
+    /// Median time blinded / THE-X.
+    pub time_ratio: f64,
+    /// Bytes per inference (both directions) blinded / THE-X.
+    pub bytes_ratio: f64,
+    /// Evaluation key bytes blinded / THE-X.
+    pub key_bytes_ratio: f64,
+}
+
+/// The cost of blinding for every (model, tokens) measured with both protocols.
+pub fn blinding_costs(runs: &[E2eRun]) -> Vec<BlindingCost> {
+    let find = |r: &E2eRun, p: Rounds| {
+        runs.iter()
+            .find(|o| o.model == r.model && o.tokens == r.tokens && o.protocol == p)
+    };
+    runs.iter()
+        .filter(|r| r.protocol == Rounds::Blinded)
+        .filter_map(|b| {
+            let t = find(b, Rounds::Thex)?;
+            Some(BlindingCost {
+                model: b.model.clone(),
+                tokens: b.tokens,
+                time_ratio: b.total_s / t.total_s,
+                bytes_ratio: (b.bytes_up + b.bytes_down) as f64 / (t.bytes_up + t.bytes_down) as f64,
+                key_bytes_ratio: b.key_bytes as f64 / t.key_bytes as f64,
+            })
+        })
+        .collect()
+}
+
+/// Prints runs as a table, then the blinding's cost where both protocols ran.
 pub fn print_table(runs: &[E2eRun]) {
     println!(
-        "{:<18} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9} {:>11} {:>6}  per layer (s)",
+        "{:<18} {:>6} {:>8} {:>9} {:>7} {:>10} {:>10} {:>10} {:>9} {:>11} {:>6}  per layer (s)",
         "model",
         "tokens",
+        "protocol",
         "total s",
         "rounds",
         "up MB",
@@ -185,9 +224,10 @@ pub fn print_table(runs: &[E2eRun]) {
     for r in runs {
         let layers: Vec<String> = r.layers.iter().map(|s| format!("{s:.2}")).collect();
         println!(
-            "{:<18} {:>6} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1} {:>11} {:>6}  {}",
+            "{:<18} {:>6} {:>8} {:>9.2} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>9.1} {:>11} {:>6}  {}",
             r.model,
             r.tokens,
+            r.protocol.name(),
             r.total_s,
             r.rounds,
             r.bytes_up as f64 / 1e6,
@@ -200,6 +240,12 @@ pub fn print_table(runs: &[E2eRun]) {
                 AvMasking::ValueTokens => "tokens",
             },
             layers.join(" ")
+        );
+    }
+    for c in blinding_costs(runs) {
+        println!(
+            "blinded / thex, {} @ {}: time {:.2}x, bytes per inference {:.2}x, key bytes {:.2}x",
+            c.model, c.tokens, c.time_ratio, c.bytes_ratio, c.key_bytes_ratio
         );
     }
 }

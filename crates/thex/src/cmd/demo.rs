@@ -23,6 +23,10 @@ pub struct DemoArgs {
     /// THE-X model directory (default: the built-in SST-2 model, installed if needed).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Round protocol: `blinded` (the server blinds every value the client decrypts) or
+    /// `thex` (the paper's rounds).
+    #[arg(long, default_value = "blinded")]
+    rounds: thex_client::Rounds,
     /// Print JSON: label, plaintext_label, probabilities, max_logit_diff, rounds, bytes_up,
     /// bytes_down, seconds, phases (and more).
     #[arg(long)]
@@ -103,6 +107,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let engine = EngineParams {
         buckets: vec![bucket],
+        rounds: args.rounds,
         ..Default::default()
     };
     let served = ServedModel::compile(&loaded, &engine)?;
@@ -111,10 +116,11 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     setup.push((
         "server.compile",
         step.done(&format!(
-            "server: program compiled (N = 2^{}, {} levels, log QP = {:.0}, 128-bit secure)",
+            "server: program compiled (N = 2^{}, {} levels, log QP = {:.0}, 128-bit secure, {} rounds)",
             p.log_n(),
             p.max_level(),
-            p.log_qp()
+            p.log_qp(),
+            args.rounds.name()
         )),
     ));
     let rounds_total = served.model.rounds();

@@ -29,9 +29,18 @@ pub struct ServeArgs {
     /// many GiB (bounded by the compact size times the number of primes); compact otherwise.
     #[arg(long, value_name = "GIB", default_value_t = EngineParams::default().ntt_weights_max_bytes >> 30)]
     ntt_weights_max_gib: usize,
+    /// Round protocol: `blinded` (every value a client decrypts carries a random sign and
+    /// magnitude, so clients learn neither; two more primes) or `thex` (the paper's rounds:
+    /// clients decrypt the activations and can extract the weights, `thex attack extract`).
+    #[arg(long, default_value = "blinded")]
+    rounds: thex_client::Rounds,
+    /// Blinded rounds: bits the random magnitude spans (precision of the smallest-factor
+    /// values drops by as many bits).
+    #[arg(long, value_name = "BITS", default_value_t = EngineParams::default().blind_bits)]
+    blind_bits: u32,
     /// Compile by a plan saved with --save-plan (its buckets and weight settings; no
     /// calibration) instead of resolving the options above.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["buckets", "lazy_encode", "ntt_weights_max_gib"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["buckets", "lazy_encode", "ntt_weights_max_gib", "rounds", "blind_bits"])]
     plan: Option<PathBuf>,
     /// Write the resolved plan (configuration, calibration, CKKS parameters, maskings) as JSON.
     #[arg(long, value_name = "FILE")]
@@ -90,6 +99,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         buckets: args.buckets.clone(),
         pre_encode: !args.lazy_encode,
         ntt_weights_max_bytes: args.ntt_weights_max_gib.saturating_mul(1 << 30),
+        rounds: args.rounds,
+        blind_bits: args.blind_bits,
         ..Default::default()
     };
     let t = Instant::now();
@@ -114,7 +125,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("plan saved to {}", path.display());
     }
     eprintln!(
-        "compiled {} ({} layers, N = 2^{}, {} levels, log QP = {:.0}, buckets {:?}, {} rounds) in {:.1} s",
+        "compiled {} ({} layers, N = 2^{}, {} levels, log QP = {:.0}, buckets {:?}, {} {} rounds) in {:.1} s",
         args.model.display(),
         m.layers(),
         m.params().log_n(),
@@ -122,6 +133,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         m.params().log_qp(),
         m.buckets(),
         m.rounds(),
+        m.resolved().config.rounds.name(),
         t.elapsed().as_secs_f64()
     );
     let weight_bytes: usize = m

@@ -64,6 +64,10 @@ pub struct EvalArgs {
     /// covers every recorded sentence.
     #[arg(long, value_name = "FILE", requires = "encrypted")]
     records: Option<PathBuf>,
+    /// With `--encrypted`: the round protocol, `blinded` (the server blinds every value the
+    /// client decrypts) or `thex` (the paper's rounds).
+    #[arg(long, default_value = "blinded", requires = "encrypted")]
+    rounds: thex_client::Rounds,
     /// With `--records`: run nothing, report on the sentences recorded so far.
     #[arg(long, requires = "records")]
     summary: bool,
@@ -173,8 +177,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             &model,
             &data,
             args.records.as_deref(),
-            args.summary,
-            args.quiet || args.json,
+            (args.summary, args.quiet || args.json),
+            args.rounds,
         )?;
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
