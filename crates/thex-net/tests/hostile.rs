@@ -196,7 +196,12 @@ fn failed_requests_keep_no_session_alive_and_slow_bodies_time_out() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.stats().reaped == 0 {
         assert!(Instant::now() < deadline, "the session was kept alive");
-        assert_eq!(post(&infer, b"x").status, 400);
+        let status = post(&infer, b"x").status;
+        // The reaper may take the session between the check above and this request.
+        if status == 404 && server.stats().reaped > 0 {
+            break;
+        }
+        assert_eq!(status, 400);
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(post(&infer, b"x").status, 404);

@@ -8,14 +8,19 @@
 //! the reciprocal network's first layer and, per head of layer 1, the bilinear form
 //! `[W_Q; b_Q]·[W_K; b_K]ᵀ` of the scores.
 //!
+//! Against blinded rounds these fits see random signs and magnitudes; [`suite`] runs the
+//! attacks fitted to the blinding.
+//!
 //! Errors are measured against the model's matrices, except for the one direction no input
 //! reaches: layer-1 inputs are LayerNorm outputs, which lie in a hyperplane, so the score
 //! forms are compared on it (the model never uses the rest, and no attack can see it).
 
+mod blinded;
 mod fit;
 mod observe;
 mod reference;
 
+pub use blinded::{BlindedQuery, suite};
 pub use fit::Convergence;
 pub use observe::{Observation, observe};
 pub use reference::Reference;

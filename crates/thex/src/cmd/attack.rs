@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use he_linalg::Matrix;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,7 +14,7 @@ use serde_json::json;
 use thex_client::BucketLayouts;
 use thex_net::{Client, ClientOptions};
 
-use crate::attack::{Reference, extract, observe};
+use crate::attack::{BlindedQuery, Reference, extract, observe, suite};
 
 /// Attacks on a running server, measuring what the protocol gives away.
 #[derive(Debug, Subcommand)]
@@ -32,6 +33,10 @@ pub struct ExtractArgs {
     /// Inferences to run, each of random word pieces (no special tokens) filling the bucket.
     #[arg(long, default_value_t = 60)]
     queries: usize,
+    /// Send every input this many times (the queries are split into queries / repeats
+    /// distinct inputs): the averaging attacks on blinded rounds use the repeats.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
     /// Length bucket of the queries (default: the server's largest).
     #[arg(long)]
     bucket: Option<usize>,
@@ -42,7 +47,8 @@ pub struct ExtractArgs {
     /// Seed of the random queries (default: from the OS).
     #[arg(long)]
     seed: Option<u64>,
-    /// Print JSON: rounds, queries, bucket, matrices [{name, layer, head, relative_error}].
+    /// Print JSON: rounds, queries, repeats, bucket, matrices [{name, layer, head, attack,
+    /// relative_error}].
     #[arg(long)]
     json: bool,
     /// API token of a server started with --tokens.
@@ -61,9 +67,10 @@ pub fn run(command: AttackCommand) -> anyhow::Result<()> {
 }
 
 fn extract_weights(args: ExtractArgs) -> anyhow::Result<()> {
-    if args.queries == 0 {
-        bail!("--queries must be at least 1");
+    if args.repeats == 0 || args.queries < args.repeats {
+        bail!("--queries must be at least --repeats, and --repeats at least 1");
     }
+    let inputs = args.queries / args.repeats;
     let quiet = args.json;
     let dir = match &args.model {
         Some(dir) => dir.clone(),
@@ -125,15 +132,30 @@ fn extract_weights(args: ExtractArgs) -> anyhow::Result<()> {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     let start = Instant::now();
-    let mut observations = Vec::with_capacity(args.queries);
-    for _ in 0..args.queries {
+    let mut observations = Vec::with_capacity(inputs);
+    let mut blinded = Vec::with_capacity(inputs);
+    for _ in 0..inputs {
         let ids: Vec<u32> = (0..bucket)
             .map(|_| words[rng.gen_range(0..words.len())])
             .collect();
-        client.infer_ids(&ids)?;
-        let transcript = client.take_transcript();
-        observations.push(observe(&bundle, &layouts, &ids, &transcript)?);
-        bar.inc(1);
+        let (mut seen_s1, mut seen_u) = (Vec::new(), Vec::new());
+        for r in 0..args.repeats {
+            client.infer_ids(&ids)?;
+            let transcript = client.take_transcript();
+            let obs = observe(&bundle, &layouts, &ids, &transcript)?;
+            let (s1, u) = &obs.ffn[0];
+            seen_s1.push(s1.columns(0, s1.cols() - 1));
+            seen_u.push(u.clone());
+            if r == 0 {
+                observations.push(obs);
+            }
+            bar.inc(1);
+        }
+        blinded.push(BlindedQuery {
+            s1: true_residual(&loaded.model, &ids)?,
+            seen_s1,
+            seen_u,
+        });
     }
     bar.finish_and_clear();
     let query_seconds = start.elapsed().as_secs_f64();
@@ -141,26 +163,37 @@ fn extract_weights(args: ExtractArgs) -> anyhow::Result<()> {
 
     let start = Instant::now();
     let result = extract(&observations, &bundle.dims, &truth)?;
+    let fitted = suite(&blinded, &truth.ffn[0])?;
     let fit_seconds = start.elapsed().as_secs_f64();
+    let mut matrices: Vec<(&str, usize, Option<usize>, &str, f64)> = result
+        .matrices
+        .iter()
+        .map(|m| (m.name, m.layer, m.head, "regression", m.relative_error))
+        .collect();
+    for r in &fitted {
+        matrices.push(("W1", 0, None, r.attack, r.w1));
+        matrices.push(("b1", 0, None, r.attack, r.b1));
+    }
     if args.json {
-        let matrices: Vec<_> = result
-            .matrices
+        let matrices: Vec<_> = matrices
             .iter()
-            .map(|m| {
+            .map(|&(name, layer, head, attack, relative_error)| {
                 let mut v = json!({
-                    "name": m.name,
-                    "layer": m.layer,
-                    "relative_error": m.relative_error,
+                    "name": name,
+                    "layer": layer,
+                    "attack": attack,
+                    "relative_error": relative_error,
                 });
-                if let Some(h) = m.head {
+                if let Some(h) = head {
                     v["head"] = json!(h);
                 }
                 v
             })
             .collect();
         let out = json!({
-            "rounds": "thex",
-            "queries": args.queries,
+            "rounds": bundle.rounds.name(),
+            "queries": inputs * args.repeats,
+            "repeats": args.repeats,
             "bucket": bucket,
             "input_rank": result.input_rank,
             "bilinear_iterations": result.bilinear.iterations,
@@ -173,21 +206,37 @@ fn extract_weights(args: ExtractArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} queries of {bucket} tokens ({query_seconds:.1} s), fitted in {fit_seconds:.1} s; layer inputs span {} of {} dimensions",
-        args.queries,
+        "{} queries ({inputs} inputs x {}) of {bucket} tokens against {} rounds ({query_seconds:.1} s), fitted in {fit_seconds:.1} s; layer inputs span {} of {} dimensions",
+        inputs * args.repeats,
+        args.repeats,
+        bundle.rounds.name(),
         result.input_rank,
         bundle.dims.hidden + 1
     );
     println!(
-        "{:<8} {:>5} {:>5}  relative error",
-        "matrix", "layer", "head"
+        "{:<8} {:>5} {:>5}  {:<14} relative error",
+        "matrix", "layer", "head", "attack"
     );
-    for m in &result.matrices {
-        let head = m.head.map_or("-".to_string(), |h| h.to_string());
-        println!(
-            "{:<8} {:>5} {:>5}  {:.3e}",
-            m.name, m.layer, head, m.relative_error
-        );
+    for &(name, layer, head, attack, err) in &matrices {
+        let head = head.map_or("-".to_string(), |h| h.to_string());
+        println!("{name:<8} {layer:>5} {head:>5}  {attack:<14} {err:.3e}");
     }
     Ok(())
+}
+
+/// Layer 1's true residual stream `S₁` for `ids`, with a trailing 1, from the plaintext
+/// model (granted to the attacks on blinded rounds).
+fn true_residual(model: &thex_model::ThexModel, ids: &[u32]) -> anyhow::Result<Matrix> {
+    let batch = thex_model::Batch::new(&[ids.to_vec()], 0, &candle_core::Device::Cpu)?;
+    let (_, trace) = model.forward_traced(&batch)?;
+    let layer = trace.layers.first().context("the model has no layers")?;
+    let s: Vec<f64> = layer
+        .attention_norm_input
+        .to_dtype(candle_core::DType::F64)?
+        .flatten_all()?
+        .to_vec1()?;
+    let h = s.len() / ids.len();
+    Ok(Matrix::from_fn(ids.len(), h + 1, |r, c| {
+        if c < h { s[r * h + c] } else { 1.0 }
+    }))
 }

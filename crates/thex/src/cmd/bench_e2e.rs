@@ -198,7 +198,8 @@ pub fn blinding_costs(runs: &[E2eRun]) -> Vec<BlindingCost> {
                 model: b.model.clone(),
                 tokens: b.tokens,
                 time_ratio: b.total_s / t.total_s,
-                bytes_ratio: (b.bytes_up + b.bytes_down) as f64 / (t.bytes_up + t.bytes_down) as f64,
+                bytes_ratio: (b.bytes_up + b.bytes_down) as f64
+                    / (t.bytes_up + t.bytes_down) as f64,
                 key_bytes_ratio: b.key_bytes as f64 / t.key_bytes as f64,
             })
         })
