@@ -246,19 +246,35 @@ fn bench_e2e_reports_every_run_in_json() {
         "--json",
     ]));
     let runs = out["runs"].as_array().unwrap();
-    let got: Vec<(String, u64)> = runs
+    let got: Vec<(String, u64, String)> = runs
         .iter()
         .map(|r| {
             (
                 r["model"].as_str().unwrap().to_string(),
                 r["tokens"].as_u64().unwrap(),
+                r["protocol"].as_str().unwrap().to_string(),
             )
         })
         .collect();
+    let run = |m: &str, t, p: &str| (m.to_string(), t, p.to_string());
+    // Both round protocols by default, on every configuration.
     assert_eq!(
         got,
-        [("small".to_string(), 8), ("bert-tiny-shape".to_string(), 4)]
+        [
+            run("small", 8, "blinded"),
+            run("small", 8, "thex"),
+            run("bert-tiny-shape", 4, "blinded"),
+            run("bert-tiny-shape", 4, "thex"),
+        ]
     );
+    // Blinded against THE-X's rounds on each: replies of the ReLU items are doubled.
+    let costs = out["blinding"].as_array().unwrap();
+    assert_eq!(costs.len(), 2);
+    for c in costs {
+        let bytes = c["bytes_ratio"].as_f64().unwrap();
+        assert!(bytes > 1.0 && bytes < 3.0, "{c}");
+        assert!(c["time_ratio"].as_f64().unwrap() > 0.0, "{c}");
+    }
     for r in runs {
         assert_eq!(r["rounds"], 8, "{r}");
         for k in ["total_s", "bytes_up", "bytes_down", "key_bytes"] {

@@ -1,7 +1,8 @@
 //! The encrypted logits of the default model (`sst2-thex`, 16-token bucket) and of the
 //! BERT-tiny shape (128-token bucket) with all client randomness derived from a test seed,
 //! pinned bit for bit: a refactoring of the protocol, the compiler or the server must leave
-//! every ciphertext, and so these logits, exactly as they are.
+//! every ciphertext, and so these logits, exactly as they are (with THE-X's rounds: blinded
+//! rounds draw server randomness).
 //!
 //! The default model is installed from the base model in the cache (`thex model fetch`, run
 //! by CI before the tests) into a temporary directory.
@@ -10,7 +11,7 @@ mod common;
 
 use std::sync::Arc;
 
-use thex_client::ClientSession;
+use thex_client::{ClientSession, Rounds};
 use thex_engine::{EngineParams, ServerModel, ServerSession, run_local};
 use thex_model::ThexModel;
 
@@ -18,8 +19,10 @@ const SEED: [u8; 32] = *b"thex pinned-logits test seed 001";
 
 /// Encrypted logits of one inference on `ids` with a seeded client.
 fn seeded_logits(model: &ThexModel, bucket: usize, ids: &[u32]) -> Vec<f64> {
+    // THE-X's rounds: blinded ones draw fresh server randomness for every request.
     let engine = EngineParams {
         buckets: vec![bucket],
+        rounds: Rounds::Thex,
         ..Default::default()
     };
     let server = Arc::new(ServerModel::compile(model, &engine).unwrap());
