@@ -206,19 +206,13 @@ pub fn suite(queries: &[BlindedQuery], want: &Tensor) -> Result<Vec<SuiteResult>
         let f = coef[0].len();
         let mut got = vec![0.0; p * f];
         for j in 0..f {
+            // Coefficient of s̃_i·s̃_k (i ≤ k, row-major over the upper triangle).
             let mut q = vec![vec![0.0; p]; p];
-            let mut idx = 0;
-            for i in 0..p {
-                for k in i..p {
-                    let c = coef[idx][j];
-                    if i == k {
-                        q[i][i] = c;
-                    } else {
-                        q[i][k] = c / 2.0;
-                        q[k][i] = c / 2.0;
-                    }
-                    idx += 1;
-                }
+            let pairs = (0..p).flat_map(|i| (i..p).map(move |k| (i, k)));
+            for ((i, k), row) in pairs.zip(&coef) {
+                let c = if i == k { row[j] } else { row[j] / 2.0 };
+                q[i][k] = c;
+                q[k][i] = c;
             }
             for (i, x) in top_factor(&q).into_iter().enumerate() {
                 got[i * f + j] = x;
@@ -249,7 +243,7 @@ mod tests {
     ) -> (Vec<BlindedQuery>, Tensor) {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let w = Matrix::from_fn(h + 1, f, |_, _| rng.gen_range(-1.0..1.0));
-        let mut factor = |rng: &mut ChaCha20Rng| {
+        let factor = |rng: &mut ChaCha20Rng| {
             if blind {
                 let s = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
                 s * 2f64.powf(-rng.gen_range(0.0..6.0))
