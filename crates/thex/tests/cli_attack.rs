@@ -101,7 +101,7 @@ fn extraction_recovers_the_weights_from_the_thex_rounds() {
 /// the weights (an error of 1 is the guess 0; the real leak above is 1e-7).
 #[test]
 fn extraction_fails_against_blinded_rounds() {
-    let v = attack("blinded", "12", "2");
+    let v = attack("blinded", "8", "2");
     assert_eq!(
         (v["rounds"].as_str(), v["repeats"].as_u64()),
         (Some("blinded"), Some(2))
